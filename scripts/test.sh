@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real Postgres and NATS (JetStream) on loopback.
+#
+# Servers come from HEALTHPROBE_TEST_DATABASE_URL / HEALTHPROBE_TEST_NATS_URL when both are
+# set; otherwise scripts/services.sh installs (Debian packages) and starts private ones
+# under target/services and stops them afterwards. Extra arguments go to `cargo test`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+if [[ -z "${HEALTHPROBE_TEST_DATABASE_URL:-}" || -z "${HEALTHPROBE_TEST_NATS_URL:-}" ]]; then
+    eval "$(scripts/services.sh start)"
+    trap 'scripts/services.sh stop' EXIT
+    export HEALTHPROBE_TEST_DATABASE_URL="$HEALTHPROBE_LOCAL_DATABASE_URL"
+    export HEALTHPROBE_TEST_NATS_URL="$HEALTHPROBE_LOCAL_NATS_URL"
+fi
+# Tests that stop and restart a NATS server of their own need the binary.
+if [[ -z "${HEALTHPROBE_NATS_SERVER_BIN:-}" ]]; then
+    HEALTHPROBE_NATS_SERVER_BIN="$(command -v nats-server || echo /usr/sbin/nats-server)"
+    export HEALTHPROBE_NATS_SERVER_BIN
+fi
+
+cargo test --locked --all-targets "$@"

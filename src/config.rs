@@ -1,0 +1,306 @@
+//! Command line and environment (DESIGN §6, §7).
+//!
+//! Every variable is also a flag. Values are validated while parsing, so a bad value stops
+//! start-up with a message naming the variable before anything is touched.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::hysteresis::Thresholds;
+
+/// Upper bound for `RTMANAGER_PROBE_MAX_CONCURRENCY`: beyond this the worker would run out
+/// of file descriptors long before it gained anything.
+pub const MAX_CONCURRENCY_LIMIT: usize = 65_536;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "healthprobe",
+    version,
+    about = "Active health worker for game engines"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations and exit.
+    Migrate(MigrateArgs),
+    /// Apply pending migrations, then probe engines until SIGINT/SIGTERM.
+    Run(Box<RunArgs>),
+    /// Print the health events from the stream as JSON lines until Ctrl-C.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Postgres connection URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL (JetStream must be enabled).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// JetStream stream that holds the health events.
+    #[arg(long, env = "HEALTHPROBE_STREAM", default_value = "RUNTIME_HEALTH", value_parser = stream_name)]
+    pub stream: String,
+    /// Subject prefix; events go to `<prefix>.<event_type>`.
+    #[arg(long, env = "HEALTHPROBE_SUBJECT_PREFIX", default_value = "runtime.health", value_parser = subject_prefix)]
+    pub subject_prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// Time between ticks (humantime: 500ms, 2s, 1m).
+    #[arg(long, env = "RTMANAGER_PROBE_INTERVAL", default_value = "15s",
+          value_parser = positive_duration("RTMANAGER_PROBE_INTERVAL"))]
+    pub probe_interval: Duration,
+    /// Bound on one probe, end to end.
+    #[arg(long, env = "RTMANAGER_PROBE_TIMEOUT", default_value = "2s",
+          value_parser = positive_duration("RTMANAGER_PROBE_TIMEOUT"))]
+    pub probe_timeout: Duration,
+    /// Consecutive failures before `probe_failed`.
+    #[arg(long, env = "RTMANAGER_PROBE_FAILURES_THRESHOLD", default_value = "3",
+          value_parser = positive_u32("RTMANAGER_PROBE_FAILURES_THRESHOLD"))]
+    pub failures_threshold: u32,
+    /// Consecutive successes after a published failure before `probe_recovered`.
+    #[arg(long, env = "RTMANAGER_PROBE_RECOVERY_THRESHOLD", default_value = "1",
+          value_parser = positive_u32("RTMANAGER_PROBE_RECOVERY_THRESHOLD"))]
+    pub recovery_threshold: u32,
+    /// Probes in flight at most.
+    #[arg(long, env = "RTMANAGER_PROBE_MAX_CONCURRENCY", default_value = "16",
+          value_parser = concurrency)]
+    pub max_concurrency: usize,
+}
+
+impl ProbeArgs {
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            failures: self.failures_threshold,
+            recovery: self.recovery_threshold,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// Address of the worker's own status endpoints.
+    #[arg(long, env = "HEALTHPROBE_HTTP_ADDR", default_value = "127.0.0.1:8097",
+          value_parser = socket_addr)]
+    pub http_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Print every event the stream holds, then follow; default is only new events.
+    #[arg(long)]
+    pub from_start: bool,
+}
+
+/// A humantime duration strictly greater than zero.
+pub fn positive_duration(
+    variable: &'static str,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |raw: &str| {
+        let raw = raw.trim();
+        let parsed = humantime::parse_duration(raw).map_err(|e| {
+            format!("{variable} must be a duration such as 500ms, 2s or 1m, got {raw:?}: {e}")
+        })?;
+        if parsed.is_zero() {
+            return Err(format!("{variable} must be greater than zero, got {raw:?}"));
+        }
+        Ok(parsed)
+    }
+}
+
+/// An integer of at least 1.
+pub fn positive_u32(
+    variable: &'static str,
+) -> impl Fn(&str) -> Result<u32, String> + Clone + Send + Sync + 'static {
+    move |raw: &str| {
+        let raw = raw.trim();
+        let value: i64 = raw
+            .parse()
+            .map_err(|_| format!("{variable} must be a positive integer, got {raw:?}"))?;
+        if value < 1 {
+            return Err(format!("{variable} must be at least 1, got {value}"));
+        }
+        u32::try_from(value).map_err(|_| format!("{variable} is too large: {value}"))
+    }
+}
+
+fn concurrency(raw: &str) -> Result<usize, String> {
+    let value = positive_u32("RTMANAGER_PROBE_MAX_CONCURRENCY")(raw)? as usize;
+    if value > MAX_CONCURRENCY_LIMIT {
+        return Err(format!(
+            "RTMANAGER_PROBE_MAX_CONCURRENCY must be at most {MAX_CONCURRENCY_LIMIT}, got {value}"
+        ));
+    }
+    Ok(value)
+}
+
+fn socket_addr(raw: &str) -> Result<SocketAddr, String> {
+    raw.trim().parse().map_err(|e| {
+        format!("HEALTHPROBE_HTTP_ADDR must be host:port such as 127.0.0.1:8097, got {raw:?}: {e}")
+    })
+}
+
+fn stream_name(raw: &str) -> Result<String, String> {
+    let bad = |c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\');
+    if raw.is_empty() || raw.chars().any(bad) {
+        return Err(format!(
+            "HEALTHPROBE_STREAM must be a JetStream stream name (no spaces, '.', '*', '>', '/'), got {raw:?}"
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+fn subject_prefix(raw: &str) -> Result<String, String> {
+    let valid = !raw.is_empty()
+        && raw.split('.').all(|token| {
+            !token.is_empty()
+                && !token.contains(|c: char| c.is_whitespace() || c == '*' || c == '>')
+        });
+    if !valid {
+        return Err(format!(
+            "HEALTHPROBE_SUBJECT_PREFIX must be dot-separated NATS subject tokens without wildcards, got {raw:?}"
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut full = vec!["healthprobe"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full)
+    }
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, String> {
+        let mut args = vec!["run", "--database-url", "postgres://x/y"];
+        args.extend_from_slice(extra);
+        match parse(&args).map_err(|e| e.to_string())?.command {
+            Command::Run(run) => Ok(*run),
+            other => panic!("unexpected command {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        // Flags win over the environment, so set every flag to its default explicitly via
+        // the parser functions instead of relying on the test process environment.
+        assert_eq!(
+            positive_duration("X")("15s").unwrap(),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            positive_duration("X")("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(positive_u32("X")("3").unwrap(), 3);
+        let run = run_args(&[
+            "--probe-interval",
+            "15s",
+            "--probe-timeout",
+            "2s",
+            "--failures-threshold",
+            "3",
+            "--recovery-threshold",
+            "1",
+            "--max-concurrency",
+            "16",
+            "--stream",
+            "RUNTIME_HEALTH",
+            "--subject-prefix",
+            "runtime.health",
+        ])
+        .unwrap();
+        assert_eq!(
+            run.probe.thresholds(),
+            Thresholds {
+                failures: 3,
+                recovery: 1
+            }
+        );
+        assert_eq!(run.probe.max_concurrency, 16);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases = [
+            (vec!["--probe-interval", "0s"], "RTMANAGER_PROBE_INTERVAL"),
+            (vec!["--probe-interval", "soon"], "RTMANAGER_PROBE_INTERVAL"),
+            (vec!["--probe-timeout", "0ms"], "RTMANAGER_PROBE_TIMEOUT"),
+            (
+                vec!["--failures-threshold", "0"],
+                "RTMANAGER_PROBE_FAILURES_THRESHOLD",
+            ),
+            (
+                vec!["--failures-threshold=-2"],
+                "RTMANAGER_PROBE_FAILURES_THRESHOLD",
+            ),
+            (
+                vec!["--recovery-threshold", "x"],
+                "RTMANAGER_PROBE_RECOVERY_THRESHOLD",
+            ),
+            (
+                vec!["--max-concurrency", "0"],
+                "RTMANAGER_PROBE_MAX_CONCURRENCY",
+            ),
+            (
+                vec!["--max-concurrency", "100000000"],
+                "RTMANAGER_PROBE_MAX_CONCURRENCY",
+            ),
+            (vec!["--http-addr", "nowhere"], "HEALTHPROBE_HTTP_ADDR"),
+            (vec!["--stream", "a.b"], "HEALTHPROBE_STREAM"),
+            (
+                vec!["--subject-prefix", "a.>"],
+                "HEALTHPROBE_SUBJECT_PREFIX",
+            ),
+            (
+                vec!["--subject-prefix", "a..b"],
+                "HEALTHPROBE_SUBJECT_PREFIX",
+            ),
+        ];
+        for (args, variable) in cases {
+            let err = run_args(&args).expect_err(&format!("{args:?} must be refused"));
+            assert!(
+                err.contains(variable),
+                "{args:?}: error {err:?} does not name {variable}"
+            );
+        }
+    }
+
+    #[test]
+    fn database_url_is_required_for_run_and_migrate() {
+        // Only meaningful when the variable is not set in the test environment.
+        if std::env::var_os("DATABASE_URL").is_none() {
+            assert!(parse(&["run"]).is_err());
+            assert!(parse(&["migrate"]).is_err());
+        }
+        assert!(parse(&["tail"]).is_ok());
+    }
+}

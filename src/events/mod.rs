@@ -1,0 +1,5 @@
+//! Health events: the envelope, the JetStream stream, and the outbox relay.
+
+pub mod envelope;
+pub mod jetstream;
+pub mod relay;

@@ -1,0 +1,360 @@
+//! One HTTP probe of one engine: `GET {endpoint}/healthz` → [`ProbeOutcome`] (DESIGN §2).
+//!
+//! This module knows HTTP and nothing else. It never fails: every problem, including an
+//! endpoint that does not parse, becomes a classified failed outcome.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::{Client, Url, redirect};
+
+/// At most this much of a response body is read; the rest is discarded with the connection.
+/// Enough for any sensible health document, small enough that a hostile engine streaming
+/// gigabytes costs us nothing.
+pub const BODY_LIMIT: usize = 4 * 1024;
+
+/// Idle keep-alive connections are kept at least this long, so a connection opened in one
+/// tick is reused in the next one at the default 15 s interval.
+const MIN_POOL_IDLE: Duration = Duration::from_secs(90);
+
+pub const USER_AGENT: &str = concat!("healthprobe/", env!("CARGO_PKG_VERSION"));
+
+/// Why a probe failed. The names are a contract: logs, metrics, snapshots, status API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    Timeout,
+    Connect,
+    Status,
+    InvalidEndpoint,
+    Tls,
+    Protocol,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 6] = [
+        Self::Timeout,
+        Self::Connect,
+        Self::Status,
+        Self::InvalidEndpoint,
+        Self::Tls,
+        Self::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::Status => "status",
+            Self::InvalidEndpoint => "invalid_endpoint",
+            Self::Tls => "tls",
+            Self::Protocol => "protocol",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeFailure {
+    pub kind: FailureKind,
+    /// A readable sentence; becomes `last_error`.
+    pub message: String,
+}
+
+/// The result of one probe.
+#[derive(Debug, Clone)]
+pub struct ProbeOutcome {
+    /// HTTP status received, `0` when none was.
+    pub status: u16,
+    /// `None` when the engine is healthy (status exactly 200).
+    pub failure: Option<ProbeFailure>,
+    pub latency: Duration,
+    /// When the probe completed; becomes `occurred_at` of an event it causes.
+    pub completed_at: DateTime<Utc>,
+}
+
+impl ProbeOutcome {
+    pub fn is_healthy(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    /// `ok` or the failure kind: the `outcome` attribute of `healthprobe.probes`.
+    pub fn outcome_label(&self) -> &'static str {
+        self.failure.as_ref().map_or("ok", |f| f.kind.as_str())
+    }
+}
+
+/// Builds the probe URL: `endpoint` with trailing `/` trimmed, plus `/healthz`.
+pub fn healthz_url(endpoint: &str) -> Result<Url, ProbeFailure> {
+    let invalid = |why: String| ProbeFailure {
+        kind: FailureKind::InvalidEndpoint,
+        message: why,
+    };
+    // Parse the endpoint itself first: gluing "/healthz" onto "http://" would parse as a
+    // host called "healthz".
+    let mut url = Url::parse(endpoint.trim()).map_err(|e| {
+        invalid(format!(
+            "invalid engine endpoint {}: {e}",
+            shorten(endpoint)
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "invalid engine endpoint {}: scheme {:?} is not http or https",
+            shorten(endpoint),
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(format!(
+            "invalid engine endpoint {}: no host",
+            shorten(endpoint)
+        )));
+    }
+    let path = format!("{}/healthz", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// Keeps hostile endpoint strings (10 KiB of junk) out of log lines and snapshots.
+fn shorten(text: &str) -> String {
+    const MAX: usize = 200;
+    if text.len() <= MAX {
+        return format!("{text:?}");
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &text[..end], text.len())
+}
+
+/// Probes engines. Cheap to clone: the connection pool is shared.
+#[derive(Clone)]
+pub struct Prober {
+    client: Client,
+    timeout: Duration,
+}
+
+impl Prober {
+    /// `timeout` bounds one probe end to end; `interval` sizes the keep-alive pool.
+    pub fn new(timeout: Duration, interval: Duration) -> Result<Self, reqwest::Error> {
+        crate::install_crypto_provider();
+        let client = Client::builder()
+            .user_agent(USER_AGENT)
+            .redirect(redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_idle_timeout(MIN_POOL_IDLE.max(interval * 2))
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()?;
+        Ok(Self { client, timeout })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Probes one engine. Never panics, never returns an error: failures are outcomes.
+    pub async fn probe(&self, endpoint: &str) -> ProbeOutcome {
+        let started = Instant::now();
+        let result = match healthz_url(endpoint) {
+            Ok(url) => match tokio::time::timeout(self.timeout, self.fetch(url)).await {
+                Ok(result) => result,
+                Err(_) => Err((
+                    0,
+                    ProbeFailure {
+                        kind: FailureKind::Timeout,
+                        message: format!("no complete answer within {:?}", self.timeout),
+                    },
+                )),
+            },
+            Err(failure) => Err((0, failure)),
+        };
+        let latency = started.elapsed();
+        let completed_at = Utc::now();
+        match result {
+            Ok(status) => ProbeOutcome {
+                status,
+                failure: None,
+                latency,
+                completed_at,
+            },
+            Err((status, failure)) => ProbeOutcome {
+                status,
+                failure: Some(failure),
+                latency,
+                completed_at,
+            },
+        }
+    }
+
+    /// Sends the request and reads at most [`BODY_LIMIT`] bytes of the body. The body is
+    /// read even on a non-200 status so that a small answer leaves the connection reusable.
+    async fn fetch(&self, url: Url) -> Result<u16, (u16, ProbeFailure)> {
+        let mut response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| (0, classify(&e)))?;
+        let status = response.status().as_u16();
+        let mut read = 0usize;
+        while read < BODY_LIMIT {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(None) => break,
+                Err(e) => return Err((status, classify(&e))),
+            }
+        }
+        if status == 200 {
+            Ok(status)
+        } else {
+            Err((
+                status,
+                ProbeFailure {
+                    kind: FailureKind::Status,
+                    message: format!("unexpected status {status}"),
+                },
+            ))
+        }
+    }
+}
+
+/// Maps a reqwest error (and its cause chain) to a failure kind and a readable sentence.
+fn classify(error: &reqwest::Error) -> ProbeFailure {
+    let chain = error_chain(error);
+    let kind = if has_source::<rustls::Error>(error) {
+        FailureKind::Tls
+    } else if error.is_timeout() || has_io_kind(error, std::io::ErrorKind::TimedOut) {
+        FailureKind::Timeout
+    } else if error.is_connect() {
+        // TLS handshake failures that are not rustls errors (e.g. a garbage server
+        // answer read as a corrupt record) still mention TLS in their chain.
+        if chain.contains("tls") || chain.contains("TLS") || chain.contains("certificate") {
+            FailureKind::Tls
+        } else {
+            FailureKind::Connect
+        }
+    } else {
+        FailureKind::Protocol
+    };
+    ProbeFailure {
+        kind,
+        message: chain,
+    }
+}
+
+/// `outer: inner: innermost`, without the URL reqwest puts in its own message (the
+/// endpoint is already on every log line, and may be huge).
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = error.source();
+    if source.is_none() {
+        parts.push(error.to_string());
+    }
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}
+
+fn has_source<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if cause.is::<E>() {
+            return true;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.get_ref().is_some_and(|inner| inner.is::<E>())
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+fn has_io_kind(error: &(dyn StdError + 'static), kind: std::io::ErrorKind) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == kind)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_trims_trailing_slashes() {
+        assert_eq!(
+            healthz_url("http://127.0.0.1:8080/").unwrap().as_str(),
+            "http://127.0.0.1:8080/healthz"
+        );
+        assert_eq!(
+            healthz_url("http://h:1/base//").unwrap().as_str(),
+            "http://h:1/base/healthz"
+        );
+        assert_eq!(
+            healthz_url("https://engine.example").unwrap().as_str(),
+            "https://engine.example/healthz"
+        );
+    }
+
+    #[test]
+    fn bad_endpoints_are_invalid() {
+        for endpoint in [
+            "",
+            "not a url",
+            "ftp://h/",
+            "file:///etc/passwd",
+            "http://",
+            "127.0.0.1:80",
+        ] {
+            let failure = healthz_url(endpoint).expect_err(endpoint);
+            assert_eq!(failure.kind, FailureKind::InvalidEndpoint, "{endpoint}");
+        }
+    }
+
+    #[test]
+    fn huge_endpoints_are_shortened_in_messages() {
+        let endpoint = format!("gopher://{}", "x".repeat(10 * 1024));
+        let failure = healthz_url(&endpoint).unwrap_err();
+        assert!(failure.message.len() < 400, "{}", failure.message.len());
+        assert!(
+            failure.message.contains("10249 bytes"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for kind in FailureKind::ALL {
+            assert_eq!(FailureKind::parse(kind.as_str()), Some(kind));
+        }
+    }
+}

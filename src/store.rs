@@ -1,0 +1,302 @@
+//! Postgres access. Every SQL statement of the service lives here.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::stream::{BoxStream, StreamExt};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{PgExecutor, Row};
+use uuid::Uuid;
+
+use crate::events::envelope::{Details, HealthEvent};
+use crate::hysteresis::GameHealth;
+
+/// Connections: one streams the running list, the others commit transitions and serve the
+/// relay while it runs. More would only queue behind Postgres' own locks.
+const POOL_SIZE: u32 = 6;
+
+/// How long a statement waits for a free connection before the tick gives up on it.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A running game as the runtime manager recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeRecord {
+    pub game_id: String,
+    pub container_id: Option<String>,
+    pub engine_endpoint: String,
+}
+
+/// What the worker writes to `health_snapshots` for one game after one probe.
+#[derive(Debug, Clone)]
+pub struct SnapshotRow {
+    pub game_id: String,
+    pub health: GameHealth,
+    pub last_probe_at: DateTime<Utc>,
+    /// Set when this probe succeeded; otherwise the stored value is kept.
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_status: u16,
+    pub last_error: Option<String>,
+    pub last_failure_kind: Option<&'static str>,
+    pub last_latency_ms: f64,
+}
+
+/// An outbox row that could not be decoded. It stays unpublished and is reported.
+#[derive(Debug, Clone)]
+pub struct UndecodableEvent {
+    pub event_id: Uuid,
+    pub reason: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects lazily checked: the pool opens its first connection here so a wrong URL or a
+    /// dead server is reported at once.
+    pub async fn connect(database_url: &str) -> Result<Self, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(database_url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations; a no-op when all are applied.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+    }
+
+    /// Streams the running records, one statement, rows arriving as the server sends them,
+    /// so a list of 100k games never sits in memory as one result. The single place that
+    /// decides which games this worker probes (a future lease filter goes here).
+    pub fn running_records(&self) -> BoxStream<'_, Result<RuntimeRecord, sqlx::Error>> {
+        sqlx::query(
+            "SELECT game_id, current_container_id, engine_endpoint \
+             FROM runtime_records WHERE status = 'running' ORDER BY game_id",
+        )
+        .fetch(&self.pool)
+        .map(|row| {
+            let row = row?;
+            Ok(RuntimeRecord {
+                game_id: row.try_get(0)?,
+                container_id: row.try_get(1)?,
+                engine_endpoint: row.try_get(2)?,
+            })
+        })
+        .boxed()
+    }
+
+    /// The per-game counters, to resume after a restart.
+    pub async fn load_health(&self) -> Result<Vec<(String, GameHealth)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT game_id, consecutive_failures, consecutive_successes, episode_failures, \
+             failure_published FROM health_snapshots",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let count = |i: usize| -> Result<u32, sqlx::Error> {
+                    Ok(row.try_get::<i32, _>(i)?.max(0) as u32)
+                };
+                Ok((
+                    row.try_get(0)?,
+                    GameHealth {
+                        consecutive_failures: count(1)?,
+                        consecutive_successes: count(2)?,
+                        episode_failures: count(3)?,
+                        failure_published: row.try_get(4)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Commits one transition: its event row and the game's snapshot, atomically.
+    pub async fn record_transition(
+        &self,
+        event: &HealthEvent,
+        snapshot: &SnapshotRow,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let details = serde_json::to_value(&event.details).expect("details always serialize");
+        sqlx::query(
+            "INSERT INTO health_events \
+             (event_id, game_id, container_id, event_type, occurred_at, details) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(event.event_id)
+        .bind(&event.game_id)
+        .bind(&event.container_id)
+        .bind(event.event_type().as_str())
+        .bind(event.occurred_at)
+        .bind(details)
+        .execute(&mut *tx)
+        .await?;
+        upsert_snapshots(&mut *tx, std::slice::from_ref(snapshot)).await?;
+        tx.commit().await
+    }
+
+    /// Writes many snapshots in one statement.
+    pub async fn upsert_snapshots(&self, rows: &[SnapshotRow]) -> Result<(), sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        upsert_snapshots(&self.pool, rows).await
+    }
+
+    /// Forgets games that are no longer running.
+    pub async fn delete_snapshots(&self, game_ids: &[String]) -> Result<u64, sqlx::Error> {
+        if game_ids.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query("DELETE FROM health_snapshots WHERE game_id = ANY($1)")
+            .bind(game_ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The oldest unpublished events, in commit order.
+    pub async fn unpublished_events(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<Result<HealthEvent, UndecodableEvent>>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT event_id, game_id, container_id, event_type, occurred_at, details \
+             FROM health_events WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let event_id: Uuid = row.try_get(0)?;
+                let event_type: String = row.try_get(3)?;
+                let details: serde_json::Value = row.try_get(5)?;
+                let decoded = serde_json::from_value::<Details>(details)
+                    .map_err(|e| e.to_string())
+                    .and_then(|details| {
+                        if details.event_type().as_str() == event_type {
+                            Ok(details)
+                        } else {
+                            Err(format!("details do not match event_type {event_type:?}"))
+                        }
+                    });
+                Ok(match decoded {
+                    Ok(details) => Ok(HealthEvent {
+                        event_id,
+                        game_id: row.try_get(1)?,
+                        container_id: row.try_get(2)?,
+                        occurred_at: row.try_get(4)?,
+                        details,
+                    }),
+                    Err(reason) => Err(UndecodableEvent { event_id, reason }),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn mark_published(&self, event_ids: &[Uuid]) -> Result<(), sqlx::Error> {
+        if event_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE health_events SET published_at = now() \
+             WHERE event_id = ANY($1) AND published_at IS NULL",
+        )
+        .bind(event_ids)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+    }
+
+    pub async fn count_unpublished(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM health_events WHERE published_at IS NULL")
+            .fetch_one(&self.pool)
+            .await
+    }
+}
+
+/// One statement for any number of rows (UNNEST of column arrays).
+async fn upsert_snapshots<'e, E: PgExecutor<'e>>(
+    executor: E,
+    rows: &[SnapshotRow],
+) -> Result<(), sqlx::Error> {
+    let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let game_ids: Vec<&str> = rows.iter().map(|r| r.game_id.as_str()).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.health.status().as_str()).collect();
+    let failures: Vec<i32> = rows
+        .iter()
+        .map(|r| clamp(r.health.consecutive_failures))
+        .collect();
+    let successes: Vec<i32> = rows
+        .iter()
+        .map(|r| clamp(r.health.consecutive_successes))
+        .collect();
+    let episode: Vec<i32> = rows
+        .iter()
+        .map(|r| clamp(r.health.episode_failures))
+        .collect();
+    let published: Vec<bool> = rows.iter().map(|r| r.health.failure_published).collect();
+    let probe_at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.last_probe_at).collect();
+    let success_at: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.last_success_at).collect();
+    let status: Vec<i32> = rows.iter().map(|r| i32::from(r.last_status)).collect();
+    let error: Vec<Option<&str>> = rows.iter().map(|r| r.last_error.as_deref()).collect();
+    let kind: Vec<Option<&str>> = rows.iter().map(|r| r.last_failure_kind).collect();
+    let latency: Vec<f64> = rows.iter().map(|r| r.last_latency_ms).collect();
+    sqlx::query(
+        "INSERT INTO health_snapshots (game_id, status, consecutive_failures, \
+           consecutive_successes, episode_failures, failure_published, last_probe_at, \
+           last_success_at, last_status, last_error, last_failure_kind, last_latency_ms, updated_at) \
+         SELECT g, s, cf, cs, ef, fp, pa, sa, ls, le, lk, ll, now() FROM UNNEST( \
+           $1::text[], $2::text[], $3::int4[], $4::int4[], $5::int4[], $6::bool[], \
+           $7::timestamptz[], $8::timestamptz[], $9::int4[], $10::text[], $11::text[], $12::float8[]) \
+           AS t(g, s, cf, cs, ef, fp, pa, sa, ls, le, lk, ll) \
+         ON CONFLICT (game_id) DO UPDATE SET \
+           status = EXCLUDED.status, \
+           consecutive_failures = EXCLUDED.consecutive_failures, \
+           consecutive_successes = EXCLUDED.consecutive_successes, \
+           episode_failures = EXCLUDED.episode_failures, \
+           failure_published = EXCLUDED.failure_published, \
+           last_probe_at = EXCLUDED.last_probe_at, \
+           last_success_at = COALESCE(EXCLUDED.last_success_at, health_snapshots.last_success_at), \
+           last_status = EXCLUDED.last_status, \
+           last_error = EXCLUDED.last_error, \
+           last_failure_kind = EXCLUDED.last_failure_kind, \
+           last_latency_ms = EXCLUDED.last_latency_ms, \
+           updated_at = now()",
+    )
+    .bind(game_ids)
+    .bind(statuses)
+    .bind(failures)
+    .bind(successes)
+    .bind(episode)
+    .bind(published)
+    .bind(probe_at)
+    .bind(success_at)
+    .bind(status)
+    .bind(error)
+    .bind(kind)
+    .bind(latency)
+    .execute(executor)
+    .await
+    .map(drop)
+}

@@ -1,0 +1,236 @@
+//! Logs, metrics and traces (DESIGN §8).
+//!
+//! Metrics go through [`Metrics`], built from any `Meter`, so tests hand it an in-memory
+//! reader and production an OTLP one. When no OTLP endpoint is configured, or
+//! `OTEL_SDK_DISABLED=true`, no exporter exists at all: nothing is sent and nothing
+//! complains.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+use crate::events::envelope::EventType;
+
+/// Instrumentation scope of every instrument.
+pub const METER_NAME: &str = "healthprobe";
+
+/// Bound on flushing telemetry at shutdown, so an unreachable collector cannot hold the
+/// exit past the SIGTERM budget.
+const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// The service's instruments. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    health_events: Counter<u64>,
+    probes: Counter<u64>,
+    probe_duration: Histogram<f64>,
+    tick_duration: Histogram<f64>,
+    tick_errors: Counter<u64>,
+    running_records: Gauge<u64>,
+    outbox_pending: Gauge<u64>,
+    publish_errors: Counter<u64>,
+}
+
+impl Metrics {
+    pub fn new(meter: &Meter) -> Self {
+        Self {
+            health_events: meter
+                .u64_counter("rtmanager.health_events")
+                .with_description("Health events emitted (committed to the event log)")
+                .build(),
+            probes: meter
+                .u64_counter("healthprobe.probes")
+                .with_description("Probes completed, by outcome (ok or a failure kind)")
+                .build(),
+            probe_duration: meter
+                .f64_histogram("healthprobe.probe.duration")
+                .with_unit("s")
+                .with_description("Duration of one probe")
+                .build(),
+            tick_duration: meter
+                .f64_histogram("healthprobe.tick.duration")
+                .with_unit("s")
+                .with_description("Duration of one tick")
+                .build(),
+            tick_errors: meter
+                .u64_counter("healthprobe.tick.errors")
+                .with_description("Ticks that could not complete or record everything")
+                .build(),
+            running_records: meter
+                .u64_gauge("healthprobe.running_records")
+                .with_description("Running records listed by the last complete tick")
+                .build(),
+            outbox_pending: meter
+                .u64_gauge("healthprobe.outbox.pending")
+                .with_description("Committed events not yet acknowledged by JetStream")
+                .build(),
+            publish_errors: meter
+                .u64_counter("healthprobe.publish.errors")
+                .with_description("Failed attempts to publish the outbox to JetStream")
+                .build(),
+        }
+    }
+
+    /// Instruments that record nowhere; for tools and tests that do not look at metrics.
+    pub fn noop() -> Self {
+        Self::new(&SdkMeterProvider::builder().build().meter(METER_NAME))
+    }
+
+    pub fn event_emitted(&self, event_type: EventType) {
+        self.health_events
+            .add(1, &[KeyValue::new("event_type", event_type.as_str())]);
+    }
+
+    pub fn probe_completed(&self, outcome: &'static str, duration: Duration) {
+        self.probes.add(1, &[KeyValue::new("outcome", outcome)]);
+        self.probe_duration.record(duration.as_secs_f64(), &[]);
+    }
+
+    pub fn tick_completed(&self, duration: Duration, clean: bool) {
+        self.tick_duration.record(duration.as_secs_f64(), &[]);
+        if !clean {
+            self.tick_errors.add(1, &[]);
+        }
+    }
+
+    pub fn running_records(&self, count: usize) {
+        self.running_records.record(count as u64, &[]);
+    }
+
+    pub fn outbox_pending(&self, count: u64) {
+        self.outbox_pending.record(count, &[]);
+    }
+
+    pub fn publish_failed(&self) {
+        self.publish_errors.add(1, &[]);
+    }
+}
+
+use opentelemetry::metrics::MeterProvider as _;
+
+/// Owns the providers; flush them with [`Telemetry::shutdown`] before exit.
+pub struct Telemetry {
+    meter_provider: SdkMeterProvider,
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    pub fn meter(&self) -> Meter {
+        self.meter_provider.meter(METER_NAME)
+    }
+
+    /// Flushes and stops the exporters, bounded by [`SHUTDOWN_FLUSH_LIMIT`].
+    pub async fn shutdown(self) {
+        let Self {
+            meter_provider,
+            tracer_provider,
+        } = self;
+        // The blocking HTTP exporter must not run on a runtime worker thread.
+        let flush = tokio::task::spawn_blocking(move || {
+            let mut problems = Vec::new();
+            if let Some(tracer_provider) = tracer_provider
+                && let Err(e) = tracer_provider.shutdown()
+            {
+                problems.push(format!("traces: {e}"));
+            }
+            if let Err(e) = meter_provider.shutdown() {
+                problems.push(format!("metrics: {e}"));
+            }
+            problems
+        });
+        match tokio::time::timeout(SHUTDOWN_FLUSH_LIMIT, flush).await {
+            Ok(Ok(problems)) if problems.is_empty() => {}
+            Ok(Ok(problems)) => tracing::warn!(?problems, "telemetry flush incomplete"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "telemetry flush task failed"),
+            Err(_) => tracing::warn!(limit = ?SHUTDOWN_FLUSH_LIMIT, "telemetry flush timed out"),
+        }
+    }
+}
+
+fn env_true(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
+}
+
+/// Whether OTLP export is wanted: an endpoint is configured and the SDK is not disabled.
+pub fn otlp_enabled() -> bool {
+    !env_true("OTEL_SDK_DISABLED")
+        && (env_set("OTEL_EXPORTER_OTLP_ENDPOINT")
+            || env_set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+            || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+fn resource() -> Resource {
+    let builder = Resource::builder();
+    if env_set("OTEL_SERVICE_NAME") {
+        builder.build()
+    } else {
+        builder.with_service_name("healthprobe").build()
+    }
+}
+
+/// Sets up logging (`RUST_LOG`, default `info`; JSON lines with
+/// `HEALTHPROBE_LOG_FORMAT=json`) and, when enabled, OTLP metrics and traces.
+pub fn init() -> anyhow::Result<Telemetry> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json =
+        std::env::var("HEALTHPROBE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let fmt_layer = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+
+    let (meter_provider, tracer_provider) = if otlp_enabled() {
+        let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .build()
+            .context("building the OTLP metric exporter")?;
+        let meter_provider = SdkMeterProvider::builder()
+            .with_resource(resource())
+            .with_reader(PeriodicReader::builder(metric_exporter).build())
+            .build();
+        let span_exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .context("building the OTLP span exporter")?;
+        let tracer_provider = SdkTracerProvider::builder()
+            .with_resource(resource())
+            .with_batch_exporter(span_exporter)
+            .build();
+        (meter_provider, Some(tracer_provider))
+    } else {
+        (SdkMeterProvider::builder().build(), None)
+    };
+
+    let otel_layer = tracer_provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(METER_NAME)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init()
+        .context("installing the log subscriber")?;
+    Ok(Telemetry {
+        meter_provider,
+        tracer_provider,
+    })
+}

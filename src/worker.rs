@@ -1,0 +1,446 @@
+//! The tick: list running records, probe them with bounded concurrency, apply the
+//! hysteresis, record what changed, prune games that are gone (DESIGN §1, §3).
+//!
+//! [`Worker::tick`] is one pass and returns a [`TickReport`]; [`run`] is the few lines of
+//! scheduling around it. Memory follows Postgres: a game's counters advance only once the
+//! row that records them (event plus snapshot, or the batched snapshot) is committed, so a
+//! failed write makes the next tick take the same decision again, never a different one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use thiserror::Error;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::ErrorChain;
+use crate::events::envelope::{Details, FailedDetails, HealthEvent, RecoveredDetails};
+use crate::hysteresis::{self, GameHealth, Observation, Thresholds, Transition};
+use crate::probe::{ProbeOutcome, Prober};
+use crate::store::{RuntimeRecord, SnapshotRow, Store};
+use crate::telemetry::Metrics;
+
+/// Snapshots are written in batches of at most this many rows: one statement for a fleet of
+/// up to this size, bounded memory and statement size beyond it.
+const SNAPSHOT_BATCH: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSettings {
+    pub thresholds: Thresholds,
+    pub max_concurrency: usize,
+}
+
+/// What one tick did.
+#[derive(Debug, Default, Clone)]
+pub struct TickReport {
+    /// Running records listed.
+    pub records: usize,
+    pub probes: usize,
+    pub healthy: usize,
+    pub failed: usize,
+    /// Events committed during this tick, in commit order.
+    pub events: Vec<HealthEvent>,
+    /// Games forgotten because they are no longer running.
+    pub pruned: usize,
+    /// Transitions whose commit failed; they are decided again next tick.
+    pub failed_commits: usize,
+    /// Other writes that failed (snapshots, pruning), as readable sentences.
+    pub store_errors: Vec<String>,
+    /// Stopped early by shutdown: probes in flight finished, no new ones were started.
+    pub interrupted: bool,
+    pub duration: Duration,
+}
+
+impl TickReport {
+    /// Everything decided was recorded.
+    pub fn is_clean(&self) -> bool {
+        self.failed_commits == 0 && self.store_errors.is_empty()
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum TickError {
+    #[error("listing running records failed after {listed} records")]
+    List {
+        listed: usize,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TrackedGame {
+    health: GameHealth,
+    /// Generation of the last tick that listed this game.
+    seen: u64,
+}
+
+pub struct Worker {
+    store: Store,
+    prober: Prober,
+    settings: WorkerSettings,
+    metrics: Metrics,
+    outbox_wake: Arc<Notify>,
+    games: HashMap<String, TrackedGame>,
+    generation: u64,
+}
+
+impl Worker {
+    pub fn new(
+        store: Store,
+        prober: Prober,
+        settings: WorkerSettings,
+        metrics: Metrics,
+        outbox_wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            prober,
+            settings,
+            metrics,
+            outbox_wake,
+            games: HashMap::new(),
+            generation: 0,
+        }
+    }
+
+    /// Loads the per-game counters from `health_snapshots`, so a restart resumes where the
+    /// last committed state left off. Returns how many games were restored.
+    pub async fn restore(&mut self) -> Result<usize, sqlx::Error> {
+        let rows = self.store.load_health().await?;
+        self.games = rows
+            .into_iter()
+            .map(|(game_id, health)| (game_id, TrackedGame { health, seen: 0 }))
+            .collect();
+        Ok(self.games.len())
+    }
+
+    /// The counters the worker holds for a game, if any.
+    pub fn health_of(&self, game_id: &str) -> Option<GameHealth> {
+        self.games.get(game_id).map(|g| g.health)
+    }
+
+    pub fn tracked_games(&self) -> usize {
+        self.games.len()
+    }
+
+    /// One tick. `stop` ends it early: no new probes start, the ones in flight finish (each
+    /// bounded by the probe timeout) and are recorded.
+    #[tracing::instrument(name = "tick", skip_all, fields(generation = self.generation + 1))]
+    pub async fn tick(&mut self, stop: &CancellationToken) -> Result<TickReport, TickError> {
+        let started = Instant::now();
+        self.generation += 1;
+        let generation = self.generation;
+        let mut report = TickReport::default();
+        let mut snapshots = Vec::new();
+        let semaphore = Arc::new(Semaphore::new(self.settings.max_concurrency));
+        let mut in_flight: JoinSet<(RuntimeRecord, ProbeOutcome)> = JoinSet::new();
+        let store = self.store.clone();
+        let mut records = store.running_records();
+        let mut list_error = None;
+
+        loop {
+            // Wait for a free slot, recording finished probes meanwhile.
+            let permit = loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break None,
+                    Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                        self.apply(done, generation, &mut report, &mut snapshots).await;
+                    }
+                    permit = semaphore.clone().acquire_owned() => {
+                        break Some(permit.expect("the semaphore is never closed"));
+                    }
+                }
+            };
+            let Some(permit) = permit else {
+                report.interrupted = true;
+                break;
+            };
+            let record = match records.next().await {
+                None => break,
+                Some(Ok(record)) => record,
+                Some(Err(source)) => {
+                    list_error = Some(source);
+                    break;
+                }
+            };
+            report.records += 1;
+            if let Some(game) = self.games.get_mut(&record.game_id) {
+                game.seen = generation;
+            }
+            let prober = self.prober.clone();
+            let span = tracing::info_span!("probe", game_id = %record.game_id);
+            in_flight.spawn(
+                async move {
+                    let outcome = prober.probe(&record.engine_endpoint).await;
+                    drop(permit);
+                    (record, outcome)
+                }
+                .instrument(span),
+            );
+            if snapshots.len() >= SNAPSHOT_BATCH {
+                self.flush_snapshots(&mut snapshots, generation, &mut report)
+                    .await;
+            }
+        }
+        drop(records);
+        while let Some(done) = in_flight.join_next().await {
+            self.apply(done, generation, &mut report, &mut snapshots)
+                .await;
+        }
+        self.flush_snapshots(&mut snapshots, generation, &mut report)
+            .await;
+
+        // Prune only after a complete list: a partial one would forget running games.
+        if list_error.is_none() && !report.interrupted {
+            self.prune(generation, &mut report).await;
+            self.metrics.running_records(report.records);
+        }
+        report.duration = started.elapsed();
+        let clean = list_error.is_none() && report.is_clean();
+        self.metrics.tick_completed(report.duration, clean);
+        match list_error {
+            Some(source) => Err(TickError::List {
+                listed: report.records,
+                source,
+            }),
+            None => Ok(report),
+        }
+    }
+
+    /// Applies one finished probe: hysteresis, then either commit the transition now or
+    /// queue the snapshot for the batch.
+    async fn apply(
+        &mut self,
+        done: Result<(RuntimeRecord, ProbeOutcome), tokio::task::JoinError>,
+        generation: u64,
+        report: &mut TickReport,
+        snapshots: &mut Vec<SnapshotRow>,
+    ) {
+        let (record, outcome) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                // A probe never panics by design; if one does, count it and go on.
+                tracing::error!(error = %e, "probe task ended abnormally");
+                report
+                    .store_errors
+                    .push(format!("probe task ended abnormally: {e}"));
+                return;
+            }
+        };
+        report.probes += 1;
+        self.metrics
+            .probe_completed(outcome.outcome_label(), outcome.latency);
+        let observation = if outcome.is_healthy() {
+            report.healthy += 1;
+            Observation::Success
+        } else {
+            report.failed += 1;
+            Observation::Failure
+        };
+        if let Some(failure) = &outcome.failure {
+            tracing::debug!(game_id = %record.game_id, kind = %failure.kind, status = outcome.status, error = %failure.message, "probe failed");
+        }
+        let current = self
+            .games
+            .get(&record.game_id)
+            .map(|g| g.health)
+            .unwrap_or_default();
+        let (next, transition) =
+            hysteresis::observe(current, observation, self.settings.thresholds);
+        let snapshot = snapshot_row(&record.game_id, next, &outcome);
+        let Some(transition) = transition else {
+            snapshots.push(snapshot);
+            return;
+        };
+        let event = HealthEvent::new(
+            record.game_id.clone(),
+            record.container_id.as_deref(),
+            outcome.completed_at,
+            details(transition, &outcome),
+        );
+        match self.store.record_transition(&event, &snapshot).await {
+            Ok(()) => {
+                self.games.insert(
+                    record.game_id,
+                    TrackedGame {
+                        health: next,
+                        seen: generation,
+                    },
+                );
+                self.metrics.event_emitted(event.event_type());
+                self.outbox_wake.notify_one();
+                tracing::info!(
+                    event_type = event.event_type().as_str(),
+                    event_id = %event.event_id,
+                    game_id = %event.game_id,
+                    container_id = %event.container_id,
+                    details = %serde_json::to_string(&event.details).unwrap_or_default(),
+                    "health event recorded"
+                );
+                report.events.push(event);
+            }
+            Err(e) => {
+                report.failed_commits += 1;
+                tracing::warn!(
+                    game_id = %record.game_id,
+                    event_type = event.event_type().as_str(),
+                    error = %ErrorChain(&e),
+                    "could not commit a health event; it will be decided again next tick"
+                );
+            }
+        }
+    }
+
+    async fn flush_snapshots(
+        &mut self,
+        snapshots: &mut Vec<SnapshotRow>,
+        generation: u64,
+        report: &mut TickReport,
+    ) {
+        if snapshots.is_empty() {
+            return;
+        }
+        match self.store.upsert_snapshots(snapshots).await {
+            Ok(()) => {
+                for row in snapshots.drain(..) {
+                    self.games.insert(
+                        row.game_id,
+                        TrackedGame {
+                            health: row.health,
+                            seen: generation,
+                        },
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(rows = snapshots.len(), error = %ErrorChain(&e), "could not write snapshots; counters not advanced");
+                report.store_errors.push(format!(
+                    "writing {} snapshots: {}",
+                    snapshots.len(),
+                    ErrorChain(&e)
+                ));
+                snapshots.clear();
+            }
+        }
+    }
+
+    async fn prune(&mut self, generation: u64, report: &mut TickReport) {
+        let gone: Vec<String> = self
+            .games
+            .iter()
+            .filter(|(_, game)| game.seen != generation)
+            .map(|(game_id, _)| game_id.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        match self.store.delete_snapshots(&gone).await {
+            Ok(_) => {
+                for game_id in &gone {
+                    self.games.remove(game_id);
+                }
+                report.pruned = gone.len();
+                tracing::debug!(
+                    pruned = gone.len(),
+                    "forgot games that are no longer running"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "could not prune snapshots; will retry next tick");
+                report.store_errors.push(format!(
+                    "pruning {} games: {}",
+                    gone.len(),
+                    ErrorChain(&e)
+                ));
+            }
+        }
+    }
+}
+
+fn details(transition: Transition, outcome: &ProbeOutcome) -> Details {
+    match transition {
+        Transition::Failed {
+            consecutive_failures,
+        } => Details::Failed(FailedDetails {
+            consecutive_failures,
+            last_status: outcome.status,
+            last_error: outcome
+                .failure
+                .as_ref()
+                .map(|f| f.message.clone())
+                .unwrap_or_default(),
+        }),
+        Transition::Recovered {
+            prior_failure_count,
+        } => Details::Recovered(RecoveredDetails {
+            prior_failure_count,
+        }),
+    }
+}
+
+fn snapshot_row(game_id: &str, health: GameHealth, outcome: &ProbeOutcome) -> SnapshotRow {
+    SnapshotRow {
+        game_id: game_id.to_owned(),
+        health,
+        last_probe_at: outcome.completed_at,
+        last_success_at: outcome.is_healthy().then_some(outcome.completed_at),
+        last_status: outcome.status,
+        last_error: outcome.failure.as_ref().map(|f| f.message.clone()),
+        last_failure_kind: outcome.failure.as_ref().map(|f| f.kind.as_str()),
+        last_latency_ms: outcome.latency.as_secs_f64() * 1000.0,
+    }
+}
+
+/// Liveness: when the tick loop last went round (a failed tick counts).
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeat(Arc<std::sync::Mutex<Option<Instant>>>);
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        *self.0.lock().expect("heartbeat lock") = Some(Instant::now());
+    }
+
+    pub fn last(&self) -> Option<Instant> {
+        *self.0.lock().expect("heartbeat lock")
+    }
+}
+
+/// Ticks at once, then every `interval` until `stop`. Missed ticks are delayed, never
+/// bunched, and ticks never overlap: the next one starts only after this one returns.
+pub async fn run(
+    mut worker: Worker,
+    interval: Duration,
+    stop: CancellationToken,
+    heartbeat: Heartbeat,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        match worker.tick(&stop).await {
+            Ok(report) => {
+                if report.duration > interval {
+                    tracing::warn!(duration = ?report.duration, ?interval, records = report.records, "tick took longer than the interval; the next one starts late");
+                }
+                if !report.is_clean() {
+                    tracing::warn!(failed_commits = report.failed_commits, errors = ?report.store_errors, "tick could not record everything");
+                }
+                tracing::debug!(records = report.records, probes = report.probes, failed = report.failed, events = report.events.len(), pruned = report.pruned, duration = ?report.duration, "tick done");
+            }
+            Err(e) => tracing::error!(error = %ErrorChain(&e), "tick failed"),
+        }
+        heartbeat.beat();
+    }
+    tracing::info!("worker stopped: shutdown requested");
+}

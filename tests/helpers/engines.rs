@@ -1,0 +1,184 @@
+//! A fleet of fake game engines: one axum server on 127.0.0.1, one path per engine
+//! (`/e/<id>/healthz`), each with a behaviour the test can change while the worker runs.
+//! The fleet observes what the worker does: requests, probes in flight, connections,
+//! user agents.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt as _;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Behavior {
+    Healthy,
+    Status(u16),
+    /// 302 to another path of the fleet, which counts any visit.
+    Redirect,
+    /// Answers 200 after this long.
+    Delay(Duration),
+    /// 200 with a body of this many bytes.
+    Body(usize),
+}
+
+#[derive(Default)]
+struct FleetState {
+    behaviors: Mutex<HashMap<String, Behavior>>,
+    requests: Mutex<HashMap<String, usize>>,
+    user_agents: Mutex<Vec<String>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    connections: AtomicUsize,
+    redirect_follows: AtomicUsize,
+}
+
+pub struct Fleet {
+    pub addr: SocketAddr,
+    state: Arc<FleetState>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+struct InFlight<'a>(&'a FleetState);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a FleetState) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn healthz(
+    State(state): State<Arc<FleetState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let _in_flight = InFlight::enter(&state);
+    *state
+        .requests
+        .lock()
+        .unwrap()
+        .entry(id.clone())
+        .or_default() += 1;
+    if let Some(agent) = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        state.user_agents.lock().unwrap().push(agent.to_owned());
+    }
+    let behavior = state.behaviors.lock().unwrap().get(&id).cloned();
+    match behavior {
+        None => (StatusCode::NOT_FOUND, "no such engine").into_response(),
+        Some(Behavior::Healthy) => (StatusCode::OK, "ok").into_response(),
+        Some(Behavior::Status(code)) => (
+            StatusCode::from_u16(code).expect("valid status"),
+            "not healthy",
+        )
+            .into_response(),
+        Some(Behavior::Redirect) => (
+            StatusCode::FOUND,
+            [(header::LOCATION, "/elsewhere")],
+            "moved",
+        )
+            .into_response(),
+        Some(Behavior::Delay(delay)) => {
+            tokio::time::sleep(delay).await;
+            (StatusCode::OK, "ok, eventually").into_response()
+        }
+        Some(Behavior::Body(size)) => (StatusCode::OK, vec![b'x'; size]).into_response(),
+    }
+}
+
+async fn elsewhere(State(state): State<Arc<FleetState>>) -> &'static str {
+    state.redirect_follows.fetch_add(1, Ordering::SeqCst);
+    "you followed a redirect"
+}
+
+impl Fleet {
+    pub async fn start() -> Self {
+        let state = Arc::new(FleetState::default());
+        let app = Router::new()
+            .route("/e/{id}/healthz", get(healthz))
+            .route("/elsewhere", get(elsewhere))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fleet");
+        let addr = listener.local_addr().expect("fleet address");
+        let counter = state.clone();
+        let listener = listener.tap_io(move |_tcp| {
+            counter.connections.fetch_add(1, Ordering::SeqCst);
+        });
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("fleet server");
+        });
+        Self {
+            addr,
+            state,
+            server,
+        }
+    }
+
+    /// Adds or changes an engine; returns its endpoint.
+    pub fn set(&self, id: &str, behavior: Behavior) -> String {
+        self.state
+            .behaviors
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), behavior);
+        self.endpoint(id)
+    }
+
+    pub fn endpoint(&self, id: &str) -> String {
+        format!("http://{}/e/{id}", self.addr)
+    }
+
+    pub fn requests(&self, id: &str) -> usize {
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn total_requests(&self) -> usize {
+        self.state.requests.lock().unwrap().values().sum()
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn redirect_follows(&self) -> usize {
+        self.state.redirect_follows.load(Ordering::SeqCst)
+    }
+
+    pub fn user_agents(&self) -> Vec<String> {
+        self.state.user_agents.lock().unwrap().clone()
+    }
+}

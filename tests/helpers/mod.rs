@@ -1,0 +1,410 @@
+//! Shared test harness: real Postgres, real NATS with JetStream, real HTTP engines on
+//! loopback. Each test gets its own database, stream and subject prefix, so tests run in
+//! parallel against one pair of servers.
+//!
+//! Servers come from `HEALTHPROBE_TEST_DATABASE_URL` / `HEALTHPROBE_TEST_NATS_URL`
+//! (`scripts/test.sh` starts local ones); when unset, testcontainers starts them in Docker.
+#![allow(dead_code)]
+
+pub mod engines;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream::Stream as JsStream};
+use healthprobe::events::envelope::Envelope;
+use healthprobe::events::jetstream::{StreamTarget, ensure_stream};
+use healthprobe::events::relay::Relay;
+use healthprobe::hysteresis::Thresholds;
+use healthprobe::probe::Prober;
+use healthprobe::store::Store;
+use healthprobe::telemetry::Metrics;
+use healthprobe::worker::{Worker, WorkerSettings};
+use sqlx::Connection as _;
+use sqlx::postgres::PgConnection;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// Upper bound for any wait on a condition in these tests.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(20);
+
+pub struct Services {
+    pub admin_database_url: String,
+    pub nats_url: String,
+}
+
+/// The shared servers, started once per test binary.
+pub fn services() -> &'static Services {
+    static SERVICES: OnceLock<Services> = OnceLock::new();
+    SERVICES.get_or_init(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+        healthprobe::install_crypto_provider();
+        match (
+            std::env::var("HEALTHPROBE_TEST_DATABASE_URL"),
+            std::env::var("HEALTHPROBE_TEST_NATS_URL"),
+        ) {
+            (Ok(db), Ok(nats)) => Services {
+                admin_database_url: db,
+                nats_url: nats,
+            },
+            _ => start_containers(),
+        }
+    })
+}
+
+/// Starts Postgres and NATS (JetStream) with testcontainers on a thread of its own; the
+/// containers live as long as the test process.
+fn start_containers() -> Services {
+    std::thread::spawn(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime for testcontainers");
+        runtime.block_on(async {
+            use testcontainers::runners::AsyncRunner as _;
+            use testcontainers::ImageExt as _;
+            let postgres = testcontainers_modules::postgres::Postgres::default()
+                .with_tag("15-alpine")
+                .start()
+                .await
+                .expect("HEALTHPROBE_TEST_DATABASE_URL is unset and testcontainers could not start Postgres (is a Docker engine running? scripts/test.sh starts local servers instead)");
+            let nats_cmd = testcontainers_modules::nats::NatsServerCmd::default().with_jetstream();
+            let nats = testcontainers_modules::nats::Nats::default()
+                .with_cmd(&nats_cmd)
+                .start()
+                .await
+                .expect("HEALTHPROBE_TEST_NATS_URL is unset and testcontainers could not start NATS");
+            let pg_port = postgres.get_host_port_ipv4(5432).await.expect("postgres port");
+            let nats_port = nats.get_host_port_ipv4(4222).await.expect("nats port");
+            // Kept for the life of the process.
+            std::mem::forget(postgres);
+            std::mem::forget(nats);
+            Services {
+                admin_database_url: format!("postgres://postgres:postgres@127.0.0.1:{pg_port}/postgres"),
+                nats_url: format!("nats://127.0.0.1:{nats_port}"),
+            }
+        })
+    })
+    .join()
+    .expect("testcontainers thread")
+}
+
+/// Waits until `check` returns `Some`, polling briefly, or panics with `what` after `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One message read back from the stream.
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    pub subject: String,
+    pub msg_id: Option<String>,
+    pub payload: serde_json::Value,
+}
+
+impl StreamEvent {
+    pub fn envelope(&self) -> Envelope {
+        serde_json::from_value(self.payload.clone()).expect("payload decodes as an envelope")
+    }
+
+    pub fn event_type(&self) -> &str {
+        self.payload["event_type"].as_str().unwrap_or_default()
+    }
+
+    pub fn game_id(&self) -> &str {
+        self.payload["game_id"].as_str().unwrap_or_default()
+    }
+}
+
+/// An isolated database, stream and subject prefix.
+pub struct TestEnv {
+    pub id: String,
+    pub database_url: String,
+    pub store: Store,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub target: StreamTarget,
+    pub outbox_wake: Arc<Notify>,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let services = services();
+        let id = Uuid::now_v7().simple().to_string();
+        let database = format!("hp_{id}");
+        let mut admin = PgConnection::connect(&services.admin_database_url)
+            .await
+            .expect("connect to the test Postgres");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{database}\""
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+        admin.close().await.ok();
+        let mut url = reqwest::Url::parse(&services.admin_database_url).expect("admin url");
+        url.set_path(&database);
+        let database_url = url.to_string();
+        let store = Store::connect(&database_url)
+            .await
+            .expect("connect to the test database");
+        store.migrate().await.expect("migrations apply");
+
+        let nats = healthprobe::events::jetstream::connect(&services.nats_url, true)
+            .await
+            .expect("connect to the test NATS");
+        let js = healthprobe::events::jetstream::context(nats.clone());
+        let target = StreamTarget {
+            stream: format!("HP_{id}"),
+            subject_prefix: format!("hp.{id}"),
+        };
+        ensure_stream(&js, &target)
+            .await
+            .expect("create the test stream");
+        Self {
+            id,
+            database_url,
+            store,
+            nats,
+            js,
+            target,
+            outbox_wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.store.pool()
+    }
+
+    /// Environment for a worker process pointed at this test's database and stream.
+    pub fn process_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("DATABASE_URL".into(), self.database_url.clone()),
+            ("NATS_URL".into(), services().nats_url.clone()),
+            ("HEALTHPROBE_STREAM".into(), self.target.stream.clone()),
+            (
+                "HEALTHPROBE_SUBJECT_PREFIX".into(),
+                self.target.subject_prefix.clone(),
+            ),
+        ]
+    }
+
+    pub async fn add_running(&self, game_id: &str, endpoint: &str, container_id: Option<&str>) {
+        sqlx::query(
+            "INSERT INTO runtime_records (game_id, status, current_container_id, engine_endpoint, started_at) \
+             VALUES ($1, 'running', $2, $3, now()) \
+             ON CONFLICT (game_id) DO UPDATE SET status = 'running', current_container_id = $2, \
+               engine_endpoint = $3, started_at = now(), last_op_at = now()",
+        )
+        .bind(game_id)
+        .bind(container_id)
+        .bind(endpoint)
+        .execute(self.pool())
+        .await
+        .expect("insert runtime record");
+    }
+
+    pub async fn set_status(&self, game_id: &str, status: &str) {
+        sqlx::query(
+            "UPDATE runtime_records SET status = $2, last_op_at = now() WHERE game_id = $1",
+        )
+        .bind(game_id)
+        .bind(status)
+        .execute(self.pool())
+        .await
+        .expect("update runtime record");
+    }
+
+    pub fn worker(
+        &self,
+        thresholds: Thresholds,
+        max_concurrency: usize,
+        timeout: Duration,
+    ) -> Worker {
+        self.worker_with_metrics(thresholds, max_concurrency, timeout, Metrics::noop())
+    }
+
+    pub fn worker_with_metrics(
+        &self,
+        thresholds: Thresholds,
+        max_concurrency: usize,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> Worker {
+        Worker::new(
+            self.store.clone(),
+            Prober::new(timeout, Duration::from_secs(1)).expect("prober"),
+            WorkerSettings {
+                thresholds,
+                max_concurrency,
+            },
+            metrics,
+            self.outbox_wake.clone(),
+        )
+    }
+
+    pub fn relay(&self) -> Relay {
+        self.relay_on(self.nats.clone())
+    }
+
+    pub fn relay_on(&self, client: async_nats::Client) -> Relay {
+        Relay::new(
+            self.store.clone(),
+            client,
+            self.target.clone(),
+            self.outbox_wake.clone(),
+            Metrics::noop(),
+        )
+    }
+
+    async fn stream(&self) -> JsStream {
+        self.js
+            .get_stream(&self.target.stream)
+            .await
+            .expect("test stream exists")
+    }
+
+    /// Every message in this test's stream, in stream order.
+    pub async fn stream_events(&self) -> Vec<StreamEvent> {
+        let mut stream = self.stream().await;
+        let last = stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence;
+        let mut events = Vec::new();
+        for sequence in 1..=last {
+            let Ok(message) = stream.get_raw_message(sequence).await else {
+                continue;
+            };
+            events.push(StreamEvent {
+                subject: message.subject.to_string(),
+                msg_id: message
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .map(|v| v.to_string()),
+                payload: serde_json::from_slice(&message.payload).expect("payload is JSON"),
+            });
+        }
+        events
+    }
+
+    /// Waits until the stream holds at least `count` messages, then returns them all.
+    pub async fn wait_stream_events(&self, count: usize) -> Vec<StreamEvent> {
+        wait_for(
+            &format!("{count} messages on stream {}", self.target.stream),
+            WAIT_LIMIT,
+            || async {
+                let events = self.stream_events().await;
+                (events.len() >= count).then_some(events)
+            },
+        )
+        .await
+    }
+
+    /// Rows of `health_events`, in commit order: (event_type, game_id, published).
+    pub async fn logged_events(&self) -> Vec<(String, String, bool)> {
+        sqlx::query_as(
+            "SELECT event_type, game_id, published_at IS NOT NULL FROM health_events ORDER BY seq",
+        )
+        .fetch_all(self.pool())
+        .await
+        .expect("read health_events")
+    }
+
+    /// (status, consecutive_failures, last_status, last_failure_kind, last_error) of a game.
+    pub async fn snapshot(
+        &self,
+        game_id: &str,
+    ) -> Option<(String, i32, i32, Option<String>, Option<String>)> {
+        sqlx::query_as(
+            "SELECT status, consecutive_failures, last_status, last_failure_kind, last_error \
+             FROM health_snapshots WHERE game_id = $1",
+        )
+        .bind(game_id)
+        .fetch_optional(self.pool())
+        .await
+        .expect("read health_snapshots")
+    }
+}
+
+/// The AsyncAPI document and validators for its message schemas.
+pub struct AsyncApi {
+    document: serde_json::Value,
+}
+
+impl AsyncApi {
+    pub fn load() -> Self {
+        let path =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("asyncapi/healthprobe.asyncapi.json");
+        let text = std::fs::read_to_string(&path).expect("read the AsyncAPI document");
+        Self {
+            document: serde_json::from_str(&text).expect("the AsyncAPI document is JSON"),
+        }
+    }
+
+    pub fn document(&self) -> &serde_json::Value {
+        &self.document
+    }
+
+    /// A validator for `#/components/messages/<message>/<part>` (part: payload or headers),
+    /// resolving references inside the document.
+    pub fn validator(&self, message: &str, part: &str) -> jsonschema::Validator {
+        let reference = self.document["components"]["messages"][message][part]["$ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("message {message} has a {part} reference"))
+            .to_owned();
+        // The whole document is the root resource, so `#/components/...` resolves.
+        let mut schema = self.document.clone();
+        schema["$ref"] = serde_json::Value::String(reference);
+        jsonschema::draft7::new(&schema).expect("the AsyncAPI schemas compile")
+    }
+
+    /// Validates one published message against the schema of its event type.
+    pub fn check(&self, event: &StreamEvent) -> Result<(), String> {
+        let message = match event.event_type() {
+            "probe_failed" => "probeFailed",
+            "probe_recovered" => "probeRecovered",
+            other => return Err(format!("unknown event_type {other:?}")),
+        };
+        let payload = self.validator(message, "payload");
+        let errors: Vec<String> = payload
+            .iter_errors(&event.payload)
+            .map(|e| e.to_string())
+            .collect();
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        let headers = serde_json::json!({ "Nats-Msg-Id": event.msg_id });
+        let header_errors: Vec<String> = self
+            .validator(message, "headers")
+            .iter_errors(&headers)
+            .map(|e| e.to_string())
+            .collect();
+        if !header_errors.is_empty() {
+            return Err(header_errors.join("; "));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,585 @@
+//! The tick end to end, in process: real Postgres, real NATS JetStream, real HTTP engines.
+
+mod helpers;
+
+use std::time::{Duration, Instant};
+
+use healthprobe::events::envelope::{Details, FailedDetails, RecoveredDetails};
+use healthprobe::hysteresis::{GameHealth, Thresholds};
+use healthprobe::telemetry::Metrics;
+use helpers::engines::{Behavior, Fleet};
+use helpers::{AsyncApi, TestEnv};
+use tokio_util::sync::CancellationToken;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn thresholds(failures: u32, recovery: u32) -> Thresholds {
+    Thresholds { failures, recovery }
+}
+
+#[tokio::test]
+async fn threshold_reached_emits_exactly_one_probe_failed() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    let endpoint = fleet.set("sick", Behavior::Status(503));
+    env.add_running("game-sick", &endpoint, Some("c-sick"))
+        .await;
+    env.add_running("game-fine", &fleet.set("fine", Behavior::Healthy), None)
+        .await;
+    let mut worker = env.worker(thresholds(3, 1), 4, TIMEOUT);
+    let stop = CancellationToken::new();
+
+    for tick in 1..=2 {
+        let report = worker.tick(&stop).await.expect("tick");
+        assert_eq!(
+            (report.records, report.probes, report.failed),
+            (2, 2, 1),
+            "tick {tick}"
+        );
+        assert!(
+            report.events.is_empty(),
+            "no event below the threshold (tick {tick})"
+        );
+    }
+    let (status, failures, last_status, kind, _) =
+        env.snapshot("game-sick").await.expect("snapshot");
+    assert_eq!(
+        (status.as_str(), failures, last_status, kind.as_deref()),
+        ("suspect", 2, 503, Some("status"))
+    );
+
+    let report = worker.tick(&stop).await.expect("third tick");
+    assert_eq!(report.events.len(), 1);
+    let event = &report.events[0];
+    assert_eq!(event.game_id, "game-sick");
+    assert_eq!(event.container_id, "c-sick");
+    assert_eq!(
+        event.details,
+        Details::Failed(FailedDetails {
+            consecutive_failures: 3,
+            last_status: 503,
+            last_error: "unexpected status 503".into()
+        })
+    );
+    for _ in 0..3 {
+        assert!(
+            worker.tick(&stop).await.expect("tick").events.is_empty(),
+            "probe_failed only once"
+        );
+    }
+    assert_eq!(env.snapshot("game-sick").await.unwrap().0, "failing");
+    assert_eq!(env.snapshot("game-fine").await.unwrap().0, "healthy");
+
+    // The relay publishes it, once, with the contract's subject, header and body.
+    let report = env.relay().drain_once().await.expect("drain");
+    assert_eq!(report.published, 1);
+    let messages = env.wait_stream_events(1).await;
+    assert_eq!(messages.len(), 1);
+    let message = &messages[0];
+    assert_eq!(
+        message.subject,
+        format!("{}.probe_failed", env.target.subject_prefix)
+    );
+    assert_eq!(
+        message.msg_id.as_deref(),
+        Some(event.event_id.to_string().as_str())
+    );
+    assert_eq!(message.envelope(), event.envelope());
+    AsyncApi::load()
+        .check(message)
+        .expect("the message matches the AsyncAPI schema");
+    assert_eq!(
+        env.logged_events().await,
+        vec![("probe_failed".into(), "game-sick".into(), true)]
+    );
+    // Nothing left to publish; a second drain publishes nothing new.
+    assert_eq!(env.relay().drain_once().await.unwrap().published, 0);
+    assert_eq!(env.stream_events().await.len(), 1);
+}
+
+#[tokio::test]
+async fn recovery_emits_probe_recovered_with_the_episode_failure_count() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    let endpoint = fleet.set("flaky", Behavior::Status(500));
+    env.add_running("game-flaky", &endpoint, Some("c1")).await;
+    let mut worker = env.worker(thresholds(2, 1), 4, TIMEOUT);
+    let stop = CancellationToken::new();
+
+    let mut events = Vec::new();
+    for _ in 0..4 {
+        events.extend(worker.tick(&stop).await.unwrap().events);
+    }
+    fleet.set("flaky", Behavior::Healthy);
+    for _ in 0..3 {
+        events.extend(worker.tick(&stop).await.unwrap().events);
+    }
+    let details: Vec<Details> = events.iter().map(|e| e.details.clone()).collect();
+    assert_eq!(
+        details,
+        vec![
+            Details::Failed(FailedDetails {
+                consecutive_failures: 2,
+                last_status: 500,
+                last_error: "unexpected status 500".into()
+            }),
+            Details::Recovered(RecoveredDetails {
+                prior_failure_count: 4
+            }),
+        ]
+    );
+    assert_eq!(env.snapshot("game-flaky").await.unwrap().0, "healthy");
+
+    env.relay().drain_once().await.unwrap();
+    let messages = env.wait_stream_events(2).await;
+    let api = AsyncApi::load();
+    let types: Vec<&str> = messages.iter().map(|m| m.event_type()).collect();
+    assert_eq!(types, ["probe_failed", "probe_recovered"]);
+    for message in &messages {
+        api.check(message)
+            .expect("published messages match the AsyncAPI schemas");
+    }
+    assert_eq!(
+        messages[1].payload["details"],
+        serde_json::json!({ "prior_failure_count": 4 })
+    );
+}
+
+#[tokio::test]
+async fn recovery_threshold_above_one_waits_for_consecutive_successes() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
+        .await;
+    let mut worker = env.worker(thresholds(1, 2), 2, TIMEOUT);
+    let stop = CancellationToken::new();
+    assert_eq!(worker.tick(&stop).await.unwrap().events.len(), 1);
+    fleet.set("g", Behavior::Healthy);
+    assert!(
+        worker.tick(&stop).await.unwrap().events.is_empty(),
+        "one success is not enough"
+    );
+    fleet.set("g", Behavior::Status(503));
+    assert!(worker.tick(&stop).await.unwrap().events.is_empty());
+    fleet.set("g", Behavior::Healthy);
+    assert!(worker.tick(&stop).await.unwrap().events.is_empty());
+    let events = worker.tick(&stop).await.unwrap().events;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].details,
+        Details::Recovered(RecoveredDetails {
+            prior_failure_count: 2
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_game_stopped_and_restarted_starts_with_a_clean_counter() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
+        .await;
+    let mut worker = env.worker(thresholds(3, 1), 2, TIMEOUT);
+    let stop = CancellationToken::new();
+    worker.tick(&stop).await.unwrap();
+    worker.tick(&stop).await.unwrap();
+    assert_eq!(worker.health_of("g").unwrap().consecutive_failures, 2);
+
+    env.set_status("g", "stopped").await;
+    let report = worker.tick(&stop).await.unwrap();
+    assert_eq!((report.records, report.pruned), (0, 1));
+    assert_eq!(worker.health_of("g"), None, "state forgotten in memory");
+    assert_eq!(env.snapshot("g").await, None, "and in health_snapshots");
+
+    env.set_status("g", "running").await;
+    let report = worker.tick(&stop).await.unwrap();
+    assert!(report.events.is_empty());
+    assert_eq!(
+        worker.health_of("g").unwrap().consecutive_failures,
+        1,
+        "counting starts again"
+    );
+    worker.tick(&stop).await.unwrap();
+    assert_eq!(
+        worker.tick(&stop).await.unwrap().events.len(),
+        1,
+        "three fresh failures are needed"
+    );
+}
+
+#[tokio::test]
+async fn probes_in_flight_never_exceed_max_concurrency() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    for i in 0..24 {
+        let id = format!("slow-{i:02}");
+        env.add_running(
+            &id,
+            &fleet.set(&id, Behavior::Delay(Duration::from_millis(100))),
+            None,
+        )
+        .await;
+    }
+    let mut worker = env.worker(thresholds(3, 1), 4, TIMEOUT);
+    let report = worker.tick(&CancellationToken::new()).await.unwrap();
+    assert_eq!((report.probes, report.healthy), (24, 24));
+    let max = fleet.max_in_flight();
+    assert!(
+        max <= 4,
+        "the fleet saw {max} probes in flight, more than max_concurrency 4"
+    );
+    assert!(max > 1, "probes ran one at a time (max in flight {max})");
+}
+
+#[tokio::test]
+async fn a_slow_engine_times_out_without_holding_up_the_others() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running(
+        "slow",
+        &fleet.set("slow", Behavior::Delay(Duration::from_secs(30))),
+        None,
+    )
+    .await;
+    for i in 0..8 {
+        let id = format!("ok-{i}");
+        env.add_running(&id, &fleet.set(&id, Behavior::Healthy), None)
+            .await;
+    }
+    let timeout = Duration::from_millis(300);
+    let mut worker = env.worker(thresholds(3, 1), 2, timeout);
+    let started = Instant::now();
+    let report = worker.tick(&CancellationToken::new()).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!((report.healthy, report.failed), (8, 1));
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "tick took {elapsed:?} despite a 300 ms probe timeout"
+    );
+    let (status, _, last_status, kind, error) = env.snapshot("slow").await.unwrap();
+    assert_eq!(
+        (status.as_str(), last_status, kind.as_deref()),
+        ("suspect", 0, Some("timeout"))
+    );
+    assert!(error.is_some_and(|e| !e.is_empty()));
+}
+
+#[tokio::test]
+async fn failures_are_classified_with_the_right_last_status() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running("s503", &fleet.set("s503", Behavior::Status(503)), None)
+        .await;
+    env.add_running("s302", &fleet.set("s302", Behavior::Redirect), None)
+        .await;
+    env.add_running("s404", &fleet.set("s404", Behavior::Status(404)), None)
+        .await;
+    env.add_running("bad-url", "this is not a url", None).await;
+    env.add_running("ftp", "ftp://127.0.0.1/engine", None).await;
+    // A port nothing listens on: bind, note the port, close.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    env.add_running("closed", &format!("http://{closed}"), None)
+        .await;
+    let mut worker = env.worker(thresholds(1, 1), 4, TIMEOUT);
+    let report = worker.tick(&CancellationToken::new()).await.unwrap();
+    assert_eq!((report.failed, report.events.len()), (6, 6));
+
+    let expect = [
+        ("s503", 503, "status"),
+        ("s302", 302, "status"),
+        ("s404", 404, "status"),
+        ("bad-url", 0, "invalid_endpoint"),
+        ("ftp", 0, "invalid_endpoint"),
+        ("closed", 0, "connect"),
+    ];
+    for (game, status, kind) in expect {
+        let snapshot = env.snapshot(game).await.unwrap();
+        assert_eq!(
+            (snapshot.2, snapshot.3.as_deref()),
+            (status, Some(kind)),
+            "{game}: {snapshot:?}"
+        );
+        let event = report.events.iter().find(|e| e.game_id == game).unwrap();
+        match &event.details {
+            Details::Failed(details) => {
+                assert_eq!(details.last_status, status as u16, "{game}");
+                assert!(!details.last_error.is_empty(), "{game}");
+            }
+            other => panic!("{game}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(fleet.redirect_follows(), 0, "redirects are never followed");
+}
+
+#[tokio::test]
+async fn a_huge_healthy_body_is_healthy_and_cheap() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running(
+        "big",
+        &fleet.set("big", Behavior::Body(8 * 1024 * 1024)),
+        None,
+    )
+    .await;
+    let mut worker = env.worker(thresholds(1, 1), 1, TIMEOUT);
+    for _ in 0..3 {
+        let report = worker.tick(&CancellationToken::new()).await.unwrap();
+        assert_eq!((report.healthy, report.failed), (1, 0));
+    }
+    assert_eq!(env.snapshot("big").await.unwrap().0, "healthy");
+}
+
+#[tokio::test]
+async fn connections_are_reused_and_the_user_agent_is_sent() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    for i in 0..3 {
+        let id = format!("e{i}");
+        env.add_running(&id, &fleet.set(&id, Behavior::Healthy), None)
+            .await;
+    }
+    let mut worker = env.worker(thresholds(3, 1), 1, TIMEOUT);
+    for _ in 0..5 {
+        worker.tick(&CancellationToken::new()).await.unwrap();
+    }
+    assert_eq!(fleet.total_requests(), 15);
+    // One probe at a time against one host: one keep-alive connection serves all of them.
+    assert_eq!(
+        fleet.connections(),
+        1,
+        "connections are kept alive across ticks"
+    );
+    let agents = fleet.user_agents();
+    assert!(
+        agents
+            .iter()
+            .all(|a| a == &format!("healthprobe/{}", env!("CARGO_PKG_VERSION"))),
+        "{agents:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_snapshots_without_re_emitting() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running("down", &fleet.set("down", Behavior::Status(503)), None)
+        .await;
+    env.add_running(
+        "still-down",
+        &fleet.set("still-down", Behavior::Status(503)),
+        None,
+    )
+    .await;
+    let stop = CancellationToken::new();
+    {
+        let mut worker = env.worker(thresholds(2, 1), 2, TIMEOUT);
+        worker.tick(&stop).await.unwrap();
+        assert_eq!(worker.tick(&stop).await.unwrap().events.len(), 2);
+    }
+    // A new worker, as after a restart.
+    let mut worker = env.worker(thresholds(2, 1), 2, TIMEOUT);
+    assert_eq!(worker.restore().await.unwrap(), 2);
+    assert_eq!(
+        worker.health_of("down"),
+        Some(GameHealth {
+            consecutive_failures: 2,
+            consecutive_successes: 0,
+            episode_failures: 2,
+            failure_published: true
+        })
+    );
+    fleet.set("down", Behavior::Healthy);
+    let report = worker.tick(&stop).await.unwrap();
+    assert_eq!(report.events.len(), 1, "{:?}", report.events);
+    assert_eq!(report.events[0].game_id, "down");
+    assert_eq!(
+        report.events[0].details,
+        Details::Recovered(RecoveredDetails {
+            prior_failure_count: 2
+        })
+    );
+    assert!(worker.tick(&stop).await.unwrap().events.is_empty());
+    let logged: Vec<(String, String)> = env
+        .logged_events()
+        .await
+        .into_iter()
+        .map(|(t, g, _)| (t, g))
+        .collect();
+    let failed_for_still_down = logged
+        .iter()
+        .filter(|(t, g)| t == "probe_failed" && g == "still-down")
+        .count();
+    assert_eq!(
+        failed_for_still_down, 1,
+        "no second probe_failed for a game still failing: {logged:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_commit_is_decided_again_on_the_next_tick() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
+        .await;
+    let mut worker = env.worker(thresholds(2, 1), 2, TIMEOUT);
+    let stop = CancellationToken::new();
+    worker.tick(&stop).await.unwrap();
+    // Make event inserts fail, as a constraint violation or a broken table would.
+    sqlx::query("ALTER TABLE health_events ADD CONSTRAINT refuse_all CHECK (false) NOT VALID")
+        .execute(env.pool())
+        .await
+        .unwrap();
+    let report = worker.tick(&stop).await.unwrap();
+    assert_eq!((report.events.len(), report.failed_commits), (0, 1));
+    assert!(!report.is_clean());
+    assert_eq!(
+        worker.health_of("g").unwrap().consecutive_failures,
+        1,
+        "memory did not advance"
+    );
+    assert_eq!(env.snapshot("g").await.unwrap().0, "suspect");
+
+    sqlx::query("ALTER TABLE health_events DROP CONSTRAINT refuse_all")
+        .execute(env.pool())
+        .await
+        .unwrap();
+    let report = worker.tick(&stop).await.unwrap();
+    assert_eq!(report.events.len(), 1, "the same decision is taken again");
+    assert!(worker.tick(&stop).await.unwrap().events.is_empty());
+    assert_eq!(env.logged_events().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_extra_details_field_is_rejected_by_the_asyncapi_schema() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
+        .await;
+    let mut worker = env.worker(thresholds(1, 1), 1, TIMEOUT);
+    worker.tick(&CancellationToken::new()).await.unwrap();
+    env.relay().drain_once().await.unwrap();
+    let mut message = env.wait_stream_events(1).await.remove(0);
+    let api = AsyncApi::load();
+    api.check(&message).expect("the real message is valid");
+
+    message.payload["details"]["kind"] = serde_json::json!("status");
+    let error = api
+        .check(&message)
+        .expect_err("an extra details field must be rejected");
+    assert!(error.contains("kind"), "{error}");
+
+    let mut missing_header = env.stream_events().await.remove(0);
+    missing_header.msg_id = None;
+    assert!(
+        api.check(&missing_header).is_err(),
+        "Nats-Msg-Id is required"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_events_by_type_and_probes_by_outcome() {
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let metrics = Metrics::new(&provider.meter("healthprobe"));
+
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running("a", &fleet.set("a", Behavior::Status(503)), None)
+        .await;
+    env.add_running("b", &fleet.set("b", Behavior::Healthy), None)
+        .await;
+    env.add_running("c", "nope://", None).await;
+    let mut worker = env.worker_with_metrics(thresholds(1, 1), 2, TIMEOUT, metrics);
+    let stop = CancellationToken::new();
+    worker.tick(&stop).await.unwrap(); // a, c fail → 2 probe_failed
+    fleet.set("a", Behavior::Healthy);
+    worker.tick(&stop).await.unwrap(); // a recovers → 1 probe_recovered
+    provider.force_flush().unwrap();
+
+    let mut events = std::collections::BTreeMap::new();
+    let mut probes = std::collections::BTreeMap::new();
+    let mut tick_count = 0;
+    let finished = exporter.get_finished_metrics().unwrap();
+    let last = finished.last().expect("metrics were exported");
+    for scope in last.scope_metrics() {
+        for metric in scope.metrics() {
+            match (metric.name(), metric.data()) {
+                ("rtmanager.health_events", AggregatedMetrics::U64(MetricData::Sum(sum))) => {
+                    for point in sum.data_points() {
+                        let kv = point
+                            .attributes()
+                            .find(|kv| kv.key.as_str() == "event_type")
+                            .unwrap();
+                        events.insert(kv.value.to_string(), point.value());
+                    }
+                }
+                ("healthprobe.probes", AggregatedMetrics::U64(MetricData::Sum(sum))) => {
+                    for point in sum.data_points() {
+                        let kv = point
+                            .attributes()
+                            .find(|kv| kv.key.as_str() == "outcome")
+                            .unwrap();
+                        probes.insert(kv.value.to_string(), point.value());
+                    }
+                }
+                ("healthprobe.tick.duration", AggregatedMetrics::F64(MetricData::Histogram(h))) => {
+                    tick_count = h.data_points().map(|p| p.count()).sum();
+                }
+                _ => {}
+            }
+        }
+    }
+    let expected_events: std::collections::BTreeMap<String, u64> = [
+        ("probe_failed".to_string(), 2),
+        ("probe_recovered".to_string(), 1),
+    ]
+    .into();
+    assert_eq!(events, expected_events);
+    let expected_probes: std::collections::BTreeMap<String, u64> = [
+        ("ok".to_string(), 3),
+        ("status".to_string(), 1),
+        ("invalid_endpoint".to_string(), 2),
+    ]
+    .into();
+    assert_eq!(probes, expected_probes);
+    assert_eq!(tick_count, 2);
+}
+
+#[tokio::test]
+async fn shutdown_mid_tick_lets_probes_in_flight_finish_and_starts_no_more() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    for i in 0..10 {
+        let id = format!("g{i}");
+        env.add_running(
+            &id,
+            &fleet.set(&id, Behavior::Delay(Duration::from_millis(300))),
+            None,
+        )
+        .await;
+    }
+    let mut worker = env.worker(thresholds(3, 1), 2, TIMEOUT);
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        trigger.cancel();
+    });
+    let report = worker.tick(&stop).await.unwrap();
+    assert!(report.interrupted);
+    assert_eq!(
+        report.probes, 2,
+        "the two probes in flight finished and were recorded"
+    );
+    assert_eq!(report.pruned, 0, "an interrupted tick prunes nothing");
+    assert_eq!(fleet.total_requests(), 2);
+}
