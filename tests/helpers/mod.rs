@@ -7,13 +7,14 @@
 #![allow(dead_code)]
 
 pub mod engines;
+pub mod process;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream::Stream as JsStream};
+use async_nats::jetstream;
 use healthprobe::events::envelope::Envelope;
 use healthprobe::events::jetstream::{StreamTarget, ensure_stream};
 use healthprobe::events::relay::Relay;
@@ -96,6 +97,22 @@ fn start_containers() -> Services {
     .expect("testcontainers thread")
 }
 
+/// Creates an empty database on the shared server and returns its URL.
+pub async fn create_database(name: &str) -> String {
+    let services = services();
+    let mut admin = PgConnection::connect(&services.admin_database_url)
+        .await
+        .expect("connect to the test Postgres");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+    admin.close().await.ok();
+    let mut url = reqwest::Url::parse(&services.admin_database_url).expect("admin url");
+    url.set_path(name);
+    url.to_string()
+}
+
 /// Waits until `check` returns `Some`, polling briefly, or panics with `what` after `limit`.
 pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
@@ -149,27 +166,17 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new() -> Self {
-        let services = services();
         let id = Uuid::now_v7().simple().to_string();
-        let database = format!("hp_{id}");
-        let mut admin = PgConnection::connect(&services.admin_database_url)
-            .await
-            .expect("connect to the test Postgres");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE \"{database}\""
-        )))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
-        admin.close().await.ok();
-        let mut url = reqwest::Url::parse(&services.admin_database_url).expect("admin url");
-        url.set_path(&database);
-        let database_url = url.to_string();
+        let database_url = create_database(&format!("hp_{id}")).await;
         let store = Store::connect(&database_url)
             .await
             .expect("connect to the test database");
         store.migrate().await.expect("migrations apply");
+        Self::with_store(id, database_url, store).await
+    }
 
+    async fn with_store(id: String, database_url: String, store: Store) -> Self {
+        let services = services();
         let nats = healthprobe::events::jetstream::connect(&services.nats_url, true)
             .await
             .expect("connect to the test NATS");
@@ -277,16 +284,17 @@ impl TestEnv {
         )
     }
 
-    async fn stream(&self) -> JsStream {
-        self.js
-            .get_stream(&self.target.stream)
-            .await
-            .expect("test stream exists")
-    }
-
     /// Every message in this test's stream, in stream order.
     pub async fn stream_events(&self) -> Vec<StreamEvent> {
-        let mut stream = self.stream().await;
+        self.stream_events_via(&self.js).await
+    }
+
+    /// Every message in this test's stream on the server behind `js`.
+    pub async fn stream_events_via(&self, js: &jetstream::Context) -> Vec<StreamEvent> {
+        let mut stream = js
+            .get_stream(&self.target.stream)
+            .await
+            .expect("test stream exists");
         let last = stream
             .info()
             .await

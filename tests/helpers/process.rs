@@ -1,0 +1,182 @@
+//! Real processes: the healthprobe binary, and a NATS server a test can stop and restart.
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use super::{TestEnv, WAIT_LIMIT, wait_for};
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_healthprobe")
+}
+
+/// Where a test process writes its log, kept for a failed test's post-mortem.
+pub fn log_path(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("logs");
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir.join(format!("{name}.log"))
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// A `healthprobe run` process. Killed when dropped.
+pub struct WorkerProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn spawn(env: &TestEnv, name: &str, settings: &[(&str, &str)]) -> Self {
+        let log = log_path(&format!("{}-{name}", env.id));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open worker log");
+        let mut command = Command::new(binary());
+        command
+            .arg("run")
+            .envs(env.process_env())
+            .env("RUST_LOG", "info,healthprobe=debug")
+            .env("HEALTHPROBE_HTTP_ADDR", "127.0.0.1:0")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true);
+        for (key, value) in settings {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn healthprobe run");
+        Self { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process still running")
+    }
+
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("SIGKILL the worker");
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `limit`.
+    pub async fn terminate(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        signal(self.pid(), "TERM");
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "worker did not exit within {limit:?} of SIGTERM; log: {}",
+                    self.log_text()
+                )
+            })
+            .expect("wait for the worker");
+        (status, started.elapsed())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A NATS server (JetStream on, data in a directory of its own) on a fixed loopback port,
+/// so it can be stopped and started again at the same address.
+pub struct NatsServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl NatsServer {
+    fn executable() -> String {
+        std::env::var("HEALTHPROBE_NATS_SERVER_BIN")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .or_else(|| {
+                ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
+                    .into_iter()
+                    .find(|p| std::path::Path::new(p).exists())
+                    .map(str::to_owned)
+            })
+            .expect("this test runs a NATS server of its own: install nats-server (scripts/test.sh does) or set HEALTHPROBE_NATS_SERVER_BIN")
+    }
+
+    pub async fn start(name: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("nats-{name}-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = Self {
+            port,
+            dir,
+            child: None,
+        };
+        server.resume().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and data directory.
+    pub async fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = std::process::Command::new(Self::executable())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(
+            "the NATS server to accept connections",
+            WAIT_LIMIT,
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(drop)
+            },
+        )
+        .await;
+    }
+
+    /// Kills the server outright, as a crash would.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill nats-server");
+            child.wait().expect("reap nats-server");
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.crash();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,334 @@
+//! The binary as operators run it: start-up, crashes, restarts, signals, outages, tail.
+
+mod helpers;
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use healthprobe::hysteresis::Thresholds;
+use helpers::engines::{Behavior, Fleet};
+use helpers::process::{NatsServer, WorkerProcess, binary, signal};
+use helpers::{AsyncApi, TestEnv, WAIT_LIMIT, create_database, wait_for};
+use tokio::io::AsyncBufReadExt as _;
+use tokio_util::sync::CancellationToken;
+
+const FAST: &[(&str, &str)] = &[
+    ("RTMANAGER_PROBE_INTERVAL", "100ms"),
+    ("RTMANAGER_PROBE_TIMEOUT", "1s"),
+    ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
+    ("RTMANAGER_PROBE_MAX_CONCURRENCY", "4"),
+];
+
+async fn table_exists(database_url: &str, table: &str) -> bool {
+    let pool = sqlx::PgPool::connect(database_url).await.unwrap();
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    exists
+}
+
+#[tokio::test]
+async fn bad_configuration_stops_start_up_naming_the_variable_before_touching_anything() {
+    let database_url = create_database(&format!("hp_cfg_{}", uuid::Uuid::now_v7().simple())).await;
+    let cases = [
+        ("RTMANAGER_PROBE_INTERVAL", "0s"),
+        ("RTMANAGER_PROBE_INTERVAL", "-5s"),
+        ("RTMANAGER_PROBE_TIMEOUT", "soon"),
+        ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "0"),
+        ("RTMANAGER_PROBE_RECOVERY_THRESHOLD", "-1"),
+        ("RTMANAGER_PROBE_MAX_CONCURRENCY", "0"),
+        ("RTMANAGER_PROBE_MAX_CONCURRENCY", "many"),
+        ("HEALTHPROBE_SUBJECT_PREFIX", "runtime.*"),
+    ];
+    for (variable, value) in cases {
+        let output = tokio::process::Command::new(binary())
+            .arg("run")
+            .env("DATABASE_URL", &database_url)
+            .env("NATS_URL", &helpers::services().nats_url)
+            .env(variable, value)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{variable}={value} was accepted");
+        assert!(
+            stderr.contains(variable),
+            "{variable}={value}: stderr does not name it: {stderr}"
+        );
+    }
+    assert!(
+        !table_exists(&database_url, "health_events").await,
+        "nothing was migrated"
+    );
+}
+
+#[tokio::test]
+async fn migrate_applies_once_and_again_is_a_no_op() {
+    let database_url = create_database(&format!("hp_mig_{}", uuid::Uuid::now_v7().simple())).await;
+    for round in 1..=2 {
+        let output = tokio::process::Command::new(binary())
+            .arg("migrate")
+            .env("DATABASE_URL", &database_url)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    for table in ["runtime_records", "health_events", "health_snapshots"] {
+        assert!(table_exists(&database_url, table).await, "{table} exists");
+    }
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied as usize,
+        healthprobe::store::MIGRATOR.iter().count()
+    );
+}
+
+#[tokio::test]
+async fn after_sigkill_and_restart_recovery_is_emitted_and_nothing_is_re_emitted() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running(
+        "down",
+        &fleet.set("down", Behavior::Status(503)),
+        Some("c-down"),
+    )
+    .await;
+    env.add_running(
+        "stays-down",
+        &fleet.set("stays-down", Behavior::Status(500)),
+        None,
+    )
+    .await;
+    env.add_running("fine", &fleet.set("fine", Behavior::Healthy), None)
+        .await;
+
+    let mut first = WorkerProcess::spawn(&env, "first", FAST);
+    let events = env.wait_stream_events(2).await;
+    first.kill().await;
+    let failed: HashSet<&str> = events
+        .iter()
+        .filter(|e| e.event_type() == "probe_failed")
+        .map(|e| e.game_id())
+        .collect();
+    assert_eq!(failed, HashSet::from(["down", "stays-down"]));
+
+    fleet.set("down", Behavior::Healthy);
+    let requests_before = fleet.requests("stays-down");
+    let mut second = WorkerProcess::spawn(&env, "second", FAST);
+    let events = env.wait_stream_events(3).await;
+    // Let the restarted worker tick a few more times over the still-failing game.
+    wait_for("more ticks after the restart", WAIT_LIMIT, || async {
+        (fleet.requests("stays-down") >= requests_before + 5).then_some(())
+    })
+    .await;
+    let (status, elapsed) = second.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit {status:?} after {elapsed:?}");
+
+    let events = {
+        let all = env.stream_events().await;
+        assert!(all.len() >= events.len());
+        all
+    };
+    let summary: Vec<(String, String)> = events
+        .iter()
+        .map(|e| (e.event_type().to_owned(), e.game_id().to_owned()))
+        .collect();
+    assert_eq!(
+        events.len(),
+        3,
+        "exactly two failures and one recovery: {summary:?}"
+    );
+    assert_eq!(
+        summary[2],
+        ("probe_recovered".into(), "down".into()),
+        "{summary:?}"
+    );
+    let prior = events[2].payload["details"]["prior_failure_count"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        prior >= 2,
+        "prior_failure_count {prior} covers the whole episode"
+    );
+    let ids: HashSet<String> = events
+        .iter()
+        .map(|e| e.payload["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3, "no event published twice");
+    let api = AsyncApi::load();
+    for event in &events {
+        api.check(event)
+            .expect("worker messages match the AsyncAPI schemas");
+    }
+    let logged = env.logged_events().await;
+    assert_eq!(logged.len(), 3, "{logged:?}");
+    assert!(
+        logged.iter().all(|(_, _, published)| *published),
+        "{logged:?}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_probe_in_flight_finish_and_exits_zero_promptly() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running(
+        "slow",
+        &fleet.set("slow", Behavior::Delay(Duration::from_millis(1500))),
+        None,
+    )
+    .await;
+    let timeout = Duration::from_secs(2);
+    let mut worker = WorkerProcess::spawn(
+        &env,
+        "sigterm",
+        &[
+            ("RTMANAGER_PROBE_TIMEOUT", "2s"),
+            ("RTMANAGER_PROBE_INTERVAL", "1s"),
+        ],
+    );
+    wait_for(
+        "the first probe to reach the engine",
+        WAIT_LIMIT,
+        || async { (fleet.requests("slow") >= 1).then_some(()) },
+    )
+    .await;
+    let (status, elapsed) = worker.terminate(timeout + Duration::from_secs(5)).await;
+    assert!(
+        status.success(),
+        "exit status {status:?}; log: {}",
+        worker.log_text()
+    );
+    assert!(
+        elapsed <= timeout + Duration::from_secs(5),
+        "took {elapsed:?}"
+    );
+    let snapshot = env.snapshot("slow").await;
+    assert_eq!(
+        snapshot.map(|s| s.0).as_deref(),
+        Some("healthy"),
+        "the probe in flight was finished and recorded"
+    );
+    assert_eq!(fleet.requests("slow"), 1, "no new probe after SIGTERM");
+}
+
+#[tokio::test]
+async fn an_event_produced_while_nats_is_down_arrives_once_after_it_returns() {
+    let env = TestEnv::new().await;
+    let mut nats = NatsServer::start(&env.id).await;
+    let client = healthprobe::events::jetstream::connect(&nats.url(), false)
+        .await
+        .unwrap();
+    let js = healthprobe::events::jetstream::context(client.clone());
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(env.relay_on(client.clone()).run(stop.clone()));
+
+    let fleet = Fleet::start().await;
+    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
+        .await;
+    let mut worker = env.worker(
+        Thresholds {
+            failures: 1,
+            recovery: 1,
+        },
+        2,
+        Duration::from_secs(1),
+    );
+
+    nats.crash();
+    wait_for("the client to notice NATS is gone", WAIT_LIMIT, || async {
+        (client.connection_state() != async_nats::connection::State::Connected).then_some(())
+    })
+    .await;
+    let report = worker.tick(&CancellationToken::new()).await.unwrap();
+    assert_eq!(report.events.len(), 1);
+    // While NATS is away the event waits in the outbox.
+    tokio::time::sleep(Duration::from_millis(500)).await; // give a wrong relay the chance to misbehave
+    assert_eq!(
+        env.logged_events().await,
+        vec![("probe_failed".into(), "g".into(), false)]
+    );
+
+    nats.resume().await;
+    wait_for(
+        "the outbox to drain after NATS returned",
+        WAIT_LIMIT,
+        || async {
+            env.logged_events()
+                .await
+                .iter()
+                .all(|(_, _, published)| *published)
+                .then_some(())
+        },
+    )
+    .await;
+    let events = env.stream_events_via(&js).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].envelope(), report.events[0].envelope());
+    stop.cancel();
+    relay.await.unwrap();
+}
+
+#[tokio::test]
+async fn tail_prints_the_stream_as_json_lines_and_exits_cleanly_on_ctrl_c() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running("a", &fleet.set("a", Behavior::Status(503)), None)
+        .await;
+    env.add_running("b", "nope", None).await;
+    let mut worker = env.worker(
+        Thresholds {
+            failures: 1,
+            recovery: 1,
+        },
+        2,
+        Duration::from_secs(1),
+    );
+    let report = worker.tick(&CancellationToken::new()).await.unwrap();
+    assert_eq!(report.events.len(), 2);
+    env.relay().drain_once().await.unwrap();
+
+    let mut tail = tokio::process::Command::new(binary())
+        .args(["tail", "--from-start"])
+        .envs(env.process_env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let mut envelopes = Vec::new();
+    while envelopes.len() < 2 {
+        let line = tokio::time::timeout(WAIT_LIMIT, lines.next_line())
+            .await
+            .expect("tail printed the events in time")
+            .unwrap()
+            .expect("tail still running");
+        envelopes.push(
+            serde_json::from_str::<healthprobe::events::envelope::Envelope>(&line)
+                .expect("a JSON envelope per line"),
+        );
+    }
+    let expected: Vec<_> = report.events.iter().map(|e| e.envelope()).collect();
+    assert_eq!(envelopes, expected);
+
+    signal(tail.id().unwrap(), "INT");
+    let status = tokio::time::timeout(Duration::from_secs(5), tail.wait())
+        .await
+        .expect("tail exits on Ctrl-C")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
