@@ -332,3 +332,61 @@ async fn tail_prints_the_stream_as_json_lines_and_exits_cleanly_on_ctrl_c() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn the_worker_starts_and_records_while_nats_is_down_and_publishes_when_it_comes() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
+        .await;
+    // Reserve a port with nothing behind it yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let mut settings = FAST.to_vec();
+    settings.push(("NATS_URL", &nats_url));
+    let mut worker = WorkerProcess::spawn(&env, "nats-late", &settings);
+
+    let logged = wait_for(
+        "the event to be recorded without NATS",
+        WAIT_LIMIT,
+        || async {
+            let logged = env.logged_events().await;
+            (!logged.is_empty()).then_some(logged)
+        },
+    )
+    .await;
+    assert_eq!(logged, vec![("probe_failed".into(), "g".into(), false)]);
+
+    let nats = NatsServer::start_on(&env.id, port).await;
+    let client = healthprobe::events::jetstream::connect(&nats.url(), true)
+        .await
+        .unwrap();
+    let js = healthprobe::events::jetstream::context(client);
+    let events = wait_for(
+        "the event on the stream once NATS is up",
+        WAIT_LIMIT,
+        || async {
+            let events = match js.get_stream(&env.target.stream).await {
+                Ok(_) => env.stream_events_via(&js).await,
+                Err(_) => Vec::new(),
+            };
+            (!events.is_empty()).then_some(events)
+        },
+    )
+    .await;
+    let (status, _) = worker.terminate(Duration::from_secs(10)).await;
+    assert!(status.success());
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].game_id(), "g");
+    assert_eq!(env.stream_events_via(&js).await.len(), 1, "published once");
+    assert!(
+        env.logged_events()
+            .await
+            .iter()
+            .all(|(_, _, published)| *published)
+    );
+}

@@ -20,7 +20,10 @@ type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 async fn collector() -> (String, Received) {
     let received: Received = Arc::default();
     async fn accept(State(received): State<Received>, uri: Uri, body: Bytes) -> &'static str {
-        received.lock().unwrap().push((uri.path().to_owned(), body.to_vec()));
+        received
+            .lock()
+            .unwrap()
+            .push((uri.path().to_owned(), body.to_vec()));
         ""
     }
     let app = Router::new()
@@ -34,14 +37,17 @@ async fn collector() -> (String, Received) {
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 #[tokio::test]
 async fn metrics_and_traces_are_exported_over_otlp_when_an_endpoint_is_set() {
     let env = TestEnv::new().await;
     let fleet = Fleet::start().await;
-    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None).await;
+    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
+        .await;
     let (endpoint, received) = collector().await;
     let mut worker = WorkerProcess::spawn(
         &env,
@@ -57,29 +63,61 @@ async fn metrics_and_traces_are_exported_over_otlp_when_an_endpoint_is_set() {
     env.wait_stream_events(1).await;
     let (status, _) = worker.terminate(Duration::from_secs(10)).await;
     assert!(status.success());
-    let posts = wait_for("metrics and traces at the collector", WAIT_LIMIT, || async {
-        let posts = received.lock().unwrap().clone();
-        let metrics = posts.iter().any(|(p, b)| p == "/v1/metrics" && contains(b, "rtmanager.health_events"));
-        let traces = posts.iter().any(|(p, b)| p == "/v1/traces" && contains(b, "tick"));
-        (metrics && traces).then_some(posts)
-    })
+    let posts = wait_for(
+        "metrics and traces at the collector",
+        WAIT_LIMIT,
+        || async {
+            let posts = received.lock().unwrap().clone();
+            let metrics = posts
+                .iter()
+                .any(|(p, b)| p == "/v1/metrics" && contains(b, "rtmanager.health_events"));
+            let traces = posts
+                .iter()
+                .any(|(p, b)| p == "/v1/traces" && contains(b, "tick"));
+            (metrics && traces).then_some(posts)
+        },
+    )
     .await;
-    let metrics: Vec<&Vec<u8>> = posts.iter().filter(|(p, _)| p == "/v1/metrics").map(|(_, b)| b).collect();
-    for name in ["healthprobe.probes", "healthprobe.probe.duration", "healthprobe.tick.duration", "healthprobe.running_records"] {
-        assert!(metrics.iter().any(|b| contains(b, name)), "{name} was exported");
+    let metrics: Vec<&Vec<u8>> = posts
+        .iter()
+        .filter(|(p, _)| p == "/v1/metrics")
+        .map(|(_, b)| b)
+        .collect();
+    for name in [
+        "healthprobe.probes",
+        "healthprobe.probe.duration",
+        "healthprobe.tick.duration",
+        "healthprobe.running_records",
+    ] {
+        assert!(
+            metrics.iter().any(|b| contains(b, name)),
+            "{name} was exported"
+        );
     }
-    assert!(posts.iter().any(|(p, b)| p == "/v1/traces" && contains(b, "probe")), "probe spans exported");
-    assert!(metrics.iter().any(|b| contains(b, "healthprobe")), "service name in the resource");
+    assert!(
+        posts
+            .iter()
+            .any(|(p, b)| p == "/v1/traces" && contains(b, "probe")),
+        "probe spans exported"
+    );
+    assert!(
+        metrics.iter().any(|b| contains(b, "healthprobe")),
+        "service name in the resource"
+    );
 }
 
 #[tokio::test]
 async fn without_an_endpoint_nothing_is_exported_and_nothing_complains() {
     let env = TestEnv::new().await;
     let fleet = Fleet::start().await;
-    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None).await;
+    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
+        .await;
     for (name, extra) in [("no-endpoint", None), ("disabled", Some("true"))] {
         let (endpoint, received) = collector().await;
-        let mut settings = vec![("RTMANAGER_PROBE_INTERVAL", "100ms"), ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1")];
+        let mut settings = vec![
+            ("RTMANAGER_PROBE_INTERVAL", "100ms"),
+            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
+        ];
         if let Some(value) = extra {
             // Disabled wins even over a configured endpoint.
             settings.push(("OTEL_SDK_DISABLED", value));
@@ -87,13 +125,22 @@ async fn without_an_endpoint_nothing_is_exported_and_nothing_complains() {
         }
         let mut worker = WorkerProcess::spawn(&env, name, &settings);
         let before = fleet.requests("g");
-        wait_for("a few ticks", WAIT_LIMIT, || async { (fleet.requests("g") >= before + 3).then_some(()) }).await;
+        wait_for("a few ticks", WAIT_LIMIT, || async {
+            (fleet.requests("g") >= before + 3).then_some(())
+        })
+        .await;
         let (status, _) = worker.terminate(Duration::from_secs(10)).await;
         assert!(status.success());
-        assert!(received.lock().unwrap().is_empty(), "{name}: nothing sent to the collector");
+        assert!(
+            received.lock().unwrap().is_empty(),
+            "{name}: nothing sent to the collector"
+        );
         let log = worker.log_text();
         for noise in ["ERROR", "opentelemetry", "OTLP", "otlp"] {
-            assert!(!log.contains(noise), "{name}: log mentions {noise:?}:\n{log}");
+            assert!(
+                !log.contains(noise),
+                "{name}: log mentions {noise:?}:\n{log}"
+            );
         }
     }
 }

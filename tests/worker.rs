@@ -583,3 +583,36 @@ async fn shutdown_mid_tick_lets_probes_in_flight_finish_and_starts_no_more() {
     assert_eq!(report.pruned, 0, "an interrupted tick prunes nothing");
     assert_eq!(fleet.total_requests(), 2);
 }
+
+#[tokio::test]
+async fn the_relay_wakes_on_commit_instead_of_waiting_for_its_sweep() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
+        .await;
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(env.relay().run(stop.clone()));
+    // Let the relay finish its first (empty) pass and go to sleep.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut worker = env.worker(thresholds(1, 1), 1, TIMEOUT);
+    let report = worker.tick(&stop).await.unwrap();
+    let committed = Instant::now();
+    assert_eq!(report.events.len(), 1);
+    // The sweep runs every 5 s; arriving well before it proves the wake-up works.
+    let events = helpers::wait_for(
+        "the event on the stream",
+        Duration::from_secs(2),
+        || async {
+            let events = env.stream_events().await;
+            (!events.is_empty()).then_some(events)
+        },
+    )
+    .await;
+    eprintln!(
+        "commit to stream (including 20 ms polling): {:?}",
+        committed.elapsed()
+    );
+    assert_eq!(events[0].envelope(), report.events[0].envelope());
+    stop.cancel();
+    relay.await.unwrap();
+}

@@ -116,6 +116,10 @@ impl NatsServer {
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(name, port).await
+    }
+
+    pub async fn start_on(name: &str, port: u16) -> Self {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("nats-{name}-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
