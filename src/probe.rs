@@ -240,13 +240,33 @@ fn classify(error: &reqwest::Error) -> ProbeFailure {
     } else if error.is_timeout() || has_io_kind(error, std::io::ErrorKind::TimedOut) {
         FailureKind::Timeout
     } else if error.is_connect() {
-        // TLS handshake failures that are not rustls errors (e.g. a garbage server
-        // answer read as a corrupt record) still mention TLS in their chain.
-        if chain.contains("tls") || chain.contains("TLS") || chain.contains("certificate") {
+        // hyper-util wraps the rustls error in a boxed io::Error whose `source()` skips it,
+        // so a handshake failure often shows only as text. These fragments are rustls'
+        // own messages for a peer that does not speak TLS or speaks it badly.
+        const TLS_MESSAGES: [&str; 7] = [
+            "tls",
+            "TLS",
+            "certificate",
+            "corrupt message",
+            "received fatal alert",
+            "peer is incompatible",
+            "peer misbehaved",
+        ];
+        if TLS_MESSAGES.iter().any(|fragment| chain.contains(fragment)) {
             FailureKind::Tls
         } else {
             FailureKind::Connect
         }
+    } else if [
+        std::io::ErrorKind::ConnectionReset,
+        std::io::ErrorKind::ConnectionAborted,
+        std::io::ErrorKind::BrokenPipe,
+    ]
+    .into_iter()
+    .any(|io_kind| has_io_kind(error, io_kind))
+    {
+        // The connection was made, then torn down under us: a transport failure.
+        FailureKind::Connect
     } else {
         FailureKind::Protocol
     };

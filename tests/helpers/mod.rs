@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod engines;
+pub mod hostile;
 pub mod process;
 
 use std::future::Future;
