@@ -396,3 +396,140 @@ mod tests {
         assert_eq!(next.consecutive_failures, u32::MAX);
     }
 }
+
+/// Property test: random probe outcomes, prunes, restarts and failed commits, run through
+/// `observe` the way the worker uses it, produce exactly the events of a reference model
+/// written independently (look-back over the recorded outcomes).
+#[cfg(test)]
+mod model_tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const GAMES: usize = 3;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A probe of `game`; `commit_fails` makes its write (event or snapshot) fail.
+        Probe {
+            game: usize,
+            healthy: bool,
+            commit_fails: bool,
+        },
+        /// The game left the running list.
+        Prune { game: usize },
+        /// The worker restarted: memory is rebuilt from what was committed.
+        Restart,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            12 => (0..GAMES, any::<bool>(), prop::bool::weighted(0.15))
+                .prop_map(|(game, healthy, commit_fails)| Op::Probe { game, healthy, commit_fails }),
+            1 => (0..GAMES).prop_map(|game| Op::Prune { game }),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    /// The system as the worker runs it: memory advances only with a successful commit;
+    /// the committed snapshots are what a restart reloads.
+    fn system(ops: &[Op], thresholds: Thresholds) -> Vec<(usize, Transition)> {
+        let mut memory: HashMap<usize, GameHealth> = HashMap::new();
+        let mut committed: HashMap<usize, GameHealth> = HashMap::new();
+        let mut events = Vec::new();
+        for op in ops {
+            match *op {
+                Op::Probe {
+                    game,
+                    healthy,
+                    commit_fails,
+                } => {
+                    let observation = if healthy {
+                        Observation::Success
+                    } else {
+                        Observation::Failure
+                    };
+                    let current = memory.get(&game).copied().unwrap_or_default();
+                    let (next, transition) = observe(current, observation, thresholds);
+                    if commit_fails {
+                        continue;
+                    }
+                    memory.insert(game, next);
+                    committed.insert(game, next);
+                    events.extend(transition.map(|t| (game, t)));
+                }
+                Op::Prune { game } => {
+                    memory.remove(&game);
+                    committed.remove(&game);
+                }
+                Op::Restart => memory = committed.clone(),
+            }
+        }
+        events
+    }
+
+    /// The reference: per game, the outcomes that were recorded since the last prune, and
+    /// events found by looking back over them.
+    fn reference(ops: &[Op], thresholds: Thresholds) -> Vec<(usize, Transition)> {
+        let mut recorded: HashMap<usize, Vec<bool>> = HashMap::new();
+        let mut failing: HashMap<usize, Option<usize>> = HashMap::new(); // episode start
+        let mut events = Vec::new();
+        for op in ops {
+            match *op {
+                Op::Probe {
+                    commit_fails: true, ..
+                }
+                | Op::Restart => {}
+                Op::Prune { game } => {
+                    recorded.remove(&game);
+                    failing.remove(&game);
+                }
+                Op::Probe { game, healthy, .. } => {
+                    let history = recorded.entry(game).or_default();
+                    history.push(healthy);
+                    let run = history.iter().rev().take_while(|&&h| h == healthy).count();
+                    let episode = failing.entry(game).or_default();
+                    match (*episode, healthy) {
+                        (None, false) if run == thresholds.failures as usize => {
+                            *episode = Some(history.len() - run);
+                            events.push((
+                                game,
+                                Transition::Failed {
+                                    consecutive_failures: run as u32,
+                                },
+                            ));
+                        }
+                        (Some(start), true) if run == thresholds.recovery as usize => {
+                            let failures = history[start..].iter().filter(|&&h| !h).count();
+                            *episode = None;
+                            events.push((
+                                game,
+                                Transition::Recovered {
+                                    prior_failure_count: failures as u32,
+                                },
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        events
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_worker_emits_exactly_what_the_reference_model_predicts(
+            failures in 1u32..5,
+            recovery in 1u32..4,
+            ops in prop::collection::vec(op(), 0..200),
+        ) {
+            let thresholds = Thresholds { failures, recovery };
+            prop_assert_eq!(system(&ops, thresholds), reference(&ops, thresholds));
+        }
+    }
+}

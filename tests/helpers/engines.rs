@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -26,17 +26,41 @@ pub enum Behavior {
     Delay(Duration),
     /// 200 with a body of this many bytes.
     Body(usize),
+    /// Alternates between 200 and 503 every `period`, shifted by `offset`, on the fleet's
+    /// clock; a time-based schedule keeps runs long whatever the worker's pace.
+    Flap {
+        period: Duration,
+        offset: Duration,
+    },
 }
 
-#[derive(Default)]
 struct FleetState {
+    started: Instant,
     behaviors: Mutex<HashMap<String, Behavior>>,
+    /// Per engine, (when, healthy?) of every answer served.
+    served: Mutex<HashMap<String, Vec<(Instant, bool)>>>,
     requests: Mutex<HashMap<String, usize>>,
     user_agents: Mutex<Vec<String>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     connections: AtomicUsize,
     redirect_follows: AtomicUsize,
+}
+
+impl Default for FleetState {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            behaviors: Mutex::default(),
+            served: Mutex::default(),
+            requests: Mutex::default(),
+            user_agents: Mutex::default(),
+            in_flight: AtomicUsize::default(),
+            max_in_flight: AtomicUsize::default(),
+            connections: AtomicUsize::default(),
+            redirect_follows: AtomicUsize::default(),
+        }
+    }
 }
 
 pub struct Fleet {
@@ -86,6 +110,21 @@ async fn healthz(
         state.user_agents.lock().unwrap().push(agent.to_owned());
     }
     let behavior = state.behaviors.lock().unwrap().get(&id).cloned();
+    let healthy = match &behavior {
+        None | Some(Behavior::Status(_)) | Some(Behavior::Redirect) => false,
+        Some(Behavior::Flap { period, offset }) => {
+            let phase = (state.started.elapsed() + *offset).as_nanos() / period.as_nanos().max(1);
+            phase % 2 == 0
+        }
+        Some(_) => true,
+    };
+    state
+        .served
+        .lock()
+        .unwrap()
+        .entry(id.clone())
+        .or_default()
+        .push((Instant::now(), healthy));
     match behavior {
         None => (StatusCode::NOT_FOUND, "no such engine").into_response(),
         Some(Behavior::Healthy) => (StatusCode::OK, "ok").into_response(),
@@ -105,6 +144,10 @@ async fn healthz(
             (StatusCode::OK, "ok, eventually").into_response()
         }
         Some(Behavior::Body(size)) => (StatusCode::OK, vec![b'x'; size]).into_response(),
+        Some(Behavior::Flap { .. }) if healthy => (StatusCode::OK, "ok").into_response(),
+        Some(Behavior::Flap { .. }) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "flapping").into_response()
+        }
     }
 }
 
@@ -176,6 +219,17 @@ impl Fleet {
 
     pub fn redirect_follows(&self) -> usize {
         self.state.redirect_follows.load(Ordering::SeqCst)
+    }
+
+    /// (when, healthy?) of every answer served to `id`, in order.
+    pub fn served(&self, id: &str) -> Vec<(Instant, bool)> {
+        self.state
+            .served
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn user_agents(&self) -> Vec<String> {
