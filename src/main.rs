@@ -131,11 +131,11 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
     let metrics = Metrics::new(&telemetry.meter());
     let prober = Prober::new(args.probe.probe_timeout, args.probe.probe_interval)
         .context("building the HTTP client")?;
-    let nats = jetstream::connect(&args.nats.nats_url, false)
+    let outbox_wake = Arc::new(Notify::new());
+    let nats = jetstream::connect_with_wake(&args.nats.nats_url, false, Some(outbox_wake.clone()))
         .await
         .context("configuring the NATS client (NATS_URL)")?;
 
-    let outbox_wake = Arc::new(Notify::new());
     let tasks = TaskTracker::new();
     let relay_stop = CancellationToken::new();
     let relay = Relay::new(

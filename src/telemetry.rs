@@ -194,6 +194,7 @@ pub fn init() -> anyhow::Result<Telemetry> {
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .boxed()
     };

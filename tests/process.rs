@@ -191,6 +191,8 @@ async fn sigterm_lets_the_probe_in_flight_finish_and_exits_zero_promptly() {
         None,
     )
     .await;
+    env.add_running("sick", &fleet.set("sick", Behavior::Status(503)), None)
+        .await;
     let timeout = Duration::from_secs(2);
     let mut worker = WorkerProcess::spawn(
         &env,
@@ -198,6 +200,7 @@ async fn sigterm_lets_the_probe_in_flight_finish_and_exits_zero_promptly() {
         &[
             ("RTMANAGER_PROBE_TIMEOUT", "2s"),
             ("RTMANAGER_PROBE_INTERVAL", "1s"),
+            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
         ],
     );
     wait_for(
@@ -223,6 +226,15 @@ async fn sigterm_lets_the_probe_in_flight_finish_and_exits_zero_promptly() {
         "the probe in flight was finished and recorded"
     );
     assert_eq!(fleet.requests("slow"), 1, "no new probe after SIGTERM");
+    // The event of the first tick was published before the worker exited.
+    let logged = env.logged_events().await;
+    assert_eq!(logged, vec![("probe_failed".into(), "sick".into(), true)]);
+    assert_eq!(env.stream_events().await.len(), 1);
+    let log = worker.log_text();
+    assert!(
+        log.contains("outbox drained") || log.contains("outbox relay stopped"),
+        "{log}"
+    );
 }
 
 #[tokio::test]

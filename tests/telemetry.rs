@@ -43,7 +43,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 }
 
 #[tokio::test]
-async fn metrics_and_traces_are_exported_over_otlp_when_an_endpoint_is_set() {
+async fn metrics_and_traces_are_flushed_over_otlp_at_shutdown_when_an_endpoint_is_set() {
     let env = TestEnv::new().await;
     let fleet = Fleet::start().await;
     env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
@@ -56,11 +56,16 @@ async fn metrics_and_traces_are_exported_over_otlp_when_an_endpoint_is_set() {
             ("RTMANAGER_PROBE_INTERVAL", "100ms"),
             ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            // Far beyond the test's length: only the flush at shutdown can deliver.
+            ("OTEL_METRIC_EXPORT_INTERVAL", "600000"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
         ],
     );
     env.wait_stream_events(1).await;
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "nothing exported before shutdown"
+    );
     let (status, _) = worker.terminate(Duration::from_secs(10)).await;
     assert!(status.success());
     let posts = wait_for(

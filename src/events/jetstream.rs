@@ -1,6 +1,9 @@
 //! The JetStream side: connecting, creating the stream, reading it back (`tail`).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt as _;
@@ -48,22 +51,47 @@ pub enum JetStreamError {
     Consume(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Reconnection attempts to a lost server back off up to this. Attempts are cheap and a
+/// quick return shortens the outbox's catch-up after an outage.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
 /// Connects to NATS. With `wait_for_server = false` the client returns at once and keeps
 /// trying in the background, so the worker starts (and records events) while NATS is away.
 pub async fn connect(
     url: &str,
     wait_for_server: bool,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
+    connect_with_wake(url, wait_for_server, None).await
+}
+
+/// Like [`connect`], and notifies `on_connect` on every (re)connection, so the outbox relay
+/// publishes the moment NATS is back instead of at its next backoff step.
+pub async fn connect_with_wake(
+    url: &str,
+    wait_for_server: bool,
+    on_connect: Option<Arc<Notify>>,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(concat!("healthprobe/", env!("CARGO_PKG_VERSION")))
         .connection_timeout(Duration::from_secs(2))
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("NATS connected"),
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("NATS disconnected; events wait in the outbox")
+        .reconnect_delay_callback(|attempts| {
+            (Duration::from_millis(50) * attempts.min(20) as u32).min(MAX_RECONNECT_DELAY)
+        })
+        .event_callback(move |event| {
+            let on_connect = on_connect.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("NATS connected");
+                        if let Some(wake) = on_connect {
+                            wake.notify_one();
+                        }
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS disconnected; events wait in the outbox")
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
                 }
-                other => tracing::debug!(event = %other, "NATS event"),
             }
         });
     if !wait_for_server {

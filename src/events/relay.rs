@@ -33,6 +33,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// process (an earlier run, a second replica) and any missed notification.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The NATS client connects in the background; a disconnected client this soon after start
+/// is expected, not worth a warning.
+const STARTUP_GRACE: Duration = Duration::from_secs(3);
+
 /// At shutdown, keep draining for at most this long.
 pub const SHUTDOWN_DRAIN_LIMIT: Duration = Duration::from_secs(3);
 
@@ -87,6 +91,7 @@ impl Relay {
     pub async fn run(mut self, stop: CancellationToken) {
         let mut backoff = MIN_BACKOFF;
         let mut failing = false;
+        let started = std::time::Instant::now();
         let wake = self.wake.clone();
         loop {
             // Register for a wake-up before looking, so an event committed while we look
@@ -113,6 +118,15 @@ impl Relay {
                         _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
                     }
                 }
+                Err(RelayError::JetStream(JetStreamError::Disconnected))
+                    if !failing && started.elapsed() < STARTUP_GRACE =>
+                {
+                    tracing::debug!("waiting for the first NATS connection");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(MIN_BACKOFF) => {}
+                    }
+                }
                 Err(e) => {
                     self.metrics.publish_failed();
                     if !failing {
@@ -121,8 +135,10 @@ impl Relay {
                     } else {
                         tracing::debug!(error = %ErrorChain(&e), ?backoff, "outbox relay still failing");
                     }
+                    // A new event or NATS coming back wakes us early.
                     tokio::select! {
                         _ = stop.cancelled() => break,
+                        _ = &mut notified => {}
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -221,6 +221,26 @@ impl Fleet {
         self.state.redirect_follows.load(Ordering::SeqCst)
     }
 
+    /// Replaces a flapping engine by its current state, fixed from now on, so the run it is
+    /// in goes on rather than being cut short. Returns whether it is healthy.
+    pub fn freeze(&self, id: &str) -> bool {
+        let mut behaviors = self.state.behaviors.lock().unwrap();
+        let Some(Behavior::Flap { period, offset }) = behaviors.get(id).cloned() else {
+            panic!("{id} is not flapping");
+        };
+        let phase = (self.state.started.elapsed() + offset).as_nanos() / period.as_nanos().max(1);
+        let healthy = phase % 2 == 0;
+        behaviors.insert(
+            id.to_owned(),
+            if healthy {
+                Behavior::Healthy
+            } else {
+                Behavior::Status(503)
+            },
+        );
+        healthy
+    }
+
     /// (when, healthy?) of every answer served to `id`, in order.
     pub fn served(&self, id: &str) -> Vec<(Instant, bool)> {
         self.state

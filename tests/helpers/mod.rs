@@ -176,6 +176,16 @@ impl TestEnv {
         Self::with_store(id, database_url, store).await
     }
 
+    /// Like [`TestEnv::new`], on a database the test provides (e.g. its own server).
+    pub async fn on_database(database_url: &str) -> Self {
+        let id = Uuid::now_v7().simple().to_string();
+        let store = Store::connect(database_url)
+            .await
+            .expect("connect to the given database");
+        store.migrate().await.expect("migrations apply");
+        Self::with_store(id, database_url.to_owned(), store).await
+    }
+
     async fn with_store(id: String, database_url: String, store: Store) -> Self {
         let services = services();
         let nats = healthprobe::events::jetstream::connect(&services.nats_url, true)
@@ -340,6 +350,63 @@ impl TestEnv {
         .fetch_all(self.pool())
         .await
         .expect("read health_events")
+    }
+
+    /// Rows of `health_events`, in commit order: (event_id, game_id, event_type, published).
+    pub async fn logged_ids(&self) -> Vec<(Uuid, String, String, bool)> {
+        sqlx::query_as(
+            "SELECT event_id, game_id, event_type, published_at IS NOT NULL FROM health_events ORDER BY seq",
+        )
+        .fetch_all(self.pool())
+        .await
+        .expect("read health_events")
+    }
+
+    /// Checks that the stream behind `js` and the event log agree: every logged event is on
+    /// the stream exactly once, nothing else is, and each game's events are in log order.
+    /// Returns the number of events.
+    pub async fn assert_log_and_stream_agree(&self, js: &jetstream::Context) -> usize {
+        let logged = self.logged_ids().await;
+        let unpublished: Vec<_> = logged.iter().filter(|row| !row.3).collect();
+        assert!(
+            unpublished.is_empty(),
+            "events left unpublished: {unpublished:?}"
+        );
+        let stream = self.stream_events_via(js).await;
+        let stream_ids: Vec<Uuid> = stream
+            .iter()
+            .map(|e| e.payload["event_id"].as_str().unwrap().parse().unwrap())
+            .collect();
+        let unique: std::collections::HashSet<Uuid> = stream_ids.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            stream_ids.len(),
+            "an event is on the stream twice"
+        );
+        let logged_set: std::collections::HashSet<Uuid> = logged.iter().map(|row| row.0).collect();
+        let lost: Vec<_> = logged_set.difference(&unique).collect();
+        let unknown: Vec<_> = unique.difference(&logged_set).collect();
+        assert!(lost.is_empty(), "logged but not on the stream: {lost:?}");
+        assert!(
+            unknown.is_empty(),
+            "on the stream but not logged: {unknown:?}"
+        );
+        let mut games: std::collections::HashMap<&str, (Vec<Uuid>, Vec<Uuid>)> = Default::default();
+        for row in &logged {
+            games.entry(row.1.as_str()).or_default().0.push(row.0);
+        }
+        for (event, id) in stream.iter().zip(&stream_ids) {
+            let game = logged.iter().find(|row| row.0 == *id).unwrap().1.as_str();
+            assert_eq!(event.game_id(), game);
+            games.entry(game).or_default().1.push(*id);
+        }
+        for (game, (log_order, stream_order)) in games {
+            assert_eq!(
+                log_order, stream_order,
+                "game {game}: stream order differs from commit order"
+            );
+        }
+        logged.len()
     }
 
     /// (status, consecutive_failures, last_status, last_failure_kind, last_error) of a game.

@@ -184,3 +184,153 @@ impl Drop for NatsServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A private Postgres server (data in a directory of its own, loopback, fixed port) that a
+/// test can stop and start again.
+pub struct PgServer {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    running: bool,
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+impl PgServer {
+    fn bindir() -> PathBuf {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect(
+                "this test runs a Postgres of its own: install postgresql (scripts/test.sh does)",
+            )
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("pg_ctl").exists())
+            .collect();
+        dirs.sort();
+        dirs.pop().expect("a Postgres installation with pg_ctl")
+    }
+
+    /// Runs a Postgres tool, as the `postgres` account when we are root (Postgres refuses
+    /// to run as root).
+    fn tool(&self, name: &str) -> std::process::Command {
+        let path = self.bin.join(name);
+        if is_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
+        } else {
+            std::process::Command::new(path)
+        }
+    }
+
+    pub async fn start(name: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            let status = std::process::Command::new("chown")
+                .args(["postgres:"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown the Postgres data directory");
+        }
+        let mut server = Self {
+            port,
+            dir,
+            bin: Self::bindir(),
+            running: false,
+        };
+        let output = server
+            .tool("initdb")
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+                "-D",
+            ])
+            .arg(&server.dir)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        server.resume();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn resume(&mut self) {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=50",
+            self.port,
+            self.dir.display()
+        );
+        let output = self
+            .tool("pg_ctl")
+            .arg("-D")
+            .arg(&self.dir)
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", "30", "-o", &options, "start"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.running = true;
+    }
+
+    /// Stops the server at once (`immediate`: no checkpoint, clients cut off), like a crash.
+    pub fn crash(&mut self) {
+        if !self.running {
+            return;
+        }
+        let output = self
+            .tool("pg_ctl")
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.running = false;
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self
+                .tool("pg_ctl")
+                .arg("-D")
+                .arg(&self.dir)
+                .args(["-m", "immediate", "stop"])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,417 @@
+//! Faults injected for real: NATS and Postgres outages, SIGKILL storms, slow ticks. The
+//! figures these tests print (`FIGURE ...`) are collected in RELIABILITY.md.
+//!
+//! Durations scale with `HEALTHPROBE_FAULT_OUTAGE_SECS` (default 30) and
+//! `HEALTHPROBE_FAULT_KILLS` (default 20).
+
+mod helpers;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use healthprobe::hysteresis::Thresholds;
+use healthprobe::telemetry::Metrics;
+use healthprobe::worker::{self, Heartbeat};
+use helpers::engines::{Behavior, Fleet};
+use helpers::process::{NatsServer, PgServer, WorkerProcess};
+use helpers::{TestEnv, wait_for};
+use tokio_util::sync::CancellationToken;
+
+fn outage() -> Duration {
+    let secs = std::env::var("HEALTHPROBE_FAULT_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    Duration::from_secs(secs)
+}
+
+fn kills() -> usize {
+    std::env::var("HEALTHPROBE_FAULT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
+
+/// Engines that flip between healthy and 503 on their own clock, out of phase.
+fn flapping(fleet: &Fleet, count: usize, period: Duration) -> Vec<(String, String)> {
+    (0..count)
+        .map(|i| {
+            let id = format!("flap-{i:02}");
+            let offset = Duration::from_millis(173 * i as u64);
+            let endpoint = fleet.set(&id, Behavior::Flap { period, offset });
+            (id, endpoint)
+        })
+        .collect()
+}
+
+async fn js_for(url: &str) -> (async_nats::Client, async_nats::jetstream::Context) {
+    let client = healthprobe::events::jetstream::connect(url, false)
+        .await
+        .unwrap();
+    let js = healthprobe::events::jetstream::context(client.clone());
+    (client, js)
+}
+
+async fn stream_len(env: &TestEnv, js: &async_nats::jetstream::Context) -> usize {
+    match js.get_stream(&env.target.stream).await {
+        Ok(_) => env.stream_events_via(js).await.len(),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test]
+async fn nats_outage_loses_nothing_and_duplicates_nothing() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    for (id, endpoint) in flapping(&fleet, 6, Duration::from_millis(1200)) {
+        env.add_running(&id, &endpoint, Some("c")).await;
+    }
+    let mut nats = NatsServer::start(&env.id).await;
+    let nats_url = nats.url();
+    let (_client, js) = js_for(&nats_url).await;
+    let mut worker = WorkerProcess::spawn(
+        &env,
+        "nats-outage",
+        &[
+            ("NATS_URL", &nats_url),
+            ("RTMANAGER_PROBE_INTERVAL", "100ms"),
+            ("RTMANAGER_PROBE_TIMEOUT", "500ms"),
+            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
+        ],
+    );
+    wait_for(
+        "events flowing before the outage",
+        CATCH_UP_LIMIT,
+        || async { (stream_len(&env, &js).await >= 4).then_some(()) },
+    )
+    .await;
+
+    nats.crash();
+    let logged_at_crash = env.logged_ids().await.len();
+    tokio::time::sleep(outage()).await; // the outage itself is the scenario
+    let logged_at_return = env.logged_ids().await;
+    let pending = logged_at_return.iter().filter(|row| !row.3).count();
+    assert!(
+        logged_at_return.len() > logged_at_crash,
+        "engines kept flapping, events kept being recorded"
+    );
+    assert!(
+        pending > 0,
+        "events produced during the outage wait in the outbox"
+    );
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker survived the outage"
+    );
+
+    nats.resume().await;
+    let returned = Instant::now();
+    wait_for(
+        "the outbox to drain after NATS returned",
+        CATCH_UP_LIMIT,
+        || async {
+            env.logged_ids()
+                .await
+                .iter()
+                .take(logged_at_return.len())
+                .all(|row| row.3)
+                .then_some(())
+        },
+    )
+    .await;
+    let catch_up = returned.elapsed();
+    let (status, _) = worker.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", worker.log_text());
+    let total = env.assert_log_and_stream_agree(&js).await;
+    eprintln!(
+        "FIGURE nats_outage: outage {:?}, {pending} events waited, caught up {catch_up:?} after NATS returned, {total} events in all, 0 lost, 0 duplicated",
+        outage()
+    );
+}
+
+#[tokio::test]
+async fn postgres_outage_keeps_the_worker_alive_and_resumes_within_an_interval() {
+    let mut postgres = PgServer::start(&format!("outage-{}", uuid::Uuid::now_v7().simple())).await;
+    let env = TestEnv::on_database(&postgres.url()).await;
+    let fleet = Fleet::start().await;
+    for (id, endpoint) in flapping(&fleet, 6, Duration::from_millis(1200)) {
+        env.add_running(&id, &endpoint, None).await;
+    }
+    let interval = Duration::from_millis(200);
+    let mut worker = WorkerProcess::spawn(
+        &env,
+        "pg-outage",
+        &[
+            ("RTMANAGER_PROBE_INTERVAL", "200ms"),
+            ("RTMANAGER_PROBE_TIMEOUT", "500ms"),
+            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
+        ],
+    );
+    env.wait_stream_events(4).await;
+
+    postgres.crash();
+    let stream_at_crash = env.stream_events().await.len();
+    tokio::time::sleep(outage()).await; // the outage itself is the scenario
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker survived the outage"
+    );
+    let log = worker.log_text();
+    let failed_ticks = log.matches("tick failed").count();
+    assert!(failed_ticks >= 1, "failed ticks are logged:\n{log}");
+    let stream_during = env.stream_events().await.len();
+
+    let ticks_done = |log: &str| log.matches("tick done").count();
+    let before = ticks_done(&worker.log_text());
+    postgres.resume();
+    let returned = Instant::now();
+    wait_for(
+        "a complete tick after Postgres returned",
+        CATCH_UP_LIMIT,
+        || async { (ticks_done(&worker.log_text()) > before).then_some(()) },
+    )
+    .await;
+    let resumed = returned.elapsed();
+    assert!(
+        resumed <= interval + Duration::from_secs(2),
+        "the first complete tick came {resumed:?} after Postgres returned (interval {interval:?})"
+    );
+    // Engines keep flapping: new events flow again.
+    env.wait_stream_events(stream_during + 2).await;
+    let (status, _) = worker.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", worker.log_text());
+    let total = env.assert_log_and_stream_agree(&env.js).await;
+    eprintln!(
+        "FIGURE postgres_outage: outage {:?}, {failed_ticks} failed ticks logged, {} events published during the outage (all committed before it), first complete tick {resumed:?} after Postgres returned (interval {interval:?}), {total} events in all, 0 lost, 0 duplicated",
+        outage(),
+        stream_during - stream_at_crash
+    );
+}
+
+/// Collapses served answers into runs of (healthy?, count).
+fn runs(served: &[(Instant, bool)]) -> Vec<(bool, usize)> {
+    let mut runs: Vec<(bool, usize)> = Vec::new();
+    for &(_, healthy) in served {
+        match runs.last_mut() {
+            Some((h, n)) if *h == healthy => *n += 1,
+            _ => runs.push((healthy, 1)),
+        }
+    }
+    runs
+}
+
+#[tokio::test]
+async fn sigkill_storm_loses_no_transition_and_emits_none_twice() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    let games = 20;
+    let mut ids = Vec::new();
+    for i in 0..games {
+        let id = format!("g{i:02}");
+        let period = Duration::from_millis(1500 + 300 * (i % 5) as u64);
+        let endpoint = fleet.set(
+            &id,
+            Behavior::Flap {
+                period,
+                offset: Duration::from_millis(97 * i as u64),
+            },
+        );
+        env.add_running(&id, &endpoint, None).await;
+        ids.push(id);
+    }
+    let thresholds = Thresholds {
+        failures: 2,
+        recovery: 1,
+    };
+    let settings = [
+        ("RTMANAGER_PROBE_INTERVAL", "50ms"),
+        ("RTMANAGER_PROBE_TIMEOUT", "300ms"),
+        ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
+        ("RTMANAGER_PROBE_MAX_CONCURRENCY", "8"),
+    ];
+    // Deterministic pseudo-random kill delays (printed, so a failure can be replayed).
+    let mut seed: u64 = std::env::var("HEALTHPROBE_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed);
+    eprintln!("kill seed {seed}");
+    let mut last_lines: HashMap<&'static str, usize> = HashMap::new();
+    for round in 0..kills() {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis(100 + (seed >> 33) % 800);
+        let mut worker = WorkerProcess::spawn(&env, &format!("kill-{round:02}"), &settings);
+        tokio::time::sleep(delay).await; // the kill moment is the scenario
+        worker.kill().await;
+        // What the worker was last doing, from its last log line.
+        let log = worker.log_text();
+        let last = log.lines().last().unwrap_or_default();
+        let phase = if last.contains("health event recorded") {
+            "commit"
+        } else if last.contains("published") || last.contains("outbox") {
+            "publish"
+        } else if last.contains("probe failed") {
+            "probe"
+        } else if last.contains("tick done")
+            || last.contains("restored")
+            || last.contains("starting")
+        {
+            "list/start"
+        } else {
+            "other"
+        };
+        *last_lines.entry(phase).or_default() += 1;
+    }
+
+    // Freeze every engine in the state it is in, so no run is cut short.
+    let finals: Vec<bool> = ids.iter().map(|id| fleet.freeze(id)).collect();
+    let mut worker = WorkerProcess::spawn(&env, "final", &settings);
+    wait_for(
+        "the final states recorded and published",
+        Duration::from_secs(60),
+        || async {
+            let mut settled = true;
+            for (id, &healthy) in ids.iter().zip(&finals) {
+                let want = if healthy { "healthy" } else { "failing" };
+                let served = fleet.served(id);
+                let last_run = runs(&served).last().map_or(0, |r| r.1);
+                settled &= last_run >= 2 * thresholds.failures as usize + 3
+                    && env.snapshot(id).await.is_some_and(|s| s.0 == want);
+            }
+            let published = env.logged_ids().await.iter().all(|row| row.3);
+            (settled && published).then_some(())
+        },
+    )
+    .await;
+    let (status, _) = worker.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", worker.log_text());
+    let total = env.assert_log_and_stream_agree(&env.js).await;
+
+    // The model: per game, the runs of answers the engine served; a failing run long enough
+    // to be seen `failures` times publishes probe_failed unless one is published; a healthy
+    // run publishes probe_recovered when one is. Runs must be long enough that a kill (which
+    // loses at most the tick in flight) cannot hide them.
+    let stream = env.stream_events().await;
+    for id in &ids {
+        let served = fleet.served(id);
+        let mut expected = Vec::new();
+        let mut failing = false;
+        let game_runs = runs(&served);
+        for (index, &(healthy, count)) in game_runs.iter().enumerate() {
+            // Every engine starts healthy (offset < period), so only that first healthy run
+            // may be short; it publishes nothing either way.
+            assert!(
+                count >= thresholds.failures as usize + 3 || (index == 0 && healthy),
+                "{id}: a run of {count} answers is too short for an unambiguous model: {game_runs:?}"
+            );
+            if !healthy && !failing {
+                expected.push("probe_failed");
+                failing = true;
+            } else if healthy && failing {
+                expected.push("probe_recovered");
+                failing = false;
+            }
+        }
+        let got: Vec<&str> = stream
+            .iter()
+            .filter(|e| e.game_id() == id)
+            .map(|e| e.event_type())
+            .collect();
+        assert_eq!(got, expected, "{id}: runs served {game_runs:?}");
+    }
+    eprintln!(
+        "FIGURE sigkill_storm: {} kills (last activity before the kill: {last_lines:?}), {games} flapping games, {total} events, all equal to the model, 0 lost, 0 duplicated",
+        kills()
+    );
+}
+
+#[tokio::test]
+async fn a_tick_longer_than_the_interval_delays_the_next_and_never_overlaps() {
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    for id in ["slow-a", "slow-b"] {
+        env.add_running(
+            id,
+            &fleet.set(id, Behavior::Delay(Duration::from_millis(300))),
+            None,
+        )
+        .await;
+    }
+    let worker = env.worker_with_metrics(
+        Thresholds {
+            failures: 3,
+            recovery: 1,
+        },
+        1,
+        Duration::from_secs(2),
+        Metrics::new(&provider.meter("healthprobe")),
+    );
+    let interval = Duration::from_millis(100);
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(worker::run(
+        worker,
+        interval,
+        stop.clone(),
+        Heartbeat::default(),
+    ));
+    wait_for("three ticks", Duration::from_secs(20), || async {
+        (fleet.total_requests() >= 6).then_some(())
+    })
+    .await;
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!(fleet.max_in_flight(), 1, "two ticks overlapped");
+    provider.force_flush().unwrap();
+    let finished = exporter.get_finished_metrics().unwrap();
+    let mut durations = None;
+    for scope in finished.last().unwrap().scope_metrics() {
+        for metric in scope.metrics() {
+            if let ("healthprobe.tick.duration", AggregatedMetrics::F64(MetricData::Histogram(h))) =
+                (metric.name(), metric.data())
+            {
+                let point = h.data_points().next().unwrap();
+                durations = Some((point.count(), point.min().unwrap()));
+            }
+        }
+    }
+    let (count, min) = durations.expect("tick durations recorded");
+    assert!(count >= 3, "{count} ticks recorded");
+    assert!(
+        min >= 0.55,
+        "every tick took two 300 ms probes in a row, shortest {min} s"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_tick_is_logged() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running(
+        "slow",
+        &fleet.set("slow", Behavior::Delay(Duration::from_millis(300))),
+        None,
+    )
+    .await;
+    let mut worker =
+        WorkerProcess::spawn(&env, "slow-tick", &[("RTMANAGER_PROBE_INTERVAL", "100ms")]);
+    wait_for("the slow-tick warning", Duration::from_secs(20), || async {
+        worker
+            .log_text()
+            .contains("tick took longer than the interval")
+            .then_some(())
+    })
+    .await;
+    let (status, _) = worker.terminate(Duration::from_secs(10)).await;
+    assert!(status.success());
+}
