@@ -114,7 +114,7 @@ async fn healthz(
         None | Some(Behavior::Status(_)) | Some(Behavior::Redirect) => false,
         Some(Behavior::Flap { period, offset }) => {
             let phase = (state.started.elapsed() + *offset).as_nanos() / period.as_nanos().max(1);
-            phase % 2 == 0
+            phase.is_multiple_of(2)
         }
         Some(_) => true,
     };
@@ -229,7 +229,7 @@ impl Fleet {
             panic!("{id} is not flapping");
         };
         let phase = (self.state.started.elapsed() + offset).as_nanos() / period.as_nanos().max(1);
-        let healthy = phase % 2 == 0;
+        let healthy = phase.is_multiple_of(2);
         behaviors.insert(
             id.to_owned(),
             if healthy {
