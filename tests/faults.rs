@@ -237,33 +237,39 @@ async fn sigkill_storm_loses_no_transition_and_emits_none_twice() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x5eed);
     eprintln!("kill seed {seed}");
-    let mut last_lines: HashMap<&'static str, usize> = HashMap::new();
+    // Each round kills the worker right after it logs the marker of one phase, plus a
+    // pseudo-random 0-30 ms, cycling through the phases. (marker, phase the kill lands in)
+    let phases = [
+        ("per-game state restored", "list"),
+        ("probe failed", "probe"),
+        ("health event recorded", "commit→publish"),
+        ("event published", "publish"),
+    ];
+    let mut kills_by_phase: HashMap<&'static str, usize> = HashMap::new();
     for round in 0..kills() {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let delay = Duration::from_millis(100 + (seed >> 33) % 800);
+        let jitter = Duration::from_millis((seed >> 33) % 30);
+        let (marker, phase) = phases[round % phases.len()];
         let mut worker = WorkerProcess::spawn(&env, &format!("kill-{round:02}"), &settings);
-        tokio::time::sleep(delay).await; // the kill moment is the scenario
-        worker.kill().await;
-        // What the worker was last doing, from its last log line.
-        let log = worker.log_text();
-        let last = log.lines().last().unwrap_or_default();
-        let phase = if last.contains("health event recorded") {
-            "commit"
-        } else if last.contains("published") || last.contains("outbox") {
-            "publish"
-        } else if last.contains("probe failed") {
-            "probe"
-        } else if last.contains("tick done")
-            || last.contains("restored")
-            || last.contains("starting")
-        {
-            "list/start"
+        // Let the worker run a while (except for the start-up phase), then wait for the
+        // next occurrence of the marker.
+        let seen = if round % phases.len() == 0 {
+            0
         } else {
-            "other"
+            tokio::time::sleep(Duration::from_millis(100 + (seed >> 40) % 400)).await;
+            worker.log_text().matches(marker).count()
         };
-        *last_lines.entry(phase).or_default() += 1;
+        wait_for(
+            &format!("round {round}: the worker to log {marker:?}"),
+            Duration::from_secs(20),
+            || async { (worker.log_text().matches(marker).count() > seen).then_some(()) },
+        )
+        .await;
+        tokio::time::sleep(jitter).await; // the kill moment is the scenario
+        worker.kill().await;
+        *kills_by_phase.entry(phase).or_default() += 1;
     }
 
     // Freeze every engine in the state it is in, so no run is cut short.
@@ -323,7 +329,7 @@ async fn sigkill_storm_loses_no_transition_and_emits_none_twice() {
         assert_eq!(got, expected, "{id}: runs served {game_runs:?}");
     }
     eprintln!(
-        "FIGURE sigkill_storm: {} kills (last activity before the kill: {last_lines:?}), {games} flapping games, {total} events, all equal to the model, 0 lost, 0 duplicated",
+        "FIGURE sigkill_storm: {} kills (by phase: {kills_by_phase:?}), {games} flapping games, {total} events, all equal to the model, 0 lost, 0 duplicated",
         kills()
     );
 }
