@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use healthprobe::hysteresis::Thresholds;
-use healthprobe::telemetry::Metrics;
 use healthprobe::worker::{self, Heartbeat};
 use helpers::engines::{Behavior, Fleet};
 use helpers::process::{NatsServer, PgServer, WorkerProcess};
@@ -336,14 +335,7 @@ async fn sigkill_storm_loses_no_transition_and_emits_none_twice() {
 
 #[tokio::test]
 async fn a_tick_longer_than_the_interval_delays_the_next_and_never_overlaps() {
-    use opentelemetry::metrics::MeterProvider as _;
-    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
-    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
-
-    let exporter = InMemoryMetricExporter::default();
-    let provider = SdkMeterProvider::builder()
-        .with_reader(PeriodicReader::builder(exporter.clone()).build())
-        .build();
+    let recorded = helpers::metrics::TestMetrics::new();
     let env = TestEnv::new().await;
     let fleet = Fleet::start().await;
     for id in ["slow-a", "slow-b"] {
@@ -361,7 +353,7 @@ async fn a_tick_longer_than_the_interval_delays_the_next_and_never_overlaps() {
         },
         1,
         Duration::from_secs(2),
-        Metrics::new(&provider.meter("healthprobe")),
+        recorded.metrics(),
     );
     let interval = Duration::from_millis(100);
     let stop = CancellationToken::new();
@@ -378,20 +370,9 @@ async fn a_tick_longer_than_the_interval_delays_the_next_and_never_overlaps() {
     stop.cancel();
     run.await.unwrap();
     assert_eq!(fleet.max_in_flight(), 1, "two ticks overlapped");
-    provider.force_flush().unwrap();
-    let finished = exporter.get_finished_metrics().unwrap();
-    let mut durations = None;
-    for scope in finished.last().unwrap().scope_metrics() {
-        for metric in scope.metrics() {
-            if let ("healthprobe.tick.duration", AggregatedMetrics::F64(MetricData::Histogram(h))) =
-                (metric.name(), metric.data())
-            {
-                let point = h.data_points().next().unwrap();
-                durations = Some((point.count(), point.min().unwrap()));
-            }
-        }
-    }
-    let (count, min) = durations.expect("tick durations recorded");
+    let (count, min, _) = recorded
+        .histogram("healthprobe.tick.duration")
+        .expect("tick durations recorded");
     assert!(count >= 3, "{count} ticks recorded");
     assert!(
         min >= 0.55,

@@ -42,10 +42,7 @@ async fn each_hostile_engine_and_bad_record_is_classified() {
         let id = format!("{:?}", engine.hostility);
         cases.push((id.clone(), engine.endpoint(&id), kind, status));
     }
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = std::net::SocketAddr::from(([127, 0, 0, 1], helpers::free_port()));
     cases.push((
         "closed-port".into(),
         format!("http://{closed}"),
@@ -158,10 +155,7 @@ async fn a_thousand_hostile_engines_do_not_stall_the_healthy_ones() {
     for hostility in Hostility::ALL {
         engines.push(HostileEngine::start(hostility).await);
     }
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = std::net::SocketAddr::from(([127, 0, 0, 1], helpers::free_port()));
     let mut rows: Vec<(String, String)> = Vec::new();
     for i in 0..1000 {
         let id = format!("hostile-{i:04}");

@@ -352,11 +352,7 @@ async fn the_worker_starts_and_records_while_nats_is_down_and_publishes_when_it_
     env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
         .await;
     // Reserve a port with nothing behind it yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = helpers::free_port();
     let nats_url = format!("nats://127.0.0.1:{port}");
     let mut settings = FAST.to_vec();
     settings.push(("NATS_URL", &nats_url));

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use healthprobe::events::envelope::{Details, FailedDetails, RecoveredDetails};
 use healthprobe::hysteresis::{GameHealth, Thresholds};
-use healthprobe::telemetry::Metrics;
 use helpers::engines::{Behavior, Fleet};
 use helpers::{AsyncApi, TestEnv};
 use tokio_util::sync::CancellationToken;
@@ -277,10 +276,7 @@ async fn failures_are_classified_with_the_right_last_status() {
     env.add_running("bad-url", "this is not a url", None).await;
     env.add_running("ftp", "ftp://127.0.0.1/engine", None).await;
     // A port nothing listens on: bind, note the port, close.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = std::net::SocketAddr::from(([127, 0, 0, 1], helpers::free_port()));
     env.add_running("closed", &format!("http://{closed}"), None)
         .await;
     let mut worker = env.worker(thresholds(1, 1), 4, TIMEOUT);
@@ -481,16 +477,7 @@ async fn an_extra_details_field_is_rejected_by_the_asyncapi_schema() {
 
 #[tokio::test]
 async fn metrics_count_events_by_type_and_probes_by_outcome() {
-    use opentelemetry::metrics::MeterProvider as _;
-    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
-    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
-
-    let exporter = InMemoryMetricExporter::default();
-    let provider = SdkMeterProvider::builder()
-        .with_reader(PeriodicReader::builder(exporter.clone()).build())
-        .build();
-    let metrics = Metrics::new(&provider.meter("healthprobe"));
-
+    let recorded = helpers::metrics::TestMetrics::new();
     let env = TestEnv::new().await;
     let fleet = Fleet::start().await;
     env.add_running("a", &fleet.set("a", Behavior::Status(503)), None)
@@ -498,60 +485,27 @@ async fn metrics_count_events_by_type_and_probes_by_outcome() {
     env.add_running("b", &fleet.set("b", Behavior::Healthy), None)
         .await;
     env.add_running("c", "nope://", None).await;
-    let mut worker = env.worker_with_metrics(thresholds(1, 1), 2, TIMEOUT, metrics);
+    let mut worker = env.worker_with_metrics(thresholds(1, 1), 2, TIMEOUT, recorded.metrics());
     let stop = CancellationToken::new();
     worker.tick(&stop).await.unwrap(); // a, c fail → 2 probe_failed
     fleet.set("a", Behavior::Healthy);
     worker.tick(&stop).await.unwrap(); // a recovers → 1 probe_recovered
-    provider.force_flush().unwrap();
 
-    let mut events = std::collections::BTreeMap::new();
-    let mut probes = std::collections::BTreeMap::new();
-    let mut tick_count = 0;
-    let finished = exporter.get_finished_metrics().unwrap();
-    let last = finished.last().expect("metrics were exported");
-    for scope in last.scope_metrics() {
-        for metric in scope.metrics() {
-            match (metric.name(), metric.data()) {
-                ("rtmanager.health_events", AggregatedMetrics::U64(MetricData::Sum(sum))) => {
-                    for point in sum.data_points() {
-                        let kv = point
-                            .attributes()
-                            .find(|kv| kv.key.as_str() == "event_type")
-                            .unwrap();
-                        events.insert(kv.value.to_string(), point.value());
-                    }
-                }
-                ("healthprobe.probes", AggregatedMetrics::U64(MetricData::Sum(sum))) => {
-                    for point in sum.data_points() {
-                        let kv = point
-                            .attributes()
-                            .find(|kv| kv.key.as_str() == "outcome")
-                            .unwrap();
-                        probes.insert(kv.value.to_string(), point.value());
-                    }
-                }
-                ("healthprobe.tick.duration", AggregatedMetrics::F64(MetricData::Histogram(h))) => {
-                    tick_count = h.data_points().map(|p| p.count()).sum();
-                }
-                _ => {}
-            }
-        }
-    }
-    let expected_events: std::collections::BTreeMap<String, u64> = [
-        ("probe_failed".to_string(), 2),
-        ("probe_recovered".to_string(), 1),
-    ]
-    .into();
-    assert_eq!(events, expected_events);
-    let expected_probes: std::collections::BTreeMap<String, u64> = [
-        ("ok".to_string(), 3),
-        ("status".to_string(), 1),
-        ("invalid_endpoint".to_string(), 2),
-    ]
-    .into();
-    assert_eq!(probes, expected_probes);
-    assert_eq!(tick_count, 2);
+    let owned = |pairs: &[(&str, u64)]| -> std::collections::BTreeMap<String, u64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    };
+    assert_eq!(
+        recorded.counter("rtmanager.health_events", "event_type"),
+        owned(&[("probe_failed", 2), ("probe_recovered", 1)])
+    );
+    assert_eq!(
+        recorded.counter("healthprobe.probes", "outcome"),
+        owned(&[("ok", 3), ("status", 1), ("invalid_endpoint", 2)])
+    );
+    assert_eq!(
+        recorded.histogram("healthprobe.tick.duration").map(|h| h.0),
+        Some(2)
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 
 pub mod engines;
 pub mod hostile;
+pub mod metrics;
 pub mod process;
 
 use std::future::Future;
@@ -96,6 +97,16 @@ fn start_containers() -> Services {
     })
     .join()
     .expect("testcontainers thread")
+}
+
+/// A loopback port that nothing listens on right now (bound, read, released): for a
+/// closed port, or a server the test starts later at a known address.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Creates an empty database on the shared server and returns its URL.

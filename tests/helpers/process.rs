@@ -1,5 +1,6 @@
 //! Real processes: the healthprobe binary, and a NATS server a test can stop and restart.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -111,11 +112,7 @@ impl NatsServer {
     }
 
     pub async fn start(name: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         Self::start_on(name, port).await
     }
 
@@ -228,11 +225,7 @@ impl PgServer {
     }
 
     pub async fn start(name: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -277,26 +270,39 @@ impl PgServer {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// Runs `pg_ctl -D <dir> <args>` and insists that it succeeds.
+    fn pg_ctl(&self, args: &[&OsStr]) {
+        let output = self
+            .tool("pg_ctl")
+            .arg("-D")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "pg_ctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     pub fn resume(&mut self) {
         let options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=50",
             self.port,
             self.dir.display()
         );
-        let output = self
-            .tool("pg_ctl")
-            .arg("-D")
-            .arg(&self.dir)
-            .arg("-l")
-            .arg(self.dir.join("server.log"))
-            .args(["-w", "-t", "30", "-o", &options, "start"])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let log = self.dir.join("server.log");
+        self.pg_ctl(&[
+            OsStr::new("-l"),
+            log.as_os_str(),
+            OsStr::new("-w"),
+            OsStr::new("-t"),
+            OsStr::new("30"),
+            OsStr::new("-o"),
+            OsStr::new(&options),
+            OsStr::new("start"),
+        ]);
         self.running = true;
     }
 
@@ -305,18 +311,7 @@ impl PgServer {
         if !self.running {
             return;
         }
-        let output = self
-            .tool("pg_ctl")
-            .arg("-D")
-            .arg(&self.dir)
-            .args(["-m", "immediate", "-w", "stop"])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "pg_ctl stop: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"].map(OsStr::new));
         self.running = false;
     }
 }
