@@ -416,7 +416,7 @@ fn probe_json(report: &ProbeOneReport) -> Value {
         "outcome": outcome.outcome_label(),
         "last_status": outcome.status,
         "last_error": outcome.failure.as_ref().map(|f| f.message.clone()),
-        "latency_ms": outcome.latency.as_secs_f64() * 1000.0,
+        "latency_ms": status::round_ms(outcome.latency.as_secs_f64() * 1000.0),
         "completed_at": rfc3339(outcome.completed_at),
         "status": report.health.status().as_str(),
         "consecutive_failures": report.health.consecutive_failures,

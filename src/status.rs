@@ -338,7 +338,12 @@ pub fn rfc3339(at: DateTime<Utc>) -> String {
 }
 
 fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+    round_ms(d.as_secs_f64() * 1000.0)
+}
+
+/// Milliseconds to the microsecond: `0.349`, not `0.34872000000000003`.
+pub fn round_ms(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
 }
 
 /// One game as `GET /games` and `healthprobe status --json` show it.
@@ -349,7 +354,7 @@ pub fn game_json(game: &GameView) -> Value {
         "consecutive_failures": game.consecutive_failures,
         "last_probe_at": game.last_probe_at.map(rfc3339),
         "last_success_at": game.last_success_at.map(rfc3339),
-        "last_latency_ms": game.last_latency_ms,
+        "last_latency_ms": game.last_latency_ms.map(round_ms),
         "last_status": game.last_status,
         "last_error": game.last_error,
         "last_failure_kind": game.last_failure_kind,
