@@ -25,6 +25,9 @@ PIDS=()
 cleanup() {
     local pid
     trap - EXIT INT TERM
+    # Ctrl-C may have closed the terminal's pipe (`scripts/run.sh | tee log`): a failed
+    # write must not cut the cleanup short.
+    trap '' PIPE
     # Stop in reverse order of start: tail, worker, fleet. Each exits on SIGTERM.
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         pid=${PIDS[i]}
