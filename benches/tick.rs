@@ -21,9 +21,10 @@ use healthprobe::events::jetstream::{self, StreamTarget};
 use healthprobe::events::relay::Relay;
 use healthprobe::hysteresis::Thresholds;
 use healthprobe::probe::Prober;
+use healthprobe::status::StatusBoard;
 use healthprobe::store::Store;
 use healthprobe::telemetry::Metrics;
-use healthprobe::worker::{self, Heartbeat, Worker, WorkerSettings};
+use healthprobe::worker::{self, Worker, WorkerSettings};
 use serde::{Deserialize, Serialize};
 use sqlx::Connection as _;
 use tokio::sync::Notify;
@@ -35,7 +36,11 @@ fn env_list(name: &str, default: &str) -> Vec<usize> {
     std::env::var(name)
         .unwrap_or_else(|_| default.to_owned())
         .split(',')
-        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{name}: {v:?} is not a number")))
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: {v:?} is not a number"))
+        })
         .collect()
 }
 
@@ -63,7 +68,10 @@ fn process_cpu_ns() -> u64 {
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat"))
-                && let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok())
+                && let Some(ns) = text
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
             {
                 total += ns;
             }
@@ -101,7 +109,12 @@ async fn statements(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
 
 /// Asks the fleet for its peak number of requests in flight since the last ask.
 async fn fleet_peak(fleet: &str) -> Option<u64> {
-    let body = reqwest::get(format!("{fleet}/stats?reset=true")).await.ok()?.text().await.ok()?;
+    let body = reqwest::get(format!("{fleet}/stats?reset=true"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
     let stats: serde_json::Value = serde_json::from_str(&body).ok()?;
     stats["max_in_flight"].as_u64()
 }
@@ -123,8 +136,7 @@ async fn child() -> anyhow::Result<()> {
         WorkerSettings {
             thresholds: Thresholds::default(),
             max_concurrency: concurrency,
-            spread,
-            interval,
+            spread_window: interval.mul_f64(spread),
         },
         Metrics::noop(),
         Arc::new(Notify::new()),
@@ -156,10 +168,16 @@ async fn child() -> anyhow::Result<()> {
         let report = worker.tick(&stop).await?;
         result.tick_secs.push(started.elapsed().as_secs_f64());
         result.cpu_ns += process_cpu_ns() - cpu;
-        result.statements_per_tick.push(statements(store.pool()).await? - before - idle);
+        result
+            .statements_per_tick
+            .push(statements(store.pool()).await? - before - idle);
         result.probes += report.probes;
         if report.probes != records || report.healthy != records {
-            bail!("tick probed {} of {records}, {} healthy", report.probes, report.healthy);
+            bail!(
+                "tick probed {} of {records}, {} healthy",
+                report.probes,
+                report.healthy
+            );
         }
     }
     result.fleet_peak_in_flight = fleet_peak(&fleet).await;
@@ -182,7 +200,11 @@ impl Drop for FleetProcess {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn start_fleet(bin: &str, args: &[&str]) -> anyhow::Result<FleetProcess> {
@@ -198,7 +220,10 @@ async fn start_fleet(bin: &str, args: &[&str]) -> anyhow::Result<FleetProcess> {
         .with_context(|| format!("starting {bin} fleet"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             break;
         }
         if Instant::now() > deadline {
@@ -206,7 +231,11 @@ async fn start_fleet(bin: &str, args: &[&str]) -> anyhow::Result<FleetProcess> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(FleetProcess { child, base: format!("http://127.0.0.1:{port}"), started: Instant::now() })
+    Ok(FleetProcess {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        started: Instant::now(),
+    })
 }
 
 /// `wrk` with `connections` connections for 3 s against one engine; requests per second.
@@ -224,19 +253,31 @@ fn wrk(url: &str, connections: usize) -> anyhow::Result<f64> {
 
 /// A fresh database with `records` running games pointing at the fleet's first engines
 /// (named like the fleet names them: prefix and a number zero-padded to `width`).
-async fn prepare_database(admin: &str, name: &str, records: usize, fleet: &str, width: usize) -> anyhow::Result<String> {
+async fn prepare_database(
+    admin: &str,
+    name: &str,
+    records: usize,
+    fleet: &str,
+    width: usize,
+) -> anyhow::Result<String> {
     let mut conn = sqlx::postgres::PgConnection::connect(admin).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
-        .execute(&mut conn)
-        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut conn)
         .await?;
     let url = database_url(admin, name);
     let store = Store::connect(&url).await?;
     store.migrate().await?;
-    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(store.pool()).await?;
-    let ids: Vec<String> = (1..=records).map(|i| format!("{FLEET_PREFIX}{i:0width$}")).collect();
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(store.pool())
+        .await?;
+    let ids: Vec<String> = (1..=records)
+        .map(|i| format!("{FLEET_PREFIX}{i:0width$}"))
+        .collect();
     let endpoints: Vec<String> = ids.iter().map(|id| format!("{fleet}/e/{id}")).collect();
     sqlx::query(
         "INSERT INTO runtime_records (game_id, status, engine_endpoint, started_at) \
@@ -251,7 +292,15 @@ async fn prepare_database(admin: &str, name: &str, records: usize, fleet: &str, 
     Ok(url)
 }
 
-fn run_child(url: &str, records: usize, concurrency: usize, ticks: usize, spread: f64, interval: &str, fleet: &str) -> anyhow::Result<PointResult> {
+fn run_child(
+    url: &str,
+    records: usize,
+    concurrency: usize,
+    ticks: usize,
+    spread: f64,
+    interval: &str,
+    fleet: &str,
+) -> anyhow::Result<PointResult> {
     let output = Command::new(std::env::current_exe()?)
         .env("HP_BENCH_CHILD", "1")
         .env("HP_BENCH_CHILD_DB", url)
@@ -277,30 +326,77 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Detection latency: one engine turns failing at a known moment; time until its
 /// `probe_failed` is on the stream, with the worker's real loop and relay.
-async fn detection_latency(bin: &str, admin: &str, nats_url: &str, interval: Duration) -> anyhow::Result<Vec<Duration>> {
+async fn detection_latency(
+    bin: &str,
+    admin: &str,
+    nats_url: &str,
+    interval: Duration,
+) -> anyhow::Result<Vec<Duration>> {
     let healthy_for = Duration::from_secs(2);
     let mut samples = Vec::new();
     for round in 0..3 {
-        let fleet = start_fleet(bin, &["--engines", "1", "--mix", "scheduled=1", "--schedule", "healthy:2s,failing:600s", "--prefix", FLEET_PREFIX]).await?;
+        let fleet = start_fleet(
+            bin,
+            &[
+                "--engines",
+                "1",
+                "--mix",
+                "scheduled=1",
+                "--schedule",
+                "healthy:2s,failing:600s",
+                "--prefix",
+                FLEET_PREFIX,
+            ],
+        )
+        .await?;
         let turned_failing = fleet.started + healthy_for;
-        let url = prepare_database(admin, &format!("hp_bench_latency_{round}"), 1, &fleet.base, 3).await?;
+        let url = prepare_database(
+            admin,
+            &format!("hp_bench_latency_{round}"),
+            1,
+            &fleet.base,
+            3,
+        )
+        .await?;
         let store = Store::connect(&url).await?;
         let client = jetstream::connect(nats_url, true).await?;
         let js = jetstream::context(client.clone());
-        let target = StreamTarget { stream: format!("HP_BENCH_LATENCY_{round}"), subject_prefix: format!("hp.bench.latency.{round}") };
+        let target = StreamTarget {
+            stream: format!("HP_BENCH_LATENCY_{round}"),
+            subject_prefix: format!("hp.bench.latency.{round}"),
+        };
         let _ = js.delete_stream(&target.stream).await;
         let stream = jetstream::ensure_stream(&js, &target).await?;
         let wake = Arc::new(Notify::new());
         let stop = CancellationToken::new();
-        let relay = tokio::spawn(Relay::new(store.clone(), client, target.clone(), wake.clone(), Metrics::noop()).run(stop.clone()));
+        let relay = tokio::spawn(
+            Relay::new(
+                store.clone(),
+                client,
+                target.clone(),
+                wake.clone(),
+                Metrics::noop(),
+            )
+            .run(stop.clone()),
+        );
         let worker = Worker::new(
             store.clone(),
             Prober::new(Duration::from_secs(2), interval)?,
-            WorkerSettings { thresholds: Thresholds::default(), max_concurrency: 16, spread: 0.0, interval },
+            WorkerSettings {
+                thresholds: Thresholds::default(),
+                max_concurrency: 16,
+                spread_window: Duration::ZERO,
+            },
             Metrics::noop(),
             wake,
         );
-        let run = tokio::spawn(worker::run(worker, interval, stop.clone(), Heartbeat::default()));
+        let run = tokio::spawn(worker::run(
+            worker,
+            interval,
+            stop.clone(),
+            StatusBoard::new(interval),
+            worker::command_channel().1,
+        ));
         let mut stream = stream;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -323,22 +419,43 @@ async fn detection_latency(bin: &str, admin: &str, nats_url: &str, interval: Dur
 
 async fn orchestrate() -> anyhow::Result<()> {
     healthprobe::install_crypto_provider();
-    let admin = std::env::var("HEALTHPROBE_BENCH_DATABASE_URL").context("HEALTHPROBE_BENCH_DATABASE_URL (scripts/bench.sh sets it)")?;
+    let admin = std::env::var("HEALTHPROBE_BENCH_DATABASE_URL")
+        .context("HEALTHPROBE_BENCH_DATABASE_URL (scripts/bench.sh sets it)")?;
     let nats_url = env_or("HEALTHPROBE_BENCH_NATS_URL", "nats://127.0.0.1:4222");
     let bin = env_or("HEALTHPROBE_BENCH_BIN", "target/release/healthprobe");
     let record_counts = env_list("HEALTHPROBE_BENCH_RECORDS", "1000,10000,100000");
     let concurrencies = env_list("HEALTHPROBE_BENCH_CONCURRENCY", "16,64,256,1024");
     let ticks: usize = env_or("HEALTHPROBE_BENCH_TICKS", "5").parse()?;
     let max_records = *record_counts.iter().max().unwrap();
-    let fleet = start_fleet(&bin, &["--engines", &max_records.to_string(), "--mix", "healthy=1", "--prefix", FLEET_PREFIX]).await?;
+    let fleet = start_fleet(
+        &bin,
+        &[
+            "--engines",
+            &max_records.to_string(),
+            "--mix",
+            "healthy=1",
+            "--prefix",
+            FLEET_PREFIX,
+        ],
+    )
+    .await?;
     let width = max_records.to_string().len().max(3);
     let wrk_url = format!("{}/e/{FLEET_PREFIX}{:0width$}/healthz", fleet.base, 1);
 
-    println!("| records | concurrency | tick median | tick p99 | probes/s | wrk req/s | ratio | CPU µs/probe | peak RSS | SQL/tick |");
+    println!(
+        "| records | concurrency | tick median | tick p99 | probes/s | wrk req/s | ratio | CPU µs/probe | peak RSS | SQL/tick |"
+    );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for &records in &record_counts {
         // Records point at the first `records` engines of the big fleet (same width).
-        let url = prepare_database(&admin, &format!("hp_bench_{records}"), records, &fleet.base, width).await?;
+        let url = prepare_database(
+            &admin,
+            &format!("hp_bench_{records}"),
+            records,
+            &fleet.base,
+            width,
+        )
+        .await?;
         for &concurrency in &concurrencies {
             let point = run_child(&url, records, concurrency, ticks, 0.0, "15s", &fleet.base)?;
             let wrk_rps = wrk(&wrk_url, concurrency)?;
@@ -348,7 +465,11 @@ async fn orchestrate() -> anyhow::Result<()> {
             let p99 = percentile(&sorted, 0.99);
             let measured: f64 = point.tick_secs.iter().sum();
             let rate = point.probes as f64 / measured;
-            let sql: Vec<String> = point.statements_per_tick.iter().map(i64::to_string).collect();
+            let sql: Vec<String> = point
+                .statements_per_tick
+                .iter()
+                .map(i64::to_string)
+                .collect();
             println!(
                 "| {records} | {concurrency} | {:.3} s | {:.3} s | {:.0} | {:.0} | {:.0} % | {:.1} | {:.1} MiB | {} |",
                 median,
@@ -376,7 +497,9 @@ async fn orchestrate() -> anyhow::Result<()> {
         println!(
             "| {records} | 256 | 2 s | {spread} | {:.3} s | {} |",
             percentile(&sorted, 0.5),
-            point.fleet_peak_in_flight.map_or("n/a".into(), |p| p.to_string())
+            point
+                .fleet_peak_in_flight
+                .map_or("n/a".into(), |p| p.to_string())
         );
     }
     drop(fleet);
@@ -388,14 +511,27 @@ async fn orchestrate() -> anyhow::Result<()> {
     println!(
         "detection latency (threshold 3, interval 1 s, timeout 2 s; bound {:?}): {}",
         bound,
-        latencies.iter().map(|d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)).collect::<Vec<_>>().join(", ")
+        latencies
+            .iter()
+            .map(|d| format!("{:.0} ms", d.as_secs_f64() * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    if std::env::var_os("HP_BENCH_CHILD").is_some() {
+    // `cargo test --all-targets` runs bench targets too, without `--bench`: the harness
+    // needs its servers and minutes of time, so it only runs when asked for.
+    let is_child = std::env::var_os("HP_BENCH_CHILD").is_some();
+    if !is_child && !std::env::args().any(|a| a == "--bench") {
+        println!("the benchmark harness runs with scripts/bench.sh (cargo bench --bench tick)");
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if is_child {
         runtime.block_on(child())
     } else {
         runtime.block_on(orchestrate())

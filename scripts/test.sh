@@ -20,4 +20,7 @@ if [[ -z "${HEALTHPROBE_NATS_SERVER_BIN:-}" ]]; then
     export HEALTHPROBE_NATS_SERVER_BIN
 fi
 
+# The deployment files (compose, Dockerfile) are checked first: quick, no Docker needed.
+scripts/lint-deploy.sh
+
 cargo test --locked --all-targets "$@"

@@ -33,6 +33,67 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the health events from the stream as JSON lines until Ctrl-C.
     Tail(TailArgs),
+    /// Print the per-game health of the running games (a table, or JSON with --json).
+    Status(StatusArgs),
+    /// Run a simulated fleet of engines on one HTTP server until Ctrl-C, optionally
+    /// registered as running records.
+    Fleet(Box<FleetArgs>),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Print JSON (the same objects as `GET /games`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only games with this status: unknown, healthy, suspect or failing.
+    #[arg(long, value_parser = ["unknown", "healthy", "suspect", "failing"])]
+    pub status: Option<String>,
+    /// Only games whose id matches this glob (`*` any run, `?` one character).
+    #[arg(long)]
+    pub game_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    /// Number of engines.
+    #[arg(long, default_value = "10", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub engines: u32,
+    /// Behaviors by weight: healthy, failing, slow, flapping, scheduled.
+    #[arg(long, default_value = "healthy=7,flapping=2,failing=1")]
+    pub mix: crate::fleet::Mix,
+    /// A flapping engine is healthy this long, then failing this long, and so on.
+    #[arg(long, default_value = "10s", value_parser = positive_duration("--flap-period"))]
+    pub flap_period: Duration,
+    /// A slow engine answers 200 after this long (a timeout if beyond the probe timeout).
+    #[arg(long, default_value = "3s", value_parser = positive_duration("--slow-delay"))]
+    pub slow_delay: Duration,
+    /// The cycle `scheduled` engines follow, e.g. `healthy:20s,failing:15s,slow:10s`.
+    #[arg(long, default_value = "healthy:20s,failing:20s")]
+    pub schedule: crate::fleet::Schedule,
+    /// HTTP status a failing engine answers.
+    #[arg(long, default_value = "503", value_parser = clap::value_parser!(u16).range(100..=599))]
+    pub failing_status: u16,
+    /// Engine (and game) names are PREFIX001, PREFIX002, ...
+    #[arg(long, default_value = "fleet-")]
+    pub prefix: String,
+    /// Address the fleet listens on; port 0 picks a free one.
+    #[arg(long, env = "HEALTHPROBE_FLEET_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Base URL the worker reaches the fleet at (default http://<bound address>).
+    #[arg(long, env = "HEALTHPROBE_FLEET_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Record each engine as a running game (game_id = engine name) in DATABASE_URL, and
+    /// mark them stopped on exit.
+    #[arg(long)]
+    pub register: bool,
+    /// With --register: leave the records running on exit.
+    #[arg(long, requires = "register")]
+    pub keep_records: bool,
+    /// Postgres URL, needed with --register.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -77,9 +138,18 @@ pub struct ProbeArgs {
     #[arg(long, env = "RTMANAGER_PROBE_MAX_CONCURRENCY", default_value = "16",
           value_parser = concurrency)]
     pub max_concurrency: usize,
+    /// Fraction of the interval over which one tick's probe starts are spread evenly
+    /// (0 = all at once).
+    #[arg(long, env = "RTMANAGER_PROBE_SPREAD", default_value = "0", value_parser = spread)]
+    pub probe_spread: f64,
 }
 
 impl ProbeArgs {
+    /// `RTMANAGER_PROBE_SPREAD` × interval.
+    pub fn spread_window(&self) -> Duration {
+        self.probe_interval.mul_f64(self.probe_spread)
+    }
+
     pub fn thresholds(&self) -> Thresholds {
         Thresholds {
             failures: self.failures_threshold,
@@ -154,6 +224,18 @@ fn concurrency(raw: &str) -> Result<usize, String> {
     if value > MAX_CONCURRENCY_LIMIT {
         return Err(format!(
             "RTMANAGER_PROBE_MAX_CONCURRENCY must be at most {MAX_CONCURRENCY_LIMIT}, got {value}"
+        ));
+    }
+    Ok(value)
+}
+
+fn spread(raw: &str) -> Result<f64, String> {
+    let value: f64 = raw.trim().parse().map_err(|_| {
+        format!("RTMANAGER_PROBE_SPREAD must be a fraction from 0 to 1, got {raw:?}")
+    })?;
+    if !(0.0..=1.0).contains(&value) {
+        return Err(format!(
+            "RTMANAGER_PROBE_SPREAD must be a fraction from 0 to 1, got {value}"
         ));
     }
     Ok(value)
@@ -275,6 +357,9 @@ mod tests {
                 "RTMANAGER_PROBE_MAX_CONCURRENCY",
             ),
             (vec!["--http-addr", "nowhere"], "HEALTHPROBE_HTTP_ADDR"),
+            (vec!["--probe-spread", "1.5"], "RTMANAGER_PROBE_SPREAD"),
+            (vec!["--probe-spread=-0.1"], "RTMANAGER_PROBE_SPREAD"),
+            (vec!["--probe-spread", "half"], "RTMANAGER_PROBE_SPREAD"),
             (vec!["--stream", "a.b"], "HEALTHPROBE_STREAM"),
             (
                 vec!["--subject-prefix", "a.>"],

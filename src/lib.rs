@@ -2,11 +2,16 @@
 //!
 //! Data flows one way: [`config`] → [`store`] → [`probe`] → [`hysteresis`] → [`worker`] →
 //! [`events`] → [`telemetry`]. `main.rs` only wires these together and handles signals.
+//! Around them: [`status`] (what the worker tells about itself), [`http`] (the worker's
+//! own HTTP surface) and [`fleet`] (a simulated engine fleet for demos and tests).
 
 pub mod config;
 pub mod events;
+pub mod fleet;
+pub mod http;
 pub mod hysteresis;
 pub mod probe;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

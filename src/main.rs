@@ -10,17 +10,26 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use healthprobe::config::{Cli, Command, MigrateArgs, RunArgs, TailArgs};
+use healthprobe::config::{Cli, Command, FleetArgs, MigrateArgs, RunArgs, StatusArgs, TailArgs};
 use healthprobe::events::jetstream::{self, StreamTarget};
 use healthprobe::events::relay::Relay;
+use healthprobe::fleet::{Fleet, FleetSpec};
+use healthprobe::http::{self, HttpState};
 use healthprobe::probe::Prober;
+use healthprobe::status::StatusBoard;
+use healthprobe::store::GamesQuery;
 use healthprobe::store::Store;
 use healthprobe::telemetry::{self, Metrics};
-use healthprobe::worker::{self, Heartbeat, Worker, WorkerSettings};
+use healthprobe::worker::{self, Worker, WorkerSettings};
 use healthprobe::{ErrorChain, install_crypto_provider};
 
 /// Start-up retries against Postgres back off up to this.
 const MAX_STARTUP_BACKOFF: Duration = Duration::from_secs(5);
+
+/// `POST /games/{id}/probe` waits for the worker at most the probe timeout plus this:
+/// commands are served between ticks, so a tick in progress comes first. Past it the
+/// caller gets 504 and the worker drops the command unrun.
+const PROBE_REPLY_SLACK: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     install_crypto_provider();
@@ -42,6 +51,8 @@ fn main() -> ExitCode {
             Command::Migrate(args) => migrate(args).await,
             Command::Run(args) => run(*args, &telemetry).await,
             Command::Tail(args) => tail(args).await,
+            Command::Status(args) => status(args).await,
+            Command::Fleet(args) => fleet(*args).await,
         };
         telemetry.shutdown().await;
         result
@@ -124,6 +135,17 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
         "healthprobe starting"
     );
 
+    // Bound first, so a taken port or a bad address stops start-up before anything else.
+    let listener = http::bind(args.http_addr).await.with_context(|| {
+        format!(
+            "binding the status address {} (HEALTHPROBE_HTTP_ADDR)",
+            args.http_addr
+        )
+    })?;
+    let http_addr = listener
+        .local_addr()
+        .context("reading the bound status address")?;
+
     let Some(store) = connect_store(&args.database.database_url, &stop).await else {
         tracing::info!("stopped before Postgres became available");
         return Ok(());
@@ -156,10 +178,34 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
         WorkerSettings {
             thresholds: args.probe.thresholds(),
             max_concurrency: args.probe.max_concurrency,
+            spread_window: args.probe.spread_window(),
         },
         metrics,
         outbox_wake,
     );
+
+    // The HTTP surface reads the board and sends commands; the run loop owns the worker.
+    let board = StatusBoard::new(args.probe.probe_interval);
+    let (commands, command_rx) = worker::command_channel();
+    let router = http::router(HttpState {
+        store: store.clone(),
+        nats: nats.clone(),
+        board: board.clone(),
+        commands,
+        probe_reply_limit: args.probe.probe_timeout + PROBE_REPLY_SLACK,
+    });
+    let http_stop = CancellationToken::new();
+    let http_task = tasks.spawn({
+        let http_stop = http_stop.clone();
+        async move {
+            tracing::info!(addr = %http_addr, "status endpoints listening");
+            match http::serve(listener, router, http_stop).await {
+                Ok(()) => tracing::info!("status endpoints stopped: shutdown requested"),
+                Err(e) => tracing::error!(error = %e, "status endpoints stopped: server error"),
+            }
+        }
+    });
+
     let mut backoff = Duration::from_millis(200);
     loop {
         match worker.restore().await {
@@ -182,11 +228,18 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
             worker,
             args.probe.probe_interval,
             stop.clone(),
-            Heartbeat::default(),
+            board,
+            command_rx,
         )
         .await;
     }
 
+    // The worker has stopped: requests waiting on it are answered (the command channel is
+    // closed), the server finishes what is in flight.
+    http_stop.cancel();
+    if let Err(e) = http_task.await {
+        tracing::error!(error = %e, "status endpoints ended abnormally");
+    }
     // The worker has stopped: let the relay publish what it can, then stop it.
     relay_stop.cancel();
     tasks.close();
@@ -222,5 +275,116 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
     .await
     .context("tailing the health stream")?;
     tracing::info!(printed, "tail stopped");
+    Ok(())
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let store = Store::connect(&args.database.database_url)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")?;
+    // All running games, page by page (the same keyset query as `GET /games`).
+    let mut games = Vec::new();
+    let mut query = GamesQuery {
+        status: args.status,
+        game_id_glob: args.game_id,
+        after: None,
+        limit: http::MAX_LIMIT,
+    };
+    loop {
+        let page = store
+            .games_page(&query)
+            .await
+            .context("reading the games")?;
+        let full = page.len() as i64 == query.limit;
+        query.after = page.last().map(|g| g.game_id.clone());
+        games.extend(page);
+        if !full {
+            break;
+        }
+    }
+    let text = if args.json {
+        let list: Vec<_> = games.iter().map(healthprobe::status::game_json).collect();
+        format!("{}\n", serde_json::to_string_pretty(&list)?)
+    } else {
+        healthprobe::status::games_table(&games, chrono::Utc::now())
+    };
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (`| head`) is a normal way to stop reading.
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    Ok(())
+}
+
+async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    stop_on_signals(stop.clone())?;
+    let store = match (&args.database_url, args.register) {
+        (Some(url), true) => {
+            let store = Store::connect(url)
+                .await
+                .context("connecting to Postgres (DATABASE_URL)")?;
+            // The runtime_records table may not exist yet when the fleet starts first.
+            store.migrate().await.context("applying migrations")?;
+            Some(store)
+        }
+        (None, true) => anyhow::bail!("--register needs DATABASE_URL (or --database-url)"),
+        (_, false) => None,
+    };
+    let spec = FleetSpec {
+        engines: args.engines as usize,
+        prefix: args.prefix,
+        mix: args.mix,
+        flap_period: args.flap_period,
+        slow_delay: args.slow_delay,
+        schedule: args.schedule,
+        failing_status: args.failing_status,
+    };
+    let fleet = Fleet::start(spec, args.listen, args.advertise.as_deref())
+        .await
+        .with_context(|| format!("starting the fleet on {}", args.listen))?;
+    tracing::info!(addr = %fleet.addr(), engines = fleet.engines().len(), "fleet listening");
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        for engine in fleet.engines() {
+            let _ = writeln!(
+                out,
+                "{} {} {}",
+                engine.name,
+                engine.behavior.as_str(),
+                engine.endpoint
+            );
+        }
+        let _ = out.flush();
+    }
+    let names: Vec<String> = fleet.engines().iter().map(|e| e.name.clone()).collect();
+    if let Some(store) = &store {
+        let games: Vec<(String, String)> = fleet
+            .engines()
+            .iter()
+            .map(|e| (e.name.clone(), e.endpoint.clone()))
+            .collect();
+        store
+            .register_running(&games)
+            .await
+            .context("registering the engines as running records")?;
+        tracing::info!(
+            games = games.len(),
+            "fleet engines registered as running records"
+        );
+    }
+    fleet.log_phase_changes(stop.clone()).await;
+    tracing::info!("fleet stopping: shutdown requested");
+    if let Some(store) = &store
+        && !args.keep_records
+    {
+        match store.mark_stopped(&names).await {
+            Ok(n) => tracing::info!(games = n, "fleet records marked stopped"),
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "could not mark the fleet records stopped")
+            }
+        }
+    }
+    fleet.shutdown().await;
     Ok(())
 }

@@ -302,3 +302,168 @@ async fn upsert_snapshots<'e, E: PgExecutor<'e>>(
     .await
     .map(drop)
 }
+
+/// One row of the per-game health view (`GET /games`, `healthprobe status`): a running
+/// record joined to its snapshot. A running game never probed yet has no snapshot and shows
+/// as `unknown` with empty observation fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GameView {
+    pub game_id: String,
+    pub container_id: Option<String>,
+    pub engine_endpoint: String,
+    pub status: String,
+    pub consecutive_failures: i32,
+    pub last_probe_at: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_latency_ms: Option<f64>,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub last_failure_kind: Option<String>,
+}
+
+/// Which games a page of [`Store::games_page`] holds.
+#[derive(Debug, Clone, Default)]
+pub struct GamesQuery {
+    /// `health_snapshots.status`; `unknown` also matches running games without a snapshot.
+    pub status: Option<String>,
+    /// A glob on `game_id` (`*` any run, `?` one character), matched in full.
+    pub game_id_glob: Option<String>,
+    /// Keyset cursor: only games whose id sorts after this one.
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+/// Turns a glob (`*`, `?`) into a `LIKE` pattern, escaping `LIKE`'s own wildcards and the
+/// escape character so a game id containing `%` or `_` matches only itself.
+pub fn glob_to_like(glob: &str) -> String {
+    let mut like = String::with_capacity(glob.len() + 4);
+    for c in glob.chars() {
+        match c {
+            '*' => like.push('%'),
+            '?' => like.push('_'),
+            '%' | '_' | '\\' => {
+                like.push('\\');
+                like.push(c);
+            }
+            c => like.push(c),
+        }
+    }
+    like
+}
+
+impl Store {
+    /// The running record of one game, `None` when it is unknown or not running.
+    pub async fn running_record(
+        &self,
+        game_id: &str,
+    ) -> Result<Option<RuntimeRecord>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT game_id, current_container_id, engine_endpoint \
+             FROM runtime_records WHERE status = 'running' AND game_id = $1",
+        )
+        .bind(game_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(RuntimeRecord {
+                game_id: row.try_get(0)?,
+                container_id: row.try_get(1)?,
+                engine_endpoint: row.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// One page of running games with their health, ordered by `game_id`. Keyset
+    /// pagination (`game_id > after`) rather than OFFSET: each page costs the same however
+    /// deep it is, and games added or removed between pages neither repeat nor shift others.
+    /// Served by the partial index on running records.
+    pub async fn games_page(&self, query: &GamesQuery) -> Result<Vec<GameView>, sqlx::Error> {
+        let like = query.game_id_glob.as_deref().map(glob_to_like);
+        let rows = sqlx::query(
+            "SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
+               COALESCE(s.status, 'unknown'), COALESCE(s.consecutive_failures, 0), \
+               s.last_probe_at, s.last_success_at, s.last_latency_ms, s.last_status, \
+               s.last_error, s.last_failure_kind \
+             FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
+             WHERE r.status = 'running' \
+               AND ($1::text IS NULL OR r.game_id > $1) \
+               AND ($2::text IS NULL OR r.game_id LIKE $2) \
+               AND ($3::text IS NULL OR COALESCE(s.status, 'unknown') = $3) \
+             ORDER BY r.game_id LIMIT $4",
+        )
+        .bind(query.after.as_deref())
+        .bind(like)
+        .bind(query.status.as_deref())
+        .bind(query.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(GameView {
+                    game_id: row.try_get(0)?,
+                    container_id: row.try_get(1)?,
+                    engine_endpoint: row.try_get(2)?,
+                    status: row.try_get(3)?,
+                    consecutive_failures: row.try_get(4)?,
+                    last_probe_at: row.try_get(5)?,
+                    last_success_at: row.try_get(6)?,
+                    last_latency_ms: row.try_get(7)?,
+                    last_status: row.try_get(8)?,
+                    last_error: row.try_get(9)?,
+                    last_failure_kind: row.try_get(10)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records games as running at the given endpoints (insert or update). Used by the
+    /// simulated fleet, which plays the runtime manager's part in demos and tests.
+    pub async fn register_running(&self, games: &[(String, String)]) -> Result<(), sqlx::Error> {
+        if games.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = games.iter().map(|(id, _)| id.as_str()).collect();
+        let endpoints: Vec<&str> = games.iter().map(|(_, e)| e.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO runtime_records (game_id, status, engine_endpoint, started_at, last_op_at) \
+             SELECT g, 'running', e, now(), now() FROM UNNEST($1::text[], $2::text[]) AS t(g, e) \
+             ON CONFLICT (game_id) DO UPDATE SET status = 'running', \
+               engine_endpoint = EXCLUDED.engine_endpoint, started_at = now(), \
+               stopped_at = NULL, last_op_at = now()",
+        )
+        .bind(ids)
+        .bind(endpoints)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+    }
+
+    /// Marks games as stopped (the fleet does this when it shuts down).
+    pub async fn mark_stopped(&self, game_ids: &[String]) -> Result<u64, sqlx::Error> {
+        if game_ids.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "UPDATE runtime_records SET status = 'stopped', stopped_at = now(), last_op_at = now() \
+             WHERE game_id = ANY($1) AND status = 'running'",
+        )
+        .bind(game_ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_to_like;
+
+    #[test]
+    fn globs_become_escaped_like_patterns() {
+        assert_eq!(glob_to_like("game-*"), "game-%");
+        assert_eq!(glob_to_like("g?me"), "g_me");
+        assert_eq!(glob_to_like("100%_done\\"), "100\\%\\_done\\\\");
+        assert_eq!(glob_to_like(""), "");
+    }
+}

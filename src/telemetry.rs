@@ -181,8 +181,8 @@ fn resource() -> Resource {
     }
 }
 
-/// Sets up logging (`RUST_LOG`, default `info`; JSON lines with
-/// `HEALTHPROBE_LOG_FORMAT=json`) and, when enabled, OTLP metrics and traces.
+/// Sets up logging (`RUST_LOG`, default `info`; human-readable lines by default, JSON lines
+/// with `HEALTHPROBE_LOG_FORMAT=json`) and, when enabled, OTLP metrics and traces.
 pub fn init() -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json =
@@ -193,9 +193,11 @@ pub fn init() -> anyhow::Result<Telemetry> {
             .with_writer(std::io::stderr)
             .boxed()
     } else {
+        // Colours only on a terminal: a log file or a collector gets plain lines.
+        use std::io::IsTerminal as _;
         tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
             .boxed()
     };
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use thiserror::Error;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,7 @@ use crate::ErrorChain;
 use crate::events::envelope::{Details, FailedDetails, HealthEvent, RecoveredDetails};
 use crate::hysteresis::{self, GameHealth, Observation, Thresholds, Transition};
 use crate::probe::{ProbeOutcome, Prober};
+use crate::status::{StatusBoard, TickSummary};
 use crate::store::{RuntimeRecord, SnapshotRow, Store};
 use crate::telemetry::Metrics;
 
@@ -33,6 +34,10 @@ const SNAPSHOT_BATCH: usize = 10_000;
 pub struct WorkerSettings {
     pub thresholds: Thresholds,
     pub max_concurrency: usize,
+    /// Probe starts are spread evenly over this much of each tick (`RTMANAGER_PROBE_SPREAD`
+    /// × interval) so a large fleet is not hit in one burst. Zero: all start at once, as
+    /// fast as `max_concurrency` allows.
+    pub spread_window: Duration,
 }
 
 /// What one tick did.
@@ -73,6 +78,28 @@ pub enum TickError {
     },
 }
 
+/// Why an on-demand probe gave no outcome.
+#[derive(Debug, Error)]
+pub enum ProbeOneError {
+    #[error("game {0:?} is not a running game")]
+    NotRunning(String),
+    #[error("looking up the game's runtime record")]
+    Lookup(#[source] sqlx::Error),
+    #[error("the probe ran but could not be recorded: {0}")]
+    NotRecorded(String),
+}
+
+/// What an on-demand probe found and decided.
+#[derive(Debug, Clone)]
+pub struct ProbeOneReport {
+    pub record: RuntimeRecord,
+    pub outcome: ProbeOutcome,
+    /// The game's counters after this probe (committed).
+    pub health: GameHealth,
+    /// The event this probe caused, if any (committed).
+    pub event: Option<HealthEvent>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct TrackedGame {
     health: GameHealth,
@@ -88,6 +115,8 @@ pub struct Worker {
     outbox_wake: Arc<Notify>,
     games: HashMap<String, TrackedGame>,
     generation: u64,
+    /// Records listed by the last complete tick: the estimate that sizes the spread slots.
+    last_listed: usize,
 }
 
 impl Worker {
@@ -106,6 +135,7 @@ impl Worker {
             outbox_wake,
             games: HashMap::new(),
             generation: 0,
+            last_listed: 0,
         }
     }
 
@@ -143,8 +173,28 @@ impl Worker {
         let store = self.store.clone();
         let mut records = store.running_records();
         let mut list_error = None;
+        // With a spread, probe i starts no earlier than `started + i × slot`; the fleet size
+        // is the last tick's (or the restored state's) until this tick has counted it.
+        let expected = self.last_listed.max(self.games.len());
+        let slot = (!self.settings.spread_window.is_zero() && expected > 0)
+            .then(|| self.settings.spread_window / expected as u32);
 
         loop {
+            if let Some(slot) = slot {
+                let start_at =
+                    tokio::time::Instant::from_std(started) + slot * report.records as u32;
+                // Wait for this probe's slot, recording finished probes meanwhile.
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => break,
+                        Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                            self.apply(done, generation, &mut report, &mut snapshots).await;
+                        }
+                        _ = tokio::time::sleep_until(start_at) => break,
+                    }
+                }
+            }
             // Wait for a free slot, recording finished probes meanwhile.
             let permit = loop {
                 tokio::select! {
@@ -201,6 +251,7 @@ impl Worker {
         if list_error.is_none() && !report.interrupted {
             self.prune(generation, &mut report).await;
             self.metrics.running_records(report.records);
+            self.last_listed = report.records;
         }
         report.duration = started.elapsed();
         let clean = list_error.is_none() && report.is_clean();
@@ -211,6 +262,66 @@ impl Worker {
                 source,
             }),
             None => Ok(report),
+        }
+    }
+
+    /// Probes one running game now and records the outcome exactly as a tick would: the
+    /// same hysteresis, the same commit-before-memory rule, the same events and metrics.
+    /// Only [`run`] calls it (through [`WorkerCommand::ProbeOne`]), between ticks.
+    #[tracing::instrument(name = "probe_one", skip_all, fields(game_id = %game_id))]
+    pub async fn probe_one(&mut self, game_id: &str) -> Result<ProbeOneReport, ProbeOneError> {
+        let record = self
+            .store
+            .running_record(game_id)
+            .await
+            .map_err(ProbeOneError::Lookup)?
+            .ok_or_else(|| ProbeOneError::NotRunning(game_id.to_owned()))?;
+        let span = tracing::info_span!("probe", game_id = %record.game_id);
+        let outcome = self
+            .prober
+            .probe(&record.engine_endpoint)
+            .instrument(span)
+            .await;
+        // The game keeps the generation it has, or joins the current one: pruning after
+        // the next complete tick still decides whether it is running.
+        let generation = self.generation;
+        let mut report = TickReport::default();
+        let mut snapshots = Vec::new();
+        self.apply(
+            Ok((record.clone(), outcome.clone())),
+            generation,
+            &mut report,
+            &mut snapshots,
+        )
+        .await;
+        self.flush_snapshots(&mut snapshots, generation, &mut report)
+            .await;
+        if !report.is_clean() {
+            let mut errors = report.store_errors;
+            if report.failed_commits > 0 {
+                errors.push("the event could not be committed".into());
+            }
+            return Err(ProbeOneError::NotRecorded(errors.join("; ")));
+        }
+        Ok(ProbeOneReport {
+            health: self.health_of(game_id).unwrap_or_default(),
+            record,
+            outcome,
+            event: report.events.pop(),
+        })
+    }
+
+    async fn handle(&mut self, command: WorkerCommand) {
+        match command {
+            WorkerCommand::ProbeOne { game_id, reply } => {
+                // The caller gave up (timeout) while a tick ran: do not probe for nobody.
+                if reply.is_closed() {
+                    tracing::debug!(%game_id, "on-demand probe dropped: the caller stopped waiting");
+                    return;
+                }
+                let result = self.probe_one(&game_id).await;
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -398,49 +509,106 @@ fn snapshot_row(game_id: &str, health: GameHealth, outcome: &ProbeOutcome) -> Sn
     }
 }
 
-/// Liveness: when the tick loop last went round (a failed tick counts).
-#[derive(Debug, Clone, Default)]
-pub struct Heartbeat(Arc<std::sync::Mutex<Option<Instant>>>);
+/// A request to the worker's run loop, answered on `reply`.
+///
+/// The run loop owns the [`Worker`] and is the only place its state changes: ticks and
+/// commands take turns in one `select!`, so an on-demand probe can never interleave with a
+/// tick's mutation of the same game (no lock, no second copy of the state).
+#[derive(Debug)]
+pub enum WorkerCommand {
+    ProbeOne {
+        game_id: String,
+        reply: oneshot::Sender<Result<ProbeOneReport, ProbeOneError>>,
+    },
+}
 
-impl Heartbeat {
-    pub fn beat(&self) {
-        *self.0.lock().expect("heartbeat lock") = Some(Instant::now());
-    }
+/// Commands waiting for the run loop at most. Beyond that the sender is told the worker is
+/// busy instead of queueing unbounded work behind a long tick.
+pub const COMMAND_QUEUE: usize = 64;
 
-    pub fn last(&self) -> Option<Instant> {
-        *self.0.lock().expect("heartbeat lock")
+/// A channel for [`WorkerCommand`]s: the sender goes to the HTTP surface, the receiver to
+/// [`run`].
+pub fn command_channel() -> (mpsc::Sender<WorkerCommand>, mpsc::Receiver<WorkerCommand>) {
+    mpsc::channel(COMMAND_QUEUE)
+}
+
+/// Postgres as the ticks see it, so an outage and its end are one log line each rather than
+/// one per tick.
+#[derive(Debug, Default)]
+struct PostgresWatch {
+    down_since: Option<Instant>,
+}
+
+impl PostgresWatch {
+    fn observe(&mut self, result: &Result<TickReport, TickError>) {
+        // A tick reached Postgres when it listed and recorded everything. A failed list or
+        // failed writes mean it did not; that is what an operator needs to know first.
+        let problem =
+            match result {
+                Ok(report) if report.failed_commits == 0 && report.store_errors.is_empty() => None,
+                Ok(report) => {
+                    Some(report.store_errors.first().cloned().unwrap_or_else(|| {
+                        format!("{} event commits failed", report.failed_commits)
+                    }))
+                }
+                Err(e) => Some(ErrorChain(e).to_string()),
+            };
+        match (problem, self.down_since) {
+            (Some(problem), None) => {
+                tracing::error!(error = %problem, "Postgres unavailable: ticks cannot list or record; decisions wait until it answers");
+                self.down_since = Some(Instant::now());
+            }
+            (None, Some(since)) => {
+                tracing::info!(down_for = ?since.elapsed(), "Postgres available again: ticks list and record");
+                self.down_since = None;
+            }
+            _ => {}
+        }
     }
 }
 
-/// Ticks at once, then every `interval` until `stop`. Missed ticks are delayed, never
-/// bunched, and ticks never overlap: the next one starts only after this one returns.
+/// Ticks at once, then every `interval` until `stop`, and serves [`WorkerCommand`]s between
+/// ticks. Missed ticks are delayed, never bunched, and ticks never overlap: the next one
+/// starts only after this one returns. Each tick's end goes on the status `board`
+/// (liveness counts a failed tick as a tick: the loop went round).
 pub async fn run(
     mut worker: Worker,
     interval: Duration,
     stop: CancellationToken,
-    heartbeat: Heartbeat,
+    board: StatusBoard,
+    mut commands: mpsc::Receiver<WorkerCommand>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
+    let mut postgres = PostgresWatch::default();
+    let reason = loop {
         tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        match worker.tick(&stop).await {
-            Ok(report) => {
-                if report.duration > interval {
-                    tracing::warn!(duration = ?report.duration, ?interval, records = report.records, "tick took longer than the interval; the next one starts late");
-                }
-                if !report.is_clean() {
-                    tracing::warn!(failed_commits = report.failed_commits, errors = ?report.store_errors, "tick could not record everything");
-                }
-                tracing::debug!(records = report.records, probes = report.probes, failed = report.failed, events = report.events.len(), pruned = report.pruned, duration = ?report.duration, "tick done");
+            _ = stop.cancelled() => break "shutdown requested",
+            _ = ticker.tick() => {
+                let result = worker.tick(&stop).await;
+                postgres.observe(&result);
+                log_tick(&result, interval);
+                let result = result.map_err(|e| ErrorChain(&e).to_string());
+                board.tick_ended(TickSummary::from_result(&result, chrono::Utc::now()));
             }
-            Err(e) => tracing::error!(error = %ErrorChain(&e), "tick failed"),
+            Some(command) = commands.recv() => worker.handle(command).await,
         }
-        heartbeat.beat();
+    };
+    tracing::info!(reason, "worker stopped");
+}
+
+fn log_tick(result: &Result<TickReport, TickError>, interval: Duration) {
+    match result {
+        Ok(report) => {
+            if report.duration > interval {
+                tracing::warn!(duration = ?report.duration, ?interval, records = report.records, "tick took longer than the interval; the next one starts late");
+            }
+            if !report.is_clean() {
+                tracing::warn!(failed_commits = report.failed_commits, errors = ?report.store_errors, "tick could not record everything");
+            }
+            tracing::debug!(records = report.records, probes = report.probes, failed = report.failed, events = report.events.len(), pruned = report.pruned, duration = ?report.duration, "tick done");
+        }
+        Err(e) => tracing::error!(error = %ErrorChain(e), "tick failed"),
     }
-    tracing::info!("worker stopped: shutdown requested");
 }

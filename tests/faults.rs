@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use healthprobe::hysteresis::Thresholds;
-use healthprobe::worker::{self, Heartbeat};
+use healthprobe::status::StatusBoard;
+use healthprobe::worker;
 use helpers::engines::{Behavior, Fleet};
 use helpers::process::{NatsServer, PgServer, WorkerProcess};
 use helpers::{TestEnv, wait_for};
@@ -361,7 +362,8 @@ async fn a_tick_longer_than_the_interval_delays_the_next_and_never_overlaps() {
         worker,
         interval,
         stop.clone(),
-        Heartbeat::default(),
+        StatusBoard::new(interval),
+        worker::command_channel().1,
     ));
     wait_for("three ticks", Duration::from_secs(20), || async {
         (fleet.total_requests() >= 6).then_some(())

@@ -570,3 +570,50 @@ async fn the_relay_wakes_on_commit_instead_of_waiting_for_its_sweep() {
     stop.cancel();
     relay.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_spread_paces_probe_starts_over_the_window() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    for i in 0..20 {
+        let id = format!("e{i:02}");
+        env.add_running(
+            &id,
+            &fleet.set(&id, Behavior::Delay(Duration::from_millis(20))),
+            None,
+        )
+        .await;
+    }
+    let window = Duration::from_millis(1000);
+    let mut worker = healthprobe::worker::Worker::new(
+        env.store.clone(),
+        healthprobe::probe::Prober::new(TIMEOUT, Duration::from_secs(2)).unwrap(),
+        healthprobe::worker::WorkerSettings {
+            thresholds: thresholds(3, 1),
+            max_concurrency: 20,
+            spread_window: window,
+        },
+        healthprobe::telemetry::Metrics::noop(),
+        env.outbox_wake.clone(),
+    );
+    let stop = CancellationToken::new();
+    // The first tick has no fleet size to pace by: one burst.
+    worker.tick(&stop).await.unwrap();
+    let burst = fleet.max_in_flight();
+    fleet.reset_max_in_flight();
+    // Now 20 probes of 20 ms, one every 50 ms: never more than one or two at once.
+    let started = Instant::now();
+    let report = worker.tick(&stop).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(report.healthy, 20);
+    let paced = fleet.max_in_flight();
+    assert!(burst > 2, "the unpaced tick should burst (peak {burst})");
+    assert!(
+        paced <= 2,
+        "peak in flight {paced} with a 1 s spread over 20 probes"
+    );
+    assert!(
+        elapsed >= window * 19 / 20,
+        "the last probe starts at 19/20 of the window, tick took {elapsed:?}"
+    );
+}

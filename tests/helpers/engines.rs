@@ -213,6 +213,11 @@ impl Fleet {
         self.state.max_in_flight.load(Ordering::SeqCst)
     }
 
+    /// Starts a new measurement of the peak in flight.
+    pub fn reset_max_in_flight(&self) {
+        self.state.max_in_flight.store(0, Ordering::SeqCst);
+    }
+
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
     }

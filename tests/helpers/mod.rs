@@ -6,6 +6,7 @@
 //! (`scripts/test.sh` starts local ones); when unset, testcontainers starts them in Docker.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod engines;
 pub mod hostile;
 pub mod metrics;
@@ -286,6 +287,7 @@ impl TestEnv {
             WorkerSettings {
                 thresholds,
                 max_concurrency,
+                spread_window: Duration::ZERO,
             },
             metrics,
             self.outbox_wake.clone(),

@@ -1,0 +1,519 @@
+//! The worker's own HTTP surface (DESIGN §11): liveness, readiness, status, the per-game
+//! health view and on-demand probes.
+//!
+//! Handlers read the shared [`StatusBoard`] and Postgres, and talk to the worker only
+//! through its command channel: the worker's state has one owner, its run loop. Every
+//! answer is JSON (or plain text for `/status` when asked); bad input is a 400 with a JSON
+//! error, never a panic. Query strings are parsed here rather than by axum's `Query`
+//! extractor so unknown or repeated parameters and bad values all get the same JSON error.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::ErrorChain;
+use crate::events::envelope::HealthEvent;
+use crate::hysteresis::HealthStatus;
+use crate::status::{self, Observed, StatusBoard, game_json, rfc3339};
+use crate::store::{GamesQuery, Store};
+use crate::worker::{ProbeOneError, ProbeOneReport, WorkerCommand};
+
+/// Bound on each dependency check of `/readyz` and `/status`: an orchestrator's probe
+/// usually times out after a few seconds, and a check that hangs is a failed check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /games` page size: default and maximum (DESIGN §11).
+pub const DEFAULT_LIMIT: i64 = 100;
+pub const MAX_LIMIT: i64 = 1000;
+
+/// Longest accepted `game_id` glob; a longer one is a mistake, not a query.
+const MAX_GLOB_LEN: usize = 512;
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpState {
+    pub store: Store,
+    pub nats: async_nats::Client,
+    pub board: StatusBoard,
+    pub commands: mpsc::Sender<WorkerCommand>,
+    /// How long `POST /games/{id}/probe` waits for the worker: the probe itself plus a
+    /// tick that may be in progress (commands are served between ticks).
+    pub probe_reply_limit: Duration,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/games", get(games))
+        .route("/games/{game_id}/probe", post(probe))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        .with_state(state)
+}
+
+/// Serves until `stop`, then finishes the requests in flight (graceful shutdown).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
+/// Binds the status address. Done before anything else at start-up so a taken port or a
+/// bad address stops the process at once. Port 0 picks a free port; read it back with
+/// `local_addr`.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+fn json_response(code: StatusCode, body: Value) -> Response {
+    let mut response = (code, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(code: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    json_response(code, json!({ "error": kind, "message": message.into() }))
+}
+
+/// A bad query or path: 400 with a JSON error. Small, unlike a `Response`, so helpers can
+/// return it cheaply and handlers turn it into the response.
+#[derive(Debug)]
+struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, "bad_request", self.0)
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> BadRequest {
+    BadRequest(message.into())
+}
+
+/// Parses a query string, refusing parameters not in `allowed` and repeated ones.
+fn params(raw: Option<String>, allowed: &[&str]) -> Result<HashMap<String, String>, BadRequest> {
+    let mut out = HashMap::new();
+    let Some(raw) = raw else {
+        return Ok(out);
+    };
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        if !allowed.contains(&key.as_ref()) {
+            return Err(bad_request(format!(
+                "unknown query parameter {key:?}; this endpoint takes {}",
+                if allowed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    allowed.join(", ")
+                }
+            )));
+        }
+        if out.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(bad_request(format!(
+                "query parameter {key:?} is given twice"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn bool_param(params: &HashMap<String, String>, name: &str) -> Result<bool, BadRequest> {
+    match params.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(bad_request(format!(
+            "{name} must be true or false, got {other:?}"
+        ))),
+    }
+}
+
+async fn healthz(State(state): State<HttpState>, RawQuery(raw): RawQuery) -> Response {
+    if let Err(bad) = params(raw, &[]) {
+        return bad.into_response();
+    }
+    let board = state.board.snapshot();
+    let live = board.live();
+    json_response(
+        if live {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        json!({
+            "status": if live { "live" } else { "stalled" },
+            "last_tick_ended_ms_ago": board.since_last_tick.map(|d| d.as_millis() as u64),
+            "limit_ms": (board.interval * status::LIVENESS_INTERVALS).as_millis() as u64,
+        }),
+    )
+}
+
+async fn check_postgres(store: &Store) -> Result<Duration, String> {
+    let started = Instant::now();
+    match tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => Ok(started.elapsed()),
+        Ok(Err(e)) => Err(ErrorChain(&e).to_string()),
+        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+    }
+}
+
+async fn check_outbox(store: &Store) -> Result<i64, String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, store.count_unpublished()).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(ErrorChain(&e).to_string()),
+        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+    }
+}
+
+fn nats_state(client: &async_nats::Client) -> (bool, String) {
+    let state = client.connection_state();
+    (
+        state == async_nats::connection::State::Connected,
+        state.to_string(),
+    )
+}
+
+async fn readyz(State(state): State<HttpState>, RawQuery(raw): RawQuery) -> Response {
+    if let Err(bad) = params(raw, &[]) {
+        return bad.into_response();
+    }
+    let mut reasons = Vec::new();
+    if let Err(why) = check_postgres(&state.store).await {
+        reasons.push(format!("postgres: {why}"));
+    }
+    let (connected, nats) = nats_state(&state.nats);
+    if !connected {
+        reasons.push(format!("nats: not connected (connection {nats})"));
+    }
+    if reasons.is_empty() {
+        json_response(StatusCode::OK, json!({ "ready": true }))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "ready": false, "reasons": reasons }),
+        )
+    }
+}
+
+/// Plain text when asked with `?format=text`, or when `Accept` names `text/plain` before
+/// (or without) `application/json`; JSON otherwise.
+fn wants_text(params: &HashMap<String, String>, headers: &HeaderMap) -> Result<bool, BadRequest> {
+    match params.get("format").map(String::as_str) {
+        Some("text") => return Ok(true),
+        Some("json") => return Ok(false),
+        Some(other) => {
+            return Err(bad_request(format!(
+                "format must be json or text, got {other:?}"
+            )));
+        }
+        None => {}
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    for media in accept.split(',') {
+        let media = media.split(';').next().unwrap_or("").trim();
+        match media {
+            "text/plain" => return Ok(true),
+            "application/json" => return Ok(false),
+            _ => {}
+        }
+    }
+    Ok(false)
+}
+
+async fn status(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let parsed = params(raw, &["format", "short"]).and_then(|params| {
+        Ok((
+            wants_text(&params, &headers)?,
+            bool_param(&params, "short")?,
+        ))
+    });
+    let (text, short) = match parsed {
+        Ok(parsed) => parsed,
+        Err(bad) => return bad.into_response(),
+    };
+    let (postgres, outbox) = tokio::join!(check_postgres(&state.store), check_outbox(&state.store));
+    let (nats_connected, nats_state) = nats_state(&state.nats);
+    let report = status::evaluate(&Observed {
+        postgres,
+        nats_state,
+        nats_connected,
+        outbox_pending: outbox,
+        board: state.board.snapshot(),
+    });
+    let code = StatusCode::from_u16(report.overall.http_code()).expect("valid status code");
+    match (text, short) {
+        (false, false) => json_response(code, report.to_json()),
+        (false, true) => json_response(code, json!({ "status": report.overall.as_str() })),
+        (true, short) => {
+            let body = if short {
+                format!("{}\n", report.overall.as_str())
+            } else {
+                report.to_text()
+            };
+            let mut response = (code, body).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            response
+        }
+    }
+}
+
+/// The cursor is the last game id of the page, hex-encoded: opaque to clients, safe in a
+/// URL whatever the id holds, and a keyset position that does not shift when games come
+/// and go between pages.
+fn encode_cursor(game_id: &str) -> String {
+    game_id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(cursor: &str) -> Option<String> {
+    if cursor.is_empty() || !cursor.len().is_multiple_of(2) || !cursor.is_ascii() {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&cursor[i..i + 2], 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+fn games_query(params: &HashMap<String, String>) -> Result<GamesQuery, BadRequest> {
+    const STATUSES: [HealthStatus; 4] = [
+        HealthStatus::Unknown,
+        HealthStatus::Healthy,
+        HealthStatus::Suspect,
+        HealthStatus::Failing,
+    ];
+    let status = match params.get("status") {
+        None => None,
+        Some(s) if STATUSES.iter().any(|k| k.as_str() == s) => Some(s.clone()),
+        Some(s) => {
+            return Err(bad_request(format!(
+                "status must be one of unknown, healthy, suspect, failing, got {s:?}"
+            )));
+        }
+    };
+    let game_id_glob = match params.get("game_id") {
+        None => None,
+        Some(g) if g.is_empty() => return Err(bad_request("game_id must not be empty")),
+        Some(g) if g.len() > MAX_GLOB_LEN => {
+            return Err(bad_request(format!(
+                "game_id must be at most {MAX_GLOB_LEN} bytes"
+            )));
+        }
+        Some(g) => Some(g.clone()),
+    };
+    let limit = match params.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(bad_request(format!(
+                    "limit must be an integer from 1 to {MAX_LIMIT}, got {raw:?}"
+                )));
+            }
+        },
+    };
+    let after = match params.get("cursor") {
+        None => None,
+        Some(c) => match decode_cursor(c) {
+            Some(after) => Some(after),
+            None => {
+                return Err(bad_request(format!(
+                    "cursor {c:?} is not one this endpoint returned"
+                )));
+            }
+        },
+    };
+    Ok(GamesQuery {
+        status,
+        game_id_glob,
+        after,
+        limit,
+    })
+}
+
+async fn games(State(state): State<HttpState>, RawQuery(raw): RawQuery) -> Response {
+    let query = match params(raw, &["status", "game_id", "limit", "cursor"])
+        .and_then(|p| games_query(&p))
+    {
+        Ok(query) => query,
+        Err(bad) => return bad.into_response(),
+    };
+    // One row more than asked says whether there is a next page.
+    let page = GamesQuery {
+        limit: query.limit + 1,
+        ..query.clone()
+    };
+    match state.store.games_page(&page).await {
+        Ok(mut rows) => {
+            let more = rows.len() as i64 > query.limit;
+            rows.truncate(query.limit as usize);
+            let next_cursor = more
+                .then(|| rows.last().map(|g| encode_cursor(&g.game_id)))
+                .flatten();
+            json_response(
+                StatusCode::OK,
+                json!({
+                    "games": rows.iter().map(game_json).collect::<Vec<_>>(),
+                    "next_cursor": next_cursor,
+                }),
+            )
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("reading the games from Postgres: {}", ErrorChain(&e)),
+        ),
+    }
+}
+
+fn event_json(event: &HealthEvent) -> Value {
+    json!({
+        "event_id": event.event_id.to_string(),
+        "event_type": event.event_type().as_str(),
+        "occurred_at": rfc3339(event.occurred_at),
+        "details": serde_json::to_value(&event.details).unwrap_or(Value::Null),
+    })
+}
+
+fn probe_json(report: &ProbeOneReport) -> Value {
+    let outcome = &report.outcome;
+    json!({
+        "game_id": report.record.game_id,
+        "healthy": outcome.is_healthy(),
+        "outcome": outcome.outcome_label(),
+        "last_status": outcome.status,
+        "last_error": outcome.failure.as_ref().map(|f| f.message.clone()),
+        "latency_ms": status::round_ms(outcome.latency.as_secs_f64() * 1000.0),
+        "completed_at": rfc3339(outcome.completed_at),
+        "status": report.health.status().as_str(),
+        "consecutive_failures": report.health.consecutive_failures,
+        "event": report.event.as_ref().map(event_json),
+    })
+}
+
+async fn probe(
+    State(state): State<HttpState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let game_id = match path {
+        Ok(Path(game_id)) => game_id,
+        Err(rejection) => return bad_request(rejection.body_text()).into_response(),
+    };
+    if let Err(bad) = params(raw, &[]) {
+        return bad.into_response();
+    }
+    let (reply, answer) = oneshot::channel();
+    let command = WorkerCommand::ProbeOne {
+        game_id: game_id.clone(),
+        reply,
+    };
+    if let Err(e) = state.commands.try_send(command) {
+        let (kind, message) = match e {
+            mpsc::error::TrySendError::Full(_) => {
+                ("busy", "the worker has too many probes queued; retry later")
+            }
+            mpsc::error::TrySendError::Closed(_) => ("unavailable", "the worker is stopping"),
+        };
+        return error(StatusCode::SERVICE_UNAVAILABLE, kind, message);
+    }
+    match tokio::time::timeout(state.probe_reply_limit, answer).await {
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "the worker did not answer within {:?} (a long tick may be running); the probe was not run",
+                state.probe_reply_limit
+            ),
+        ),
+        Ok(Err(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the worker stopped before probing",
+        ),
+        Ok(Ok(Ok(report))) => json_response(StatusCode::OK, probe_json(&report)),
+        Ok(Ok(Err(e @ ProbeOneError::NotRunning(_)))) => {
+            error(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        }
+        Ok(Ok(Err(e))) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            ErrorChain(&e).to_string(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_junk_is_refused() {
+        for id in ["game-1", "ü/%?&=", "a"] {
+            assert_eq!(decode_cursor(&encode_cursor(id)).as_deref(), Some(id));
+        }
+        for junk in ["", "abc", "zz", "ff", "é1"] {
+            assert_eq!(decode_cursor(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn query_parameters_are_checked() {
+        let p = |q: &str| {
+            params(
+                Some(q.to_owned()),
+                &["status", "game_id", "limit", "cursor"],
+            )
+        };
+        assert!(p("status=failing&limit=5").is_ok());
+        assert!(p("bogus=1").is_err());
+        assert!(p("limit=1&limit=2").is_err());
+        let q = |q: &str| games_query(&p(q).unwrap());
+        assert_eq!(q("").unwrap().limit, DEFAULT_LIMIT);
+        assert_eq!(q("limit=1000").unwrap().limit, 1000);
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "limit=-1",
+            "status=sick",
+            "cursor=zz",
+            "game_id=",
+        ] {
+            assert!(q(bad).is_err(), "{bad}");
+        }
+    }
+}
