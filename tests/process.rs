@@ -398,3 +398,71 @@ async fn the_worker_starts_and_records_while_nats_is_down_and_publishes_when_it_
             .all(|(_, _, published)| *published)
     );
 }
+
+#[tokio::test]
+async fn tail_follows_the_stream_across_a_nats_restart_without_repeats() {
+    let env = TestEnv::new().await;
+    let mut nats = NatsServer::start(&format!("tail-{}", env.id)).await;
+    let client = healthprobe::events::jetstream::connect(&nats.url(), true)
+        .await
+        .unwrap();
+    let fleet = Fleet::start().await;
+    env.add_running("a", &fleet.set("a", Behavior::Status(503)), None)
+        .await;
+    let mut worker = env.worker(
+        Thresholds {
+            failures: 1,
+            recovery: 1,
+        },
+        2,
+        Duration::from_secs(1),
+    );
+    worker.tick(&CancellationToken::new()).await.unwrap();
+    env.relay_on(client.clone()).drain_once().await.unwrap();
+
+    let mut tail = tokio::process::Command::new(binary())
+        .args(["tail", "--from-start"])
+        .envs(env.process_env())
+        .env("NATS_URL", nats.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        let line = tokio::time::timeout(WAIT_LIMIT, lines.next_line())
+            .await
+            .expect("tail printed in time")
+            .unwrap()
+            .expect("tail still running");
+        serde_json::from_str::<healthprobe::events::envelope::Envelope>(&line).unwrap()
+    };
+    assert_eq!(next_line().await.event_type.as_str(), "probe_failed");
+
+    nats.crash();
+    nats.resume().await;
+    fleet.set("a", Behavior::Healthy);
+    worker.tick(&CancellationToken::new()).await.unwrap();
+    wait_for(
+        "the recovery published after the restart",
+        WAIT_LIMIT,
+        || async {
+            let report = env.relay_on(client.clone()).drain_once().await.ok()?;
+            (report.published == 1).then_some(())
+        },
+    )
+    .await;
+    let after = next_line().await;
+    assert_eq!(
+        after.event_type.as_str(),
+        "probe_recovered",
+        "the next line is the new event, not a repeat"
+    );
+    signal(tail.id().unwrap(), "INT");
+    let status = tokio::time::timeout(Duration::from_secs(5), tail.wait())
+        .await
+        .expect("tail exits on Ctrl-C")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -119,7 +119,22 @@ pub async fn ensure_stream(
         })
 }
 
-/// Prints every event as one JSON line on stdout until `stop` fires. Returns how many.
+/// Bounds on how fast `tail` retries after losing its consumer (a NATS restart drops
+/// ephemeral consumers): quick enough to feel live, slow enough not to hammer a dead server.
+const TAIL_MIN_BACKOFF: Duration = Duration::from_millis(200);
+const TAIL_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Why one consumer's run ended.
+enum TailEnd {
+    /// Stop requested, or the output closed: a normal way to stop.
+    Done,
+    /// The consumer failed; resume from the next sequence.
+    Lost(JetStreamError),
+}
+
+/// Prints every event as one JSON line until `stop` fires or the output closes; returns how
+/// many. When the consumer is lost (NATS restarted), it is created again from the next
+/// stream sequence, so no event is skipped or printed twice.
 pub async fn tail(
     js: &jetstream::Context,
     target: &StreamTarget,
@@ -127,15 +142,58 @@ pub async fn tail(
     stop: tokio_util::sync::CancellationToken,
     mut out: impl std::io::Write,
 ) -> Result<u64, JetStreamError> {
+    let mut printed = 0;
+    // The stream sequence to resume at, once something was printed.
+    let mut resume_at: Option<u64> = None;
+    let mut backoff = TAIL_MIN_BACKOFF;
+    let mut first = true;
+    loop {
+        let deliver_policy = match resume_at {
+            Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+            None if from_start => consumer::DeliverPolicy::All,
+            None => consumer::DeliverPolicy::New,
+        };
+        let end = consume(
+            js,
+            target,
+            deliver_policy,
+            &stop,
+            &mut out,
+            &mut printed,
+            &mut resume_at,
+        )
+        .await;
+        match end {
+            Ok(TailEnd::Done) => return Ok(printed),
+            // A first attempt that fails is a configuration problem: report it.
+            Err(e) if first => return Err(e),
+            Ok(TailEnd::Lost(e)) | Err(e) => {
+                tracing::warn!(error = %crate::ErrorChain(&e), retry_in = ?backoff, "lost the stream; following it again");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(printed),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(TAIL_MAX_BACKOFF);
+            }
+        }
+        first = false;
+    }
+}
+
+async fn consume(
+    js: &jetstream::Context,
+    target: &StreamTarget,
+    deliver_policy: consumer::DeliverPolicy,
+    stop: &tokio_util::sync::CancellationToken,
+    out: &mut impl std::io::Write,
+    printed: &mut u64,
+    resume_at: &mut Option<u64>,
+) -> Result<TailEnd, JetStreamError> {
     let stream = ensure_stream(js, target).await?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: target.wildcard(),
-            deliver_policy: if from_start {
-                consumer::DeliverPolicy::All
-            } else {
-                consumer::DeliverPolicy::New
-            },
+            deliver_policy,
             ..Default::default()
         })
         .await
@@ -144,21 +202,28 @@ pub async fn tail(
         .messages()
         .await
         .map_err(|e| JetStreamError::Consume(Box::new(e)))?;
-    let mut printed = 0;
     loop {
         let message = tokio::select! {
-            _ = stop.cancelled() => return Ok(printed),
+            _ = stop.cancelled() => return Ok(TailEnd::Done),
             next = messages.next() => next,
         };
-        let Some(message) = message else {
-            return Ok(printed);
+        let message = match message {
+            None => {
+                return Ok(TailEnd::Lost(JetStreamError::Consume(
+                    "the consumer ended".into(),
+                )));
+            }
+            Some(Err(e)) => return Ok(TailEnd::Lost(JetStreamError::Consume(Box::new(e)))),
+            Some(Ok(message)) => message,
         };
-        let message = message.map_err(|e| JetStreamError::Consume(Box::new(e)))?;
         let line = String::from_utf8_lossy(&message.payload);
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             // stdout closed (e.g. piped into `head`): a normal way to stop.
-            return Ok(printed);
+            return Ok(TailEnd::Done);
         }
-        printed += 1;
+        *printed += 1;
+        if let Ok(info) = message.info() {
+            *resume_at = Some(info.stream_sequence + 1);
+        }
     }
 }
