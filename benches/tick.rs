@@ -122,6 +122,8 @@ async fn fleet_peak(fleet: &str) -> Option<u64> {
 /// Child: measure one point.
 async fn child() -> anyhow::Result<()> {
     healthprobe::install_crypto_provider();
+    // The production subscriber (info level, spans enabled), logging to stderr.
+    let _telemetry = healthprobe::telemetry::init()?;
     let url = std::env::var("HP_BENCH_CHILD_DB")?;
     let records: usize = std::env::var("HP_BENCH_CHILD_RECORDS")?.parse()?;
     let concurrency: usize = std::env::var("HP_BENCH_CHILD_CONCURRENCY")?.parse()?;
@@ -301,7 +303,21 @@ fn run_child(
     interval: &str,
     fleet: &str,
 ) -> anyhow::Result<PointResult> {
-    let output = Command::new(std::env::current_exe()?)
+    // HEALTHPROBE_BENCH_PERF=1 records a CPU profile of each child (perf, software clock).
+    let mut command = match std::env::var_os("HEALTHPROBE_BENCH_PERF") {
+        Some(_) => {
+            let mut perf = Command::new("perf");
+            perf.args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
+                .arg(format!(
+                    "target/bench/perf-{records}-{concurrency}-{spread}.data"
+                ))
+                .arg("--")
+                .arg(std::env::current_exe()?);
+            perf
+        }
+        None => Command::new(std::env::current_exe()?),
+    };
+    let output = command
         .env("HP_BENCH_CHILD", "1")
         .env("HP_BENCH_CHILD_DB", url)
         .env("HP_BENCH_CHILD_RECORDS", records.to_string())
@@ -484,25 +500,49 @@ async fn orchestrate() -> anyhow::Result<()> {
         }
     }
 
-    // Load shape: the fleet's peak requests in flight per tick, with and without spread.
+    drop(fleet);
+
+    // Load shape: the fleet's peak requests in flight during a tick, with and without
+    // spread. Engines answer after 50 ms, so a burst shows as `concurrency` in flight.
+    let shape_records = 1_000;
+    let slow = start_fleet(
+        &bin,
+        &[
+            "--engines",
+            &shape_records.to_string(),
+            "--mix",
+            "slow=1",
+            "--slow-delay",
+            "50ms",
+            "--prefix",
+            FLEET_PREFIX,
+        ],
+    )
+    .await?;
+    let url = prepare_database(
+        &admin,
+        "hp_bench_shape",
+        shape_records,
+        &slow.base,
+        shape_records.to_string().len().max(3),
+    )
+    .await?;
     println!();
     println!("| records | concurrency | interval | spread | tick median | fleet peak in flight |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
-    let records = 10_000.min(max_records);
-    let url = database_url(&admin, &format!("hp_bench_{records}"));
     for spread in [0.0, 0.5, 0.9] {
-        let point = run_child(&url, records, 256, 3, spread, "2s", &fleet.base)?;
+        let point = run_child(&url, shape_records, 256, 3, spread, "2s", &slow.base)?;
         let mut sorted = point.tick_secs.clone();
         sorted.sort_by(f64::total_cmp);
         println!(
-            "| {records} | 256 | 2 s | {spread} | {:.3} s | {} |",
+            "| {shape_records} | 256 | 2 s | {spread} | {:.3} s | {} |",
             percentile(&sorted, 0.5),
             point
                 .fleet_peak_in_flight
                 .map_or("n/a".into(), |p| p.to_string())
         );
     }
-    drop(fleet);
+    drop(slow);
 
     let interval = Duration::from_secs(1);
     let latencies = detection_latency(&bin, &admin, &nats_url, interval).await?;

@@ -83,9 +83,10 @@ start_postgres() {
         log "Postgres already running on 127.0.0.1:$PG_PORT"; return 0
     fi
     # Throwaway dev/test server: durability settings off for speed; plenty of connections
-    # for parallel tests, each with its own database and pool.
+    # for parallel tests, each with its own database and pool; pg_stat_statements loaded so
+    # the benchmark can count statements per tick.
     as_pg "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 30 start -o \
-        "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DATA -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null \
+        "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DATA -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_preload_libraries=pg_stat_statements" >/dev/null \
         || { tail -20 "$PG_DATA/server.log" >&2; exit 1; }
     log "Postgres started on 127.0.0.1:$PG_PORT (data $PG_DATA)"
 }

@@ -617,3 +617,52 @@ async fn a_spread_paces_probe_starts_over_the_window() {
         "the last probe starts at 19/20 of the window, tick took {elapsed:?}"
     );
 }
+
+#[tokio::test]
+async fn steady_snapshots_are_not_rewritten_every_tick_but_changes_are() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running("steady", &fleet.set("steady", Behavior::Healthy), None)
+        .await;
+    env.add_running("changing", &fleet.set("changing", Behavior::Healthy), None)
+        .await;
+    let mut worker = env.worker(thresholds(3, 1), 2, TIMEOUT);
+    let stop = CancellationToken::new();
+    let updated_at = |game: &'static str| {
+        let pool = env.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+                "SELECT updated_at FROM health_snapshots WHERE game_id = $1",
+            )
+            .bind(game)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    worker.tick(&stop).await.unwrap();
+    let (steady, changing) = (updated_at("steady").await, updated_at("changing").await);
+    fleet.set("changing", Behavior::Status(503));
+    worker.tick(&stop).await.unwrap();
+    assert_eq!(
+        updated_at("steady").await,
+        steady,
+        "an unchanged healthy game's row is left alone"
+    );
+    assert!(
+        updated_at("changing").await > changing,
+        "a change is written at once"
+    );
+    assert_eq!(env.snapshot("changing").await.unwrap().0, "suspect");
+    // What memory holds is still right after a restart from the rows.
+    let mut restarted = env.worker(thresholds(3, 1), 2, TIMEOUT);
+    restarted.restore().await.unwrap();
+    assert_eq!(
+        restarted.health_of("changing"),
+        worker.health_of("changing")
+    );
+    assert_eq!(
+        restarted.health_of("steady").map(|h| h.status()),
+        worker.health_of("steady").map(|h| h.status())
+    );
+}
