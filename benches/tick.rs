@@ -568,9 +568,17 @@ fn main() -> anyhow::Result<()> {
         println!("the benchmark harness runs with scripts/bench.sh (cargo bench --bench tick)");
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // HEALTHPROBE_BENCH_WORKER_THREADS sizes the measured worker's runtime (default: as in
+    // production, one thread per core).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if is_child
+        && let Some(threads) = std::env::var("HEALTHPROBE_BENCH_WORKER_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder.enable_all().build()?;
     if is_child {
         runtime.block_on(child())
     } else {
