@@ -112,24 +112,21 @@ struct TrackedGame {
 /// The parts of a game's snapshot row that decide whether it must be rewritten.
 #[derive(Debug, Clone, Copy)]
 struct Written {
-    at: Instant,
     health: GameHealth,
     last_status: u16,
     last_failure_kind: Option<FailureKind>,
 }
 
-/// A snapshot whose meaning did not change (same status, counters, last status and failure
-/// kind) is rewritten only when it is this old, so its timing fields (`last_probe_at`,
-/// `last_success_at`, `last_latency_ms`) stay fresh within a minute. A steady fleet of 100k
-/// games then costs about N × interval / 60 s row updates per tick instead of N: the
-/// difference between one statement per tick and ten, and most of Postgres' share of the
-/// machine.
-const SNAPSHOT_REFRESH: Duration = Duration::from_secs(60);
+/// Rows whose meaning did not change that a tick rewrites at most, to refresh their timing
+/// fields (`last_probe_at`, `last_success_at`, `last_latency_ms`). Up to this many games
+/// every row is fresh every tick; beyond it the games take turns (by a hash of the id), so
+/// a steady tick stays at two statements (the list and one upsert) and a fleet of 100k
+/// games rewrites 10k rows per tick instead of 100k, each row at most 10 ticks old.
+const SNAPSHOT_REFRESH_BUDGET: usize = 10_000;
 
 impl Written {
-    fn of(row: &SnapshotRow, at: Instant) -> Self {
+    fn of(row: &SnapshotRow) -> Self {
         Self {
-            at,
             health: row.health,
             last_status: row.last_status,
             last_failure_kind: row.last_failure_kind.and_then(FailureKind::parse),
@@ -137,7 +134,7 @@ impl Written {
     }
 
     /// Whether `next` after `outcome` says something the row does not.
-    fn must_rewrite(&self, next: &GameHealth, outcome: &ProbeOutcome, now: Instant) -> bool {
+    fn must_rewrite(&self, next: &GameHealth, outcome: &ProbeOutcome) -> bool {
         // Consecutive successes only matter while a failure is published (recovery runs).
         let counters = |h: &GameHealth| {
             (
@@ -155,7 +152,6 @@ impl Written {
             || self.health.status() != next.status()
             || self.last_status != outcome.status
             || self.last_failure_kind != outcome.failure.as_ref().map(|f| f.kind)
-            || now.saturating_duration_since(self.at) >= SNAPSHOT_REFRESH
     }
 }
 
@@ -167,7 +163,8 @@ pub struct Worker {
     outbox_wake: Arc<Notify>,
     games: HashMap<String, TrackedGame>,
     generation: u64,
-    /// Records listed by the last complete tick: the estimate that sizes the spread slots.
+    /// Records listed by the last complete tick: the estimate that sizes the spread slots
+    /// and the snapshot refresh turns.
     last_listed: usize,
 }
 
@@ -200,7 +197,6 @@ impl Worker {
             .map(|(game_id, health)| {
                 // The stored last status is not loaded: the first probe rewrites the row.
                 let written = Written {
-                    at: Instant::now(),
                     health,
                     last_status: u16::MAX,
                     last_failure_kind: None,
@@ -216,6 +212,10 @@ impl Worker {
             })
             .collect();
         Ok(self.games.len())
+    }
+
+    fn refresh_turn(&self, game_id: &str, generation: u64) -> bool {
+        refresh_turn(game_id, generation, self.last_listed.max(self.games.len()))
     }
 
     /// The counters the worker holds for a game, if any.
@@ -433,7 +433,10 @@ impl Worker {
         let Some(transition) = transition else {
             match tracked {
                 // Nothing the row says changed: memory moves on, the row stays.
-                Some(game) if !game.written.must_rewrite(&next, &outcome, Instant::now()) => {
+                Some(game)
+                    if !game.written.must_rewrite(&next, &outcome)
+                        && !self.refresh_turn(&record.game_id, generation) =>
+                {
                     self.games.insert(
                         record.game_id,
                         TrackedGame {
@@ -461,7 +464,7 @@ impl Worker {
                     TrackedGame {
                         health: next,
                         seen: generation,
-                        written: Written::of(&snapshot, Instant::now()),
+                        written: Written::of(&snapshot),
                     },
                 );
                 self.metrics.event_emitted(event.event_type());
@@ -501,9 +504,8 @@ impl Worker {
         match self.store.upsert_snapshots(snapshots).await {
             Ok(()) => {
                 tracing::debug!(rows = snapshots.len(), duration = ?writing.elapsed(), "snapshots written");
-                let now = Instant::now();
                 for row in snapshots.drain(..) {
-                    let written = Written::of(&row, now);
+                    let written = Written::of(&row);
                     self.games.insert(
                         row.game_id,
                         TrackedGame {
@@ -557,6 +559,17 @@ impl Worker {
             }
         }
     }
+}
+
+/// Whether a tick of `generation`, in a fleet of about `fleet` games, refreshes the game's
+/// unchanged snapshot row: every tick up to [`SNAPSHOT_REFRESH_BUDGET`] games, in turns
+/// beyond it (each game once every `ceil(fleet / budget)` ticks).
+fn refresh_turn(game_id: &str, generation: u64, fleet: usize) -> bool {
+    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+    let turns = fleet.div_ceil(SNAPSHOT_REFRESH_BUDGET).max(1) as u64;
+    // A fixed-key hasher: the same game takes the same turn in every tick.
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(game_id);
+    hash % turns == generation % turns
 }
 
 fn details(transition: Transition, outcome: &ProbeOutcome) -> Details {
@@ -694,5 +707,42 @@ fn log_tick(result: &Result<TickReport, TickError>, interval: Duration) {
             tracing::debug!(records = report.records, probes = report.probes, failed = report.failed, events = report.events.len(), pruned = report.pruned, duration = ?report.duration, "tick done");
         }
         Err(e) => tracing::error!(error = %ErrorChain(e), "tick failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_fleets_refresh_every_row_every_tick() {
+        for generation in 0..5 {
+            assert!(refresh_turn("g", generation, 0));
+            assert!(refresh_turn("g", generation, SNAPSHOT_REFRESH_BUDGET));
+        }
+    }
+
+    #[test]
+    fn large_fleets_take_turns_within_the_budget() {
+        let fleet = SNAPSHOT_REFRESH_BUDGET * 5 / 2; // three turns
+        let ids: Vec<String> = (0..fleet).map(|i| format!("game-{i}")).collect();
+        let mut per_game = vec![0; fleet];
+        for generation in 0..3 {
+            let refreshed: Vec<usize> = (0..fleet)
+                .filter(|&i| refresh_turn(&ids[i], generation, fleet))
+                .collect();
+            assert!(
+                refreshed.len() <= SNAPSHOT_REFRESH_BUDGET * 11 / 10,
+                "tick {generation}: {}",
+                refreshed.len()
+            );
+            for i in refreshed {
+                per_game[i] += 1;
+            }
+        }
+        assert!(
+            per_game.iter().all(|&n| n == 1),
+            "every game exactly once in three ticks"
+        );
     }
 }

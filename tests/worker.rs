@@ -619,7 +619,7 @@ async fn a_spread_paces_probe_starts_over_the_window() {
 }
 
 #[tokio::test]
-async fn steady_snapshots_are_not_rewritten_every_tick_but_changes_are() {
+async fn snapshots_of_a_small_fleet_stay_fresh_and_changes_are_written() {
     let env = TestEnv::new().await;
     let fleet = Fleet::start().await;
     env.add_running("steady", &fleet.set("steady", Behavior::Healthy), None)
@@ -644,10 +644,10 @@ async fn steady_snapshots_are_not_rewritten_every_tick_but_changes_are() {
     let (steady, changing) = (updated_at("steady").await, updated_at("changing").await);
     fleet.set("changing", Behavior::Status(503));
     worker.tick(&stop).await.unwrap();
-    assert_eq!(
-        updated_at("steady").await,
-        steady,
-        "an unchanged healthy game's row is left alone"
+    // Below the refresh budget every row is rewritten every tick: last_probe_at is fresh.
+    assert!(
+        updated_at("steady").await > steady,
+        "an unchanged healthy game's row is refreshed"
     );
     assert!(
         updated_at("changing").await > changing,
