@@ -26,9 +26,10 @@ use crate::status::{StatusBoard, TickSummary};
 use crate::store::{RuntimeRecord, SnapshotRow, Store};
 use crate::telemetry::Metrics;
 
-/// Snapshots are written in batches of at most this many rows: one statement for a fleet of
-/// up to this size, bounded memory and statement size beyond it.
-const SNAPSHOT_BATCH: usize = 10_000;
+/// Snapshots are written in batches of at most this many rows: bounded memory (about 3 MB)
+/// and statement size. Twice the refresh budget, so one refresh turn (about 10k rows, a
+/// hash's share give or take) plus the games that changed fit in one statement.
+const SNAPSHOT_BATCH: usize = 2 * SNAPSHOT_REFRESH_BUDGET;
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerSettings {
