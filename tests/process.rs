@@ -219,6 +219,7 @@ async fn sigterm_lets_the_probe_in_flight_finish_and_exits_zero_promptly() {
         elapsed <= timeout + Duration::from_secs(5),
         "took {elapsed:?}"
     );
+    eprintln!("FIGURE sigterm: exit 0 {elapsed:?} after SIGTERM with a probe in flight");
     let snapshot = env.snapshot("slow").await;
     assert_eq!(
         snapshot.map(|s| s.0).as_deref(),
