@@ -215,8 +215,14 @@ impl Worker {
         Ok(self.games.len())
     }
 
+    /// How many games this tick will likely list: the last complete tick's count, or the
+    /// restored state's before the first one.
+    fn fleet_estimate(&self) -> usize {
+        self.last_listed.max(self.games.len())
+    }
+
     fn refresh_turn(&self, game_id: &str, generation: u64) -> bool {
-        refresh_turn(game_id, generation, self.last_listed.max(self.games.len()))
+        refresh_turn(game_id, generation, self.fleet_estimate())
     }
 
     /// The counters the worker holds for a game, if any.
@@ -244,35 +250,28 @@ impl Worker {
         let mut list_error = None;
         // With a spread, probe i starts no earlier than `started + i × slot`; the fleet size
         // is the last tick's (or the restored state's) until this tick has counted it.
-        let expected = self.last_listed.max(self.games.len());
-        let slot = (!self.settings.spread_window.is_zero() && expected > 0)
-            .then(|| self.settings.spread_window / expected as u32);
+        let expected = self.fleet_estimate();
+        let slot = if self.settings.spread_window.is_zero() || expected == 0 {
+            Duration::ZERO
+        } else {
+            self.settings.spread_window / expected as u32
+        };
+        let tick_start = tokio::time::Instant::from_std(started);
 
         loop {
-            if let Some(slot) = slot {
-                let start_at =
-                    tokio::time::Instant::from_std(started) + slot * report.records as u32;
-                // Wait for this probe's slot, recording finished probes meanwhile.
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => break,
-                        Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                            self.apply(done, generation, &mut report, &mut snapshots).await;
-                        }
-                        _ = tokio::time::sleep_until(start_at) => break,
-                    }
-                }
-            }
-            // Wait for a free slot, recording finished probes meanwhile.
+            let start_at = tick_start + slot * report.records as u32;
+            // Wait for this probe's start and a free permit, recording finished probes
+            // meanwhile.
             let permit = loop {
+                let due = tokio::time::Instant::now() >= start_at;
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => break None,
                     Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                         self.apply(done, generation, &mut report, &mut snapshots).await;
                     }
-                    permit = semaphore.clone().acquire_owned() => {
+                    _ = tokio::time::sleep_until(start_at), if !due => {}
+                    permit = semaphore.clone().acquire_owned(), if due => {
                         break Some(permit.expect("the semaphore is never closed"));
                     }
                 }
