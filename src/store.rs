@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgExecutor, Row};
 use uuid::Uuid;
 
@@ -94,14 +94,7 @@ impl Store {
              FROM runtime_records WHERE status = 'running' ORDER BY game_id",
         )
         .fetch(&self.pool)
-        .map(|row| {
-            let row = row?;
-            Ok(RuntimeRecord {
-                game_id: row.try_get(0)?,
-                container_id: row.try_get(1)?,
-                engine_endpoint: row.try_get(2)?,
-            })
-        })
+        .map(|row| runtime_record(&row?))
         .boxed()
     }
 
@@ -237,6 +230,15 @@ impl Store {
     }
 }
 
+/// Decodes `SELECT game_id, current_container_id, engine_endpoint` into a record.
+fn runtime_record(row: &PgRow) -> Result<RuntimeRecord, sqlx::Error> {
+    Ok(RuntimeRecord {
+        game_id: row.try_get(0)?,
+        container_id: row.try_get(1)?,
+        engine_endpoint: row.try_get(2)?,
+    })
+}
+
 /// One statement for any number of rows (UNNEST of column arrays).
 async fn upsert_snapshots<'e, E: PgExecutor<'e>>(
     executor: E,
@@ -364,14 +366,7 @@ impl Store {
         .bind(game_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(RuntimeRecord {
-                game_id: row.try_get(0)?,
-                container_id: row.try_get(1)?,
-                engine_endpoint: row.try_get(2)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(runtime_record).transpose()
     }
 
     /// One page of running games with their health, ordered by `game_id`. Keyset
