@@ -253,26 +253,45 @@ struct Shared {
     engines: Vec<Engine>,
     by_name: HashMap<String, usize>,
     requests: Vec<AtomicU64>,
-    /// Health requests being answered now, and the most at once since the last reset:
-    /// what a load-shaping setting such as `RTMANAGER_PROBE_SPREAD` changes.
-    in_flight: AtomicU64,
-    max_in_flight: AtomicU64,
+    /// Health requests in flight: what a load-shaping setting such as
+    /// `RTMANAGER_PROBE_SPREAD` changes.
+    in_flight: InFlightGauge,
 }
 
-/// Counts a request in flight for as long as it lives.
-struct InFlight<'a>(&'a Shared);
+/// Requests being answered now, and the most at once since the last reset.
+#[derive(Debug, Default)]
+pub struct InFlightGauge {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
 
-impl<'a> InFlight<'a> {
-    fn enter(shared: &'a Shared) -> Self {
-        let now = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        shared.max_in_flight.fetch_max(now, Ordering::Relaxed);
-        Self(shared)
+impl InFlightGauge {
+    /// Counts one request in flight for as long as the guard lives.
+    pub fn enter(&self) -> InFlightGuard<'_> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        InFlightGuard(self)
+    }
+
+    pub fn current(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Returns the peak so far and starts a new measurement from the current level.
+    pub fn take_peak(&self) -> u64 {
+        self.peak.swap(self.current(), Ordering::SeqCst)
     }
 }
 
-impl Drop for InFlight<'_> {
+pub struct InFlightGuard<'a>(&'a InFlightGauge);
+
+impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -313,7 +332,7 @@ async fn healthz(State(shared): State<Arc<Shared>>, Path(name): Path<String>) ->
         return (StatusCode::NOT_FOUND, "no such engine").into_response();
     };
     shared.requests[index].fetch_add(1, Ordering::Relaxed);
-    let _in_flight = InFlight::enter(&shared);
+    let _in_flight = shared.in_flight.enter();
     match shared.phase(index, Instant::now()) {
         Phase::Healthy => (StatusCode::OK, "ok").into_response(),
         Phase::Failing => (
@@ -340,11 +359,11 @@ async fn stats(
         .iter()
         .map(|r| r.load(Ordering::Relaxed))
         .sum();
-    let in_flight = shared.in_flight.load(Ordering::Relaxed);
+    let in_flight = shared.in_flight.current();
     let max_in_flight = if query.as_deref() == Some("reset=true") {
-        shared.max_in_flight.swap(in_flight, Ordering::Relaxed)
+        shared.in_flight.take_peak()
     } else {
-        shared.max_in_flight.load(Ordering::Relaxed)
+        shared.in_flight.peak()
     };
     let body = serde_json::json!({
         "requests": requests,
@@ -420,8 +439,7 @@ impl Fleet {
             engines,
             by_name,
             requests,
-            in_flight: AtomicU64::new(0),
-            max_in_flight: AtomicU64::new(0),
+            in_flight: InFlightGauge::default(),
         });
         let app = Router::new()
             .route("/", get(index))

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt as _;
+use healthprobe::fleet::InFlightGauge;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Behavior {
@@ -41,8 +42,7 @@ struct FleetState {
     served: Mutex<HashMap<String, Vec<(Instant, bool)>>>,
     requests: Mutex<HashMap<String, usize>>,
     user_agents: Mutex<Vec<String>>,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
+    in_flight: InFlightGauge,
     connections: AtomicUsize,
     redirect_follows: AtomicUsize,
 }
@@ -55,8 +55,7 @@ impl Default for FleetState {
             served: Mutex::default(),
             requests: Mutex::default(),
             user_agents: Mutex::default(),
-            in_flight: AtomicUsize::default(),
-            max_in_flight: AtomicUsize::default(),
+            in_flight: InFlightGauge::default(),
             connections: AtomicUsize::default(),
             redirect_follows: AtomicUsize::default(),
         }
@@ -75,28 +74,12 @@ impl Drop for Fleet {
     }
 }
 
-struct InFlight<'a>(&'a FleetState);
-
-impl<'a> InFlight<'a> {
-    fn enter(state: &'a FleetState) -> Self {
-        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        Self(state)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 async fn healthz(
     State(state): State<Arc<FleetState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let _in_flight = InFlight::enter(&state);
+    let _in_flight = state.in_flight.enter();
     *state
         .requests
         .lock()
@@ -210,12 +193,12 @@ impl Fleet {
     }
 
     pub fn max_in_flight(&self) -> usize {
-        self.state.max_in_flight.load(Ordering::SeqCst)
+        self.state.in_flight.peak() as usize
     }
 
     /// Starts a new measurement of the peak in flight.
     pub fn reset_max_in_flight(&self) {
-        self.state.max_in_flight.store(0, Ordering::SeqCst);
+        self.state.in_flight.take_peak();
     }
 
     pub fn connections(&self) -> usize {
