@@ -277,18 +277,14 @@ async fn prepare_database(
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .execute(store.pool())
         .await?;
-    let ids: Vec<String> = (1..=records)
-        .map(|i| format!("{FLEET_PREFIX}{i:0width$}"))
+    let games: Vec<(String, String)> = (1..=records)
+        .map(|i| {
+            let id = format!("{FLEET_PREFIX}{i:0width$}");
+            let endpoint = format!("{fleet}/e/{id}");
+            (id, endpoint)
+        })
         .collect();
-    let endpoints: Vec<String> = ids.iter().map(|id| format!("{fleet}/e/{id}")).collect();
-    sqlx::query(
-        "INSERT INTO runtime_records (game_id, status, engine_endpoint, started_at) \
-         SELECT id, 'running', ep, now() FROM UNNEST($1::text[], $2::text[]) AS t(id, ep)",
-    )
-    .bind(&ids)
-    .bind(&endpoints)
-    .execute(store.pool())
-    .await?;
+    store.register_running(&games).await?;
     sqlx::query("ANALYZE").execute(store.pool()).await?;
     store.pool().close().await;
     Ok(url)

@@ -172,16 +172,7 @@ async fn a_thousand_hostile_engines_do_not_stall_the_healthy_ones() {
         let endpoint = fleet.set(&id, Behavior::Healthy);
         rows.push((id, endpoint));
     }
-    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    let endpoints: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO runtime_records (game_id, status, engine_endpoint) SELECT id, 'running', ep FROM UNNEST($1::text[], $2::text[]) AS t(id, ep)",
-    )
-    .bind(&ids)
-    .bind(&endpoints)
-    .execute(env.pool())
-    .await
-    .unwrap();
+    env.store.register_running(&rows).await.unwrap();
 
     let timeout = Duration::from_millis(500);
     let concurrency = 64;
