@@ -3,14 +3,12 @@
 mod helpers;
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use healthprobe::hysteresis::Thresholds;
 use helpers::engines::{Behavior, Fleet};
-use helpers::process::{NatsServer, WorkerProcess, binary, signal};
+use helpers::process::{NatsServer, TailProcess, WorkerProcess, binary};
 use helpers::{AsyncApi, TestEnv, WAIT_LIMIT, create_database, wait_for};
-use tokio::io::AsyncBufReadExt as _;
 use tokio_util::sync::CancellationToken;
 
 const FAST: &[(&str, &str)] = &[
@@ -314,35 +312,15 @@ async fn tail_prints_the_stream_as_json_lines_and_exits_cleanly_on_ctrl_c() {
     assert_eq!(report.events.len(), 2);
     env.relay().drain_once().await.unwrap();
 
-    let mut tail = tokio::process::Command::new(binary())
-        .args(["tail", "--from-start"])
-        .envs(env.process_env())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let mut tail = TailProcess::spawn(&env, &helpers::services().nats_url);
     let mut envelopes = Vec::new();
     while envelopes.len() < 2 {
-        let line = tokio::time::timeout(WAIT_LIMIT, lines.next_line())
-            .await
-            .expect("tail printed the events in time")
-            .unwrap()
-            .expect("tail still running");
-        envelopes.push(
-            serde_json::from_str::<healthprobe::events::envelope::Envelope>(&line)
-                .expect("a JSON envelope per line"),
-        );
+        envelopes.push(tail.next_envelope().await);
     }
     let expected: Vec<_> = report.events.iter().map(|e| e.envelope()).collect();
     assert_eq!(envelopes, expected);
 
-    signal(tail.id().unwrap(), "INT");
-    let status = tokio::time::timeout(Duration::from_secs(5), tail.wait())
-        .await
-        .expect("tail exits on Ctrl-C")
-        .unwrap();
+    let status = tail.interrupt().await;
     assert!(status.success(), "{status:?}");
 }
 
@@ -421,25 +399,11 @@ async fn tail_follows_the_stream_across_a_nats_restart_without_repeats() {
     worker.tick(&CancellationToken::new()).await.unwrap();
     env.relay_on(client.clone()).drain_once().await.unwrap();
 
-    let mut tail = tokio::process::Command::new(binary())
-        .args(["tail", "--from-start"])
-        .envs(env.process_env())
-        .env("NATS_URL", nats.url())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
-    let mut next_line = async || {
-        let line = tokio::time::timeout(WAIT_LIMIT, lines.next_line())
-            .await
-            .expect("tail printed in time")
-            .unwrap()
-            .expect("tail still running");
-        serde_json::from_str::<healthprobe::events::envelope::Envelope>(&line).unwrap()
-    };
-    assert_eq!(next_line().await.event_type.as_str(), "probe_failed");
+    let mut tail = TailProcess::spawn(&env, &nats.url());
+    assert_eq!(
+        tail.next_envelope().await.event_type.as_str(),
+        "probe_failed"
+    );
 
     nats.crash();
     nats.resume().await;
@@ -454,16 +418,12 @@ async fn tail_follows_the_stream_across_a_nats_restart_without_repeats() {
         },
     )
     .await;
-    let after = next_line().await;
+    let after = tail.next_envelope().await;
     assert_eq!(
         after.event_type.as_str(),
         "probe_recovered",
         "the next line is the new event, not a repeat"
     );
-    signal(tail.id().unwrap(), "INT");
-    let status = tokio::time::timeout(Duration::from_secs(5), tail.wait())
-        .await
-        .expect("tail exits on Ctrl-C")
-        .unwrap();
+    let status = tail.interrupt().await;
     assert!(status.success(), "{status:?}");
 }

@@ -329,3 +329,45 @@ impl Drop for PgServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A `healthprobe tail --from-start` process reading this test's stream, its stdout as lines.
+pub struct TailProcess {
+    child: Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl TailProcess {
+    pub fn spawn(env: &TestEnv, nats_url: &str) -> Self {
+        let mut child = Command::new(binary())
+            .args(["tail", "--from-start"])
+            .envs(env.process_env())
+            .env("NATS_URL", nats_url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn healthprobe tail");
+        let stdout = child.stdout.take().expect("tail's stdout");
+        let lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        Self { child, lines }
+    }
+
+    /// The next line, which must be one JSON envelope, within [`WAIT_LIMIT`].
+    pub async fn next_envelope(&mut self) -> healthprobe::events::envelope::Envelope {
+        let line = tokio::time::timeout(WAIT_LIMIT, self.lines.next_line())
+            .await
+            .expect("tail printed the next event in time")
+            .expect("read tail's output")
+            .expect("tail still running");
+        serde_json::from_str(&line).expect("a JSON envelope per line")
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits at most 5 s for the exit.
+    pub async fn interrupt(mut self) -> ExitStatus {
+        signal(self.child.id().expect("tail still running"), "INT");
+        tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .expect("tail exits on Ctrl-C")
+            .expect("wait for tail")
+    }
+}
