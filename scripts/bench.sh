@@ -20,8 +20,11 @@ fi
 # 1,024 probes in flight plus wrk's 1,024 connections need more than the default 1,024 fds.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-eval "$(scripts/services.sh start)"
 trap 'scripts/services.sh stop' EXIT
+# `eval "$(...)"` alone would ignore a failed start and go on to a follow-on error.
+services_env="$(scripts/services.sh start)" \
+    || { echo "bench: stopped: Postgres and NATS could not be started (the reason is above)" >&2; exit 1; }
+eval "$services_env"
 export HEALTHPROBE_BENCH_DATABASE_URL="${HEALTHPROBE_BENCH_DATABASE_URL:-$HEALTHPROBE_LOCAL_DATABASE_URL}"
 export HEALTHPROBE_BENCH_NATS_URL="${HEALTHPROBE_BENCH_NATS_URL:-$HEALTHPROBE_LOCAL_NATS_URL}"
 export HEALTHPROBE_BENCH_BIN="$ROOT/target/release/healthprobe"

@@ -40,8 +40,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 if [[ -z "${DATABASE_URL:-}" || -z "${NATS_URL:-}" ]]; then
-    eval "$(scripts/services.sh start)"
-    STARTED_SERVICES=1
+    STARTED_SERVICES=1 # cleanup stops whatever was started, also after a failed start
+    # `eval "$(...)"` alone would ignore a failed start and go on to a follow-on error.
+    services_env="$(scripts/services.sh start)" \
+        || { echo "run: stopped: Postgres and NATS could not be started (the reason is above)" >&2; exit 1; }
+    eval "$services_env"
     export DATABASE_URL="${DATABASE_URL:-$HEALTHPROBE_LOCAL_DATABASE_URL}"
     export NATS_URL="${NATS_URL:-$HEALTHPROBE_LOCAL_NATS_URL}"
     echo "run: Postgres at $DATABASE_URL, NATS at $NATS_URL" >&2

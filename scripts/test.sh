@@ -9,8 +9,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 if [[ -z "${HEALTHPROBE_TEST_DATABASE_URL:-}" || -z "${HEALTHPROBE_TEST_NATS_URL:-}" ]]; then
-    eval "$(scripts/services.sh start)"
+    # Stops whatever was started, also when the start fails half-way.
     trap 'scripts/services.sh stop' EXIT
+    # `eval "$(...)"` alone would ignore a failed start and go on to a follow-on error.
+    services_env="$(scripts/services.sh start)" \
+        || { echo "test: stopped: Postgres and NATS could not be started (the reason is above)" >&2; exit 1; }
+    eval "$services_env"
     export HEALTHPROBE_TEST_DATABASE_URL="$HEALTHPROBE_LOCAL_DATABASE_URL"
     export HEALTHPROBE_TEST_NATS_URL="$HEALTHPROBE_LOCAL_NATS_URL"
 fi

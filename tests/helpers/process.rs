@@ -226,7 +226,12 @@ impl PgServer {
 
     pub async fn start(name: &str) -> Self {
         let port = super::free_port();
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-{name}"));
+        // Under the system's temporary directory rather than the clone's target/: as root
+        // the server runs as `postgres`, which cannot enter a clone in root's home (0700).
+        let dir = std::env::temp_dir().join(format!(
+            "healthprobe-test-pg-{}-{name}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
@@ -287,10 +292,10 @@ impl PgServer {
     }
 
     pub fn resume(&mut self) {
+        // TCP only: no Unix socket directory to quote or to reach.
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=50",
+            "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories= -c fsync=off -c max_connections=50",
             self.port,
-            self.dir.display()
         );
         let log = self.dir.join("server.log");
         self.pg_ctl(&[
