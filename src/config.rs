@@ -53,6 +53,9 @@ pub struct StatusArgs {
     /// Only games whose id matches this glob (`*` any run, `?` one character).
     #[arg(long)]
     pub game_id: Option<String>,
+    /// Print the replicas (membership table) instead of the games.
+    #[arg(long, conflicts_with_all = ["status", "game_id"])]
+    pub members: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -176,6 +179,50 @@ pub struct RunArgs {
     #[arg(long, env = "HEALTHPROBE_HTTP_ADDR", default_value = "127.0.0.1:8097",
           value_parser = socket_addr)]
     pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+}
+
+/// Several replicas (DESIGN §12). One replica alone needs none of this.
+#[derive(Debug, Clone, Args)]
+pub struct ReplicaArgs {
+    /// This replica's name among the others (default: host name and process id). Must be
+    /// unique among the live replicas.
+    #[arg(long, env = "HEALTHPROBE_REPLICA_ID", value_parser = replica_id)]
+    pub replica_id: Option<String>,
+    /// How long a replica that stops heartbeating keeps its games before the others take
+    /// them (default: 3 × RTMANAGER_PROBE_INTERVAL, at least 3s).
+    #[arg(long, env = "HEALTHPROBE_LEASE_TTL",
+          value_parser = positive_duration("HEALTHPROBE_LEASE_TTL"))]
+    pub lease_ttl: Option<Duration>,
+}
+
+/// The default lease is this many intervals: a replica misses a couple of heartbeats (one
+/// every third of the lease) before its games move.
+pub const LEASE_INTERVALS: u32 = 3;
+
+/// The lease is never shorter than this by default: a heartbeat is a Postgres round trip,
+/// and a lease shorter than a few of them would flap under load.
+pub const MIN_DEFAULT_LEASE: Duration = Duration::from_secs(3);
+
+impl RunArgs {
+    /// `HEALTHPROBE_LEASE_TTL`, or its default tied to the interval.
+    pub fn lease_ttl(&self) -> Duration {
+        self.replica
+            .lease_ttl
+            .unwrap_or_else(|| (self.probe.probe_interval * LEASE_INTERVALS).max(MIN_DEFAULT_LEASE))
+    }
+}
+
+fn replica_id(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw.len() > 200 || raw.chars().any(char::is_control) {
+        return Err(format!(
+            "HEALTHPROBE_REPLICA_ID must be 1 to 200 printable characters, got {:?}",
+            raw.chars().take(50).collect::<String>()
+        ));
+    }
+    Ok(raw.to_owned())
 }
 
 #[derive(Debug, Clone, Args)]

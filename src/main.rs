@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::AtomicI32;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use healthprobe::config::{Cli, Command, FleetArgs, MigrateArgs, RunArgs, StatusArgs, TailArgs};
 use healthprobe::events::jetstream::{self, StreamTarget};
+use healthprobe::events::leader::RelayLeadership;
 use healthprobe::events::relay::Relay;
 use healthprobe::fleet::{Fleet, FleetSpec};
 use healthprobe::http::{self, HttpState};
@@ -20,6 +22,7 @@ use healthprobe::status::StatusBoard;
 use healthprobe::store::GamesQuery;
 use healthprobe::store::Store;
 use healthprobe::telemetry::{self, Metrics};
+use healthprobe::worker::membership::{self, Heartbeats, MembershipSettings};
 use healthprobe::worker::{self, Worker, WorkerSettings};
 use healthprobe::{ErrorChain, install_crypto_provider};
 
@@ -158,20 +161,61 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
         .await
         .context("configuring the NATS client (NATS_URL)")?;
 
+    let replica_id = args
+        .replica
+        .replica_id
+        .clone()
+        .unwrap_or_else(membership::default_replica_id);
+    let lease_ttl = args.lease_ttl();
+    tracing::info!(replica_id = %replica_id, lease_ttl = ?lease_ttl, "replica identity");
+    let board = StatusBoard::new(args.probe.probe_interval);
+    let relay_pid = Arc::new(AtomicI32::new(0));
+
+    // The relay runs only while this replica holds the relay lock (one publisher at a
+    // time, DESIGN §12).
     let tasks = TaskTracker::new();
     let relay_stop = CancellationToken::new();
-    let relay = Relay::new(
-        store.clone(),
-        nats.clone(),
-        StreamTarget {
-            stream: args.nats.stream.clone(),
-            subject_prefix: args.nats.subject_prefix.clone(),
-        },
-        outbox_wake.clone(),
-        metrics.clone(),
-    );
-    let relay_task = tasks.spawn(relay.run(relay_stop.clone()));
+    let target = StreamTarget {
+        stream: args.nats.stream.clone(),
+        subject_prefix: args.nats.subject_prefix.clone(),
+    };
+    let make_relay = {
+        let (store, nats, wake, metrics) = (
+            store.clone(),
+            nats.clone(),
+            outbox_wake.clone(),
+            metrics.clone(),
+        );
+        move || {
+            Relay::new(
+                store.clone(),
+                nats.clone(),
+                target.clone(),
+                wake.clone(),
+                metrics.clone(),
+            )
+        }
+    };
+    let leadership = RelayLeadership {
+        database_url: args.database.database_url.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        board: board.clone(),
+        relay_pid: relay_pid.clone(),
+    };
+    let relay_task = tasks.spawn(leadership.run(make_relay, relay_stop.clone()));
 
+    let (heartbeats, membership_rx) = Heartbeats::new(
+        store.clone(),
+        MembershipSettings {
+            replica_id,
+            status_addr: Some(http_addr.to_string()),
+            lease_ttl,
+        },
+        metrics.clone(),
+        relay_pid,
+    );
+    let heartbeats = heartbeats.with_board(board.clone());
     let mut worker = Worker::new(
         store.clone(),
         prober,
@@ -182,10 +226,10 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
         },
         metrics,
         outbox_wake,
-    );
+    )
+    .with_membership(membership_rx);
 
     // The HTTP surface reads the board and sends commands; the run loop owns the worker.
-    let board = StatusBoard::new(args.probe.probe_interval);
     let (commands, command_rx) = worker::command_channel();
     let router = http::router(HttpState {
         store: store.clone(),
@@ -224,8 +268,9 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
         backoff = (backoff * 2).min(MAX_STARTUP_BACKOFF);
     }
     if !stop.is_cancelled() {
-        worker::run(
+        worker::driver::run_replica(
             worker,
+            heartbeats,
             args.probe.probe_interval,
             stop.clone(),
             board,
@@ -244,7 +289,7 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
     relay_stop.cancel();
     tasks.close();
     if let Err(e) = relay_task.await {
-        tracing::error!(error = %e, "outbox relay ended abnormally");
+        tracing::error!(error = %e, "outbox relay leadership ended abnormally");
     }
     tasks.wait().await;
     if let Err(e) = nats.flush().await {
@@ -282,6 +327,22 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let store = Store::connect(&args.database.database_url)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
+    if args.members {
+        let members = store.members().await.context("reading the members")?;
+        let text = if args.json {
+            let list: Vec<_> = members
+                .iter()
+                .map(healthprobe::status::member_json)
+                .collect();
+            format!("{}\n", serde_json::to_string_pretty(&list)?)
+        } else {
+            healthprobe::status::members_table(&members, None)
+        };
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+        return Ok(());
+    }
     // All running games, page by page (the same keyset query as `GET /games`).
     let mut games = Vec::new();
     let mut query = GamesQuery {

@@ -1,21 +1,21 @@
-//! What the worker tells about itself: the shared status board the run loop writes and the
-//! HTTP surface reads, the rules that turn observations into OK / WARN / KO, and the
-//! renderings (JSON, plain text, the per-game table) shared by `GET /status`, `GET /games`
-//! and `healthprobe status`.
+//! What the worker tells about itself: the status board the run loop, the membership
+//! heartbeat and the relay write and the HTTP surface reads, the rules that turn
+//! observations into OK / WARN / KO, and the renderings (JSON, plain text, the per-game
+//! table) shared by `GET /status`, `GET /games` and `healthprobe status`.
 //!
-//! The board is a `std::sync::Mutex` rather than tokio's: it is held for a few field copies
-//! and never across an `.await`, so an async mutex would only add cost. The run loop is the
-//! only writer; HTTP handlers copy a [`BoardSnapshot`] out and work on that.
+//! The board is a `tokio::sync::watch` channel: writers replace or modify the
+//! [`WorkerView`], readers borrow a copy or wait for the next change (a live page can
+//! subscribe). Nothing here imports the worker; the worker imports this.
 
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
-use crate::store::GameView;
-use crate::worker::TickReport;
+use crate::store::{GameView, Member};
 
 /// Liveness allows this many intervals between two tick ends (DESIGN §11): one slow tick
 /// (a full interval of probes timing out) does not make the worker look dead, a stuck loop
@@ -28,78 +28,74 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug, Clone, PartialEq)]
 pub struct TickSummary {
     pub finished_at: DateTime<Utc>,
+    /// Running records listed (the whole fleet).
     pub records: usize,
+    /// Of those, the games this replica owns.
+    pub owned: usize,
     pub probes: usize,
     pub healthy: usize,
     pub failures: usize,
     pub events: usize,
     pub pruned: usize,
+    /// Writes refused because another writer changed the game first.
+    pub conflicts: usize,
     pub duration: Duration,
     /// Why the tick failed or could not record everything; `None` for a clean tick.
     pub error: Option<String>,
 }
 
 impl TickSummary {
-    pub fn from_result(result: &Result<TickReport, String>, finished_at: DateTime<Utc>) -> Self {
-        match result {
-            Ok(report) => Self {
-                finished_at,
-                records: report.records,
-                probes: report.probes,
-                healthy: report.healthy,
-                failures: report.failed,
-                events: report.events.len(),
-                pruned: report.pruned,
-                duration: report.duration,
-                error: (!report.is_clean()).then(|| {
-                    let mut errors = report.store_errors.clone();
-                    if report.failed_commits > 0 {
-                        errors.push(format!("{} event commits failed", report.failed_commits));
-                    }
-                    errors.join("; ")
-                }),
-            },
-            Err(error) => Self {
-                finished_at,
-                records: 0,
-                probes: 0,
-                healthy: 0,
-                failures: 0,
-                events: 0,
-                pruned: 0,
-                duration: Duration::ZERO,
-                error: Some(error.clone()),
-            },
-        }
-    }
-
     pub fn to_json(&self) -> Value {
         json!({
             "finished_at": rfc3339(self.finished_at),
             "records": self.records,
+            "owned": self.owned,
             "probes": self.probes,
             "healthy": self.healthy,
             "failures": self.failures,
             "events": self.events,
             "pruned": self.pruned,
+            "conflicts": self.conflicts,
             "duration_ms": millis(self.duration),
             "error": self.error,
         })
     }
 }
 
-#[derive(Debug)]
-struct Board {
-    started: Instant,
-    last_beat: Option<Instant>,
-    last_tick: Option<TickSummary>,
+/// The replicas as this one saw them at its last heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MembersView {
+    pub replica_id: String,
+    /// Every member row, live or recently expired.
+    pub members: Arc<[Member]>,
+    /// When this replica's last heartbeat succeeded (Postgres' clock).
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    pub lease_ttl: Duration,
 }
 
-/// Shared state between the run loop (writer) and the HTTP surface (readers). Cheap to clone.
+impl MembersView {
+    pub fn live(&self) -> usize {
+        self.members.iter().filter(|m| m.live).count().max(1)
+    }
+}
+
+/// Everything the worker's parts tell the status surface.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerView {
+    pub last_beat: Option<Instant>,
+    pub last_tick: Option<TickSummary>,
+    pub members: Option<MembersView>,
+    /// Whether this replica holds the outbox relay (`None`: not reported, a single process
+    /// without leadership, e.g. in tests).
+    pub relay_held: Option<bool>,
+}
+
+/// The writer and reader ends of the status channel. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct StatusBoard {
     interval: Duration,
-    inner: Arc<Mutex<Board>>,
+    started: Instant,
+    tx: Arc<watch::Sender<WorkerView>>,
 }
 
 /// A copy of the board taken at one instant.
@@ -110,6 +106,8 @@ pub struct BoardSnapshot {
     /// Time since the last tick ended; `None` before the first one.
     pub since_last_tick: Option<Duration>,
     pub last_tick: Option<TickSummary>,
+    pub members: Option<MembersView>,
+    pub relay_held: Option<bool>,
 }
 
 impl BoardSnapshot {
@@ -126,28 +124,51 @@ impl StatusBoard {
     pub fn new(interval: Duration) -> Self {
         Self {
             interval,
-            inner: Arc::new(Mutex::new(Board {
-                started: Instant::now(),
-                last_beat: None,
-                last_tick: None,
-            })),
+            started: Instant::now(),
+            tx: Arc::new(watch::Sender::new(WorkerView::default())),
         }
     }
 
     /// Records a tick that ended just now.
     pub fn tick_ended(&self, summary: TickSummary) {
-        let mut board = self.inner.lock().expect("status board lock");
-        board.last_beat = Some(Instant::now());
-        board.last_tick = Some(summary);
+        self.tx.send_modify(|view| {
+            view.last_beat = Some(Instant::now());
+            view.last_tick = Some(summary);
+        });
+    }
+
+    /// Records the membership seen by the latest heartbeat.
+    pub fn members_seen(&self, members: MembersView) {
+        self.tx.send_if_modified(|view| {
+            let changed = view.members.as_ref() != Some(&members);
+            view.members = Some(members);
+            changed
+        });
+    }
+
+    /// Records whether this replica holds the outbox relay.
+    pub fn relay_held(&self, held: bool) {
+        self.tx.send_if_modified(|view| {
+            let changed = view.relay_held != Some(held);
+            view.relay_held = Some(held);
+            changed
+        });
+    }
+
+    /// A receiver that sees every later change (for pages that follow the worker live).
+    pub fn subscribe(&self) -> watch::Receiver<WorkerView> {
+        self.tx.subscribe()
     }
 
     pub fn snapshot(&self) -> BoardSnapshot {
-        let board = self.inner.lock().expect("status board lock");
+        let view = self.tx.borrow();
         BoardSnapshot {
             interval: self.interval,
-            since_start: board.started.elapsed(),
-            since_last_tick: board.last_beat.map(|t| t.elapsed()),
-            last_tick: board.last_tick.clone(),
+            since_start: self.started.elapsed(),
+            since_last_tick: view.last_beat.map(|t| t.elapsed()),
+            last_tick: view.last_tick.clone(),
+            members: view.members.clone(),
+            relay_held: view.relay_held,
         }
     }
 }
@@ -208,6 +229,8 @@ pub struct StatusReport {
     pub components: Vec<Component>,
     pub outbox_pending: Option<i64>,
     pub last_tick: Option<TickSummary>,
+    pub members: Option<MembersView>,
+    pub relay_held: Option<bool>,
 }
 
 pub const POSTGRES_RULE: &str = "must be up (else KO): without it nothing is listed or recorded";
@@ -270,7 +293,10 @@ pub fn evaluate(observed: &Observed) -> StatusReport {
             Err(why) => format!("backlog unknown: {why}"),
         },
     };
-    let components = vec![postgres, nats, ticks, outbox];
+    let mut components = vec![postgres, nats, ticks, outbox];
+    if let Some(members) = &board.members {
+        components.push(replicas_component(members, board));
+    }
     StatusReport {
         overall: components
             .iter()
@@ -280,6 +306,34 @@ pub fn evaluate(observed: &Observed) -> StatusReport {
         components,
         outbox_pending: observed.outbox_pending.as_ref().ok().copied(),
         last_tick: board.last_tick.clone(),
+        members: board.members.clone(),
+        relay_held: board.relay_held,
+    }
+}
+
+pub const REPLICAS_RULE: &str =
+    "informational: the live replicas share the games; each game is probed by one of them";
+
+fn replicas_component(members: &MembersView, board: &BoardSnapshot) -> Component {
+    let share = board
+        .last_tick
+        .as_ref()
+        .map(|t| format!("{} of {} games", t.owned, t.records))
+        .unwrap_or_else(|| "no tick yet".to_owned());
+    let relay = match board.relay_held {
+        Some(true) => ", holds the relay",
+        Some(false) => ", relay held elsewhere",
+        None => "",
+    };
+    Component {
+        name: "replicas",
+        level: Level::Ok,
+        rule: REPLICAS_RULE,
+        detail: format!(
+            "{} live, this one {} owns {share}{relay}",
+            members.live(),
+            members.replica_id
+        ),
     }
 }
 
@@ -301,6 +355,15 @@ impl StatusReport {
             "components": components,
             "outbox": { "pending": self.outbox_pending },
             "last_tick": self.last_tick.as_ref().map(TickSummary::to_json),
+            "replica": self.members.as_ref().map(|m| json!({
+                "replica_id": m.replica_id,
+                "lease_ttl_ms": millis(m.lease_ttl),
+                "last_heartbeat": m.last_heartbeat.map(rfc3339),
+                "holds_relay": self.relay_held,
+                "owned_games": self.last_tick.as_ref().map(|t| t.owned),
+                "listed_games": self.last_tick.as_ref().map(|t| t.records),
+                "members": m.members.iter().map(member_json).collect::<Vec<_>>(),
+            })),
         })
     }
 
@@ -329,8 +392,64 @@ impl StatusReport {
             }
             None => text.push_str("last tick: none yet\n"),
         }
+        if let Some(members) = &self.members {
+            text.push_str(&members_table(&members.members, Some(&members.replica_id)));
+        }
         text
     }
+}
+
+/// One member as `/status` and `healthprobe status --members --json` show it.
+pub fn member_json(member: &Member) -> Value {
+    json!({
+        "replica_id": member.replica_id,
+        "status_addr": member.status_addr,
+        "version": member.version,
+        "last_heartbeat": rfc3339(member.heartbeat_at),
+        "lease_expires_at": rfc3339(member.lease_expires_at),
+        "live": member.live,
+    })
+}
+
+/// The members as a table (`healthprobe status --members`, `/status?format=text`).
+pub fn members_table(members: &[Member], this: Option<&str>) -> String {
+    let mut rows: Vec<[String; 5]> = vec![[
+        "REPLICA".into(),
+        "STATE".into(),
+        "ADDRESS".into(),
+        "LAST HEARTBEAT".into(),
+        "VERSION".into(),
+    ]];
+    for m in members {
+        let me = if Some(m.replica_id.as_str()) == this {
+            " (this)"
+        } else {
+            ""
+        };
+        rows.push([
+            format!("{}{me}", m.replica_id),
+            if m.live { "live" } else { "expired" }.into(),
+            m.status_addr.clone().unwrap_or_else(|| "-".into()),
+            rfc3339(m.heartbeat_at),
+            m.version.clone(),
+        ]);
+    }
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let _ = write!(line, "{cell:<width$}  ", width = widths[i]);
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
 }
 
 pub fn rfc3339(at: DateTime<Utc>) -> String {
@@ -432,6 +551,8 @@ mod tests {
             since_start: Duration::from_secs(since_start),
             since_last_tick: since_last_tick.map(Duration::from_secs),
             last_tick: None,
+            members: None,
+            relay_held: None,
         }
     }
 

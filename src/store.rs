@@ -30,10 +30,34 @@ pub struct RuntimeRecord {
     pub engine_endpoint: String,
 }
 
+/// What `health_snapshots` holds for a game, as far as deciding goes: the counters, the
+/// version every write checks and increments, and the container they belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub version: i64,
+    pub health: GameHealth,
+    pub container_id: Option<String>,
+    pub last_status: u16,
+    pub last_failure_kind: Option<String>,
+}
+
+/// A running record with the snapshot row Postgres holds for it, read in one statement so
+/// every decision starts from what Postgres says now (DESIGN §12: memory follows Postgres).
+#[derive(Debug, Clone)]
+pub struct ListedGame {
+    pub record: RuntimeRecord,
+    pub stored: Option<StoredSnapshot>,
+}
+
 /// What the worker writes to `health_snapshots` for one game after one probe.
 #[derive(Debug, Clone)]
 pub struct SnapshotRow {
     pub game_id: String,
+    /// The version this write expects the row to have: 0 for "no row yet". The write
+    /// happens only if the row is still at this version.
+    pub expected_version: i64,
+    /// The container the counters belong to.
+    pub container_id: Option<String>,
     pub health: GameHealth,
     pub last_probe_at: DateTime<Utc>,
     /// Set when this probe succeeded; otherwise the stored value is kept.
@@ -42,6 +66,30 @@ pub struct SnapshotRow {
     pub last_error: Option<String>,
     pub last_failure_kind: Option<&'static str>,
     pub last_latency_ms: f64,
+}
+
+/// Why a conditional write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The row is not at the version the writer expected: another writer (a replica, or
+    /// this one's own commit whose outcome was unknown) got there first. Nothing was
+    /// written; the game must be reloaded before it is decided again.
+    #[error("the snapshot changed since it was read (version {expected} expected)")]
+    Conflict { expected: i64 },
+    /// The same transition of the same episode is already in the log.
+    #[error("this episode's {event_type} is already recorded")]
+    DuplicateEpisode { event_type: &'static str },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The outcome of a batch of conditional snapshot writes.
+#[derive(Debug, Default)]
+pub struct SnapshotWrites {
+    /// Games written, with the version the row has now.
+    pub written: Vec<(String, i64)>,
+    /// Games whose row was not at the expected version: nothing written for them.
+    pub conflicts: Vec<String>,
 }
 
 /// An outbox row that could not be decoded. It stays unpublished and is reported.
@@ -85,76 +133,112 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
     }
 
-    /// Streams the running records, one statement, rows arriving as the server sends them,
-    /// so a list of 100k games never sits in memory as one result. The single place that
-    /// decides which games this worker probes (a future lease filter goes here).
-    pub fn running_records(&self) -> BoxStream<'_, Result<RuntimeRecord, sqlx::Error>> {
-        sqlx::query(
-            "SELECT game_id, current_container_id, engine_endpoint \
-             FROM runtime_records WHERE status = 'running' ORDER BY game_id",
-        )
-        .fetch(&self.pool)
-        .map(|row| runtime_record(&row?))
-        .boxed()
+    /// Streams the running records with their snapshot rows, one statement, rows arriving
+    /// as the server sends them, so a list of 100k games never sits in memory as one
+    /// result. Every replica lists every running game (the full list is what pruning
+    /// needs); which of them it probes is decided by ownership, in the worker.
+    pub fn running_games(&self) -> BoxStream<'_, Result<ListedGame, sqlx::Error>> {
+        sqlx::query(LISTED_GAMES_SQL)
+            .bind(None::<&str>)
+            .fetch(&self.pool)
+            .map(|row| listed_game(&row?))
+            .boxed()
     }
 
-    /// The per-game counters, to resume after a restart.
-    pub async fn load_health(&self) -> Result<Vec<(String, GameHealth)>, sqlx::Error> {
+    /// One running game with its snapshot row, `None` when it is unknown or not running.
+    pub async fn running_game(&self, game_id: &str) -> Result<Option<ListedGame>, sqlx::Error> {
+        let row = sqlx::query(LISTED_GAMES_SQL)
+            .bind(Some(game_id))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(listed_game).transpose()
+    }
+
+    /// Every snapshot row, to warm the worker's memory at start-up (each game is read
+    /// again with the running list before it is decided, so this is only a head start).
+    pub async fn load_snapshots(&self) -> Result<Vec<(String, StoredSnapshot)>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT game_id, consecutive_failures, consecutive_successes, episode_failures, \
-             failure_published FROM health_snapshots",
+            "SELECT game_id, version, consecutive_failures, consecutive_successes, \
+             episode_failures, failure_published, last_status, last_failure_kind, container_id \
+             FROM health_snapshots",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                let count = |i: usize| -> Result<u32, sqlx::Error> {
-                    Ok(row.try_get::<i32, _>(i)?.max(0) as u32)
-                };
-                Ok((
-                    row.try_get(0)?,
-                    GameHealth {
-                        consecutive_failures: count(1)?,
-                        consecutive_successes: count(2)?,
-                        episode_failures: count(3)?,
-                        failure_published: row.try_get(4)?,
-                    },
-                ))
-            })
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, stored_snapshot(row, 1)?)))
             .collect()
     }
 
-    /// Commits one transition: its event row and the game's snapshot, atomically.
+    /// Commits one transition: the game's snapshot, conditional on the version the writer
+    /// read, and the event, unique per game, episode and type; both or neither.
+    ///
+    /// Returns the snapshot's new version. [`WriteError::Conflict`] and
+    /// [`WriteError::DuplicateEpisode`] mean another writer got there first and nothing was
+    /// written. Any other error may or may not have committed (the connection can drop
+    /// during `COMMIT`): the caller must reload the game before deciding it again.
     pub async fn record_transition(
         &self,
         event: &HealthEvent,
         snapshot: &SnapshotRow,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<i64, WriteError> {
         let mut tx = self.pool.begin().await?;
+        let written = write_snapshots(&mut *tx, std::slice::from_ref(snapshot)).await?;
+        let Some((_, version)) = written.into_iter().next() else {
+            tx.rollback().await?;
+            return Err(WriteError::Conflict {
+                expected: snapshot.expected_version,
+            });
+        };
         let details = serde_json::to_value(&event.details).expect("details always serialize");
-        sqlx::query(
+        let event_type = event.event_type().as_str();
+        // A failure opens the game's next episode; a recovery closes the latest one.
+        let inserted = sqlx::query(
             "INSERT INTO health_events \
-             (event_id, game_id, container_id, event_type, occurred_at, details) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             (event_id, game_id, container_id, event_type, occurred_at, details, episode) \
+             VALUES ($1, $2, $3, $4, $5, $6, CASE $4 \
+               WHEN 'probe_failed' THEN COALESCE((SELECT max(episode) FROM health_events WHERE game_id = $2), 0) + 1 \
+               ELSE COALESCE((SELECT max(episode) FROM health_events \
+                              WHERE game_id = $2 AND event_type = 'probe_failed'), 0) END) \
+             ON CONFLICT (game_id, episode, event_type) DO NOTHING",
         )
         .bind(event.event_id)
         .bind(&event.game_id)
         .bind(&event.container_id)
-        .bind(event.event_type().as_str())
+        .bind(event_type)
         .bind(event.occurred_at)
         .bind(details)
         .execute(&mut *tx)
         .await?;
-        upsert_snapshots(&mut *tx, std::slice::from_ref(snapshot)).await?;
-        tx.commit().await
+        if inserted.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Err(WriteError::DuplicateEpisode {
+                event_type: event.event_type().as_str(),
+            });
+        }
+        tx.commit().await?;
+        Ok(version)
     }
 
-    /// Writes many snapshots in one statement.
-    pub async fn upsert_snapshots(&self, rows: &[SnapshotRow]) -> Result<(), sqlx::Error> {
+    /// Writes many snapshots in one statement, each conditional on its expected version.
+    pub async fn write_snapshots(
+        &self,
+        rows: &[SnapshotRow],
+    ) -> Result<SnapshotWrites, sqlx::Error> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(SnapshotWrites::default());
         }
-        upsert_snapshots(&self.pool, rows).await
+        let written = write_snapshots(&self.pool, rows).await?;
+        let mut done: std::collections::HashSet<&str> =
+            std::collections::HashSet::with_capacity(written.len());
+        for (game_id, _) in &written {
+            done.insert(game_id.as_str());
+        }
+        let conflicts = rows
+            .iter()
+            .filter(|r| !done.contains(r.game_id.as_str()))
+            .map(|r| r.game_id.clone())
+            .collect();
+        Ok(SnapshotWrites { written, conflicts })
     }
 
     /// Forgets games that are no longer running.
@@ -230,20 +314,54 @@ impl Store {
     }
 }
 
-/// Decodes `SELECT game_id, current_container_id, engine_endpoint` into a record.
-fn runtime_record(row: &PgRow) -> Result<RuntimeRecord, sqlx::Error> {
-    Ok(RuntimeRecord {
-        game_id: row.try_get(0)?,
-        container_id: row.try_get(1)?,
-        engine_endpoint: row.try_get(2)?,
+/// The running games (all, or the one named by `$1`) joined to their snapshot rows.
+const LISTED_GAMES_SQL: &str = "SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
+       s.version, s.consecutive_failures, s.consecutive_successes, s.episode_failures, \
+       s.failure_published, s.last_status, s.last_failure_kind, s.container_id \
+     FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
+     WHERE r.status = 'running' AND ($1::text IS NULL OR r.game_id = $1) \
+     ORDER BY r.game_id";
+
+/// Decodes a row of [`LISTED_GAMES_SQL`].
+fn listed_game(row: &PgRow) -> Result<ListedGame, sqlx::Error> {
+    let version: Option<i64> = row.try_get(3)?;
+    Ok(ListedGame {
+        record: RuntimeRecord {
+            game_id: row.try_get(0)?,
+            container_id: row.try_get(1)?,
+            engine_endpoint: row.try_get(2)?,
+        },
+        stored: version.map(|_| stored_snapshot(row, 3)).transpose()?,
     })
 }
 
-/// One statement for any number of rows (UNNEST of column arrays).
-async fn upsert_snapshots<'e, E: PgExecutor<'e>>(
+/// Decodes `version, consecutive_failures, consecutive_successes, episode_failures,
+/// failure_published, last_status, last_failure_kind, container_id` starting at `first`.
+fn stored_snapshot(row: &PgRow, first: usize) -> Result<StoredSnapshot, sqlx::Error> {
+    let count = |i: usize| -> Result<u32, sqlx::Error> {
+        Ok(row.try_get::<i32, _>(first + i)?.max(0) as u32)
+    };
+    Ok(StoredSnapshot {
+        version: row.try_get(first)?,
+        health: GameHealth {
+            consecutive_failures: count(1)?,
+            consecutive_successes: count(2)?,
+            episode_failures: count(3)?,
+            failure_published: row.try_get(first + 4)?,
+        },
+        last_status: u16::try_from(row.try_get::<i32, _>(first + 5)?).unwrap_or(0),
+        last_failure_kind: row.try_get(first + 6)?,
+        container_id: row.try_get(first + 7)?,
+    })
+}
+
+/// One statement for any number of rows (UNNEST of column arrays), each row written only
+/// if it is at its expected version (0: only if there is no row). Returns the rows
+/// written with their new versions.
+async fn write_snapshots<'e, E: PgExecutor<'e>>(
     executor: E,
     rows: &[SnapshotRow],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let game_ids: Vec<&str> = rows.iter().map(|r| r.game_id.as_str()).collect();
     let statuses: Vec<&str> = rows.iter().map(|r| r.health.status().as_str()).collect();
@@ -266,27 +384,32 @@ async fn upsert_snapshots<'e, E: PgExecutor<'e>>(
     let error: Vec<Option<&str>> = rows.iter().map(|r| r.last_error.as_deref()).collect();
     let kind: Vec<Option<&str>> = rows.iter().map(|r| r.last_failure_kind).collect();
     let latency: Vec<f64> = rows.iter().map(|r| r.last_latency_ms).collect();
-    sqlx::query(
-        "INSERT INTO health_snapshots (game_id, status, consecutive_failures, \
-           consecutive_successes, episode_failures, failure_published, last_probe_at, \
-           last_success_at, last_status, last_error, last_failure_kind, last_latency_ms, updated_at) \
-         SELECT g, s, cf, cs, ef, fp, pa, sa, ls, le, lk, ll, now() FROM UNNEST( \
+    let expected: Vec<i64> = rows.iter().map(|r| r.expected_version).collect();
+    let containers: Vec<Option<&str>> = rows.iter().map(|r| r.container_id.as_deref()).collect();
+    // In READ COMMITTED a concurrent writer's UPDATE waits for the row lock, then sees the
+    // new version and skips the row; two INSERTs of a new row: one wins, one does nothing.
+    sqlx::query_as::<_, (String, i64)>(
+        "WITH input AS (SELECT * FROM UNNEST( \
            $1::text[], $2::text[], $3::int4[], $4::int4[], $5::int4[], $6::bool[], \
-           $7::timestamptz[], $8::timestamptz[], $9::int4[], $10::text[], $11::text[], $12::float8[]) \
-           AS t(g, s, cf, cs, ef, fp, pa, sa, ls, le, lk, ll) \
-         ON CONFLICT (game_id) DO UPDATE SET \
-           status = EXCLUDED.status, \
-           consecutive_failures = EXCLUDED.consecutive_failures, \
-           consecutive_successes = EXCLUDED.consecutive_successes, \
-           episode_failures = EXCLUDED.episode_failures, \
-           failure_published = EXCLUDED.failure_published, \
-           last_probe_at = EXCLUDED.last_probe_at, \
-           last_success_at = COALESCE(EXCLUDED.last_success_at, health_snapshots.last_success_at), \
-           last_status = EXCLUDED.last_status, \
-           last_error = EXCLUDED.last_error, \
-           last_failure_kind = EXCLUDED.last_failure_kind, \
-           last_latency_ms = EXCLUDED.last_latency_ms, \
-           updated_at = now()",
+           $7::timestamptz[], $8::timestamptz[], $9::int4[], $10::text[], $11::text[], $12::float8[], \
+           $13::int8[], $14::text[]) \
+           AS t(g, s, cf, cs, ef, fp, pa, sa, ls, le, lk, ll, v, c)), \
+         updated AS (UPDATE health_snapshots h SET \
+           status = i.s, consecutive_failures = i.cf, consecutive_successes = i.cs, \
+           episode_failures = i.ef, failure_published = i.fp, last_probe_at = i.pa, \
+           last_success_at = COALESCE(i.sa, h.last_success_at), last_status = i.ls, \
+           last_error = i.le, last_failure_kind = i.lk, last_latency_ms = i.ll, \
+           container_id = i.c, version = nextval('health_snapshots_version_seq'), updated_at = now() \
+           FROM input i WHERE h.game_id = i.g AND i.v > 0 AND h.version = i.v \
+           RETURNING h.game_id, h.version), \
+         inserted AS (INSERT INTO health_snapshots (game_id, status, consecutive_failures, \
+           consecutive_successes, episode_failures, failure_published, last_probe_at, \
+           last_success_at, last_status, last_error, last_failure_kind, last_latency_ms, \
+           container_id, version, updated_at) \
+           SELECT g, s, cf, cs, ef, fp, pa, sa, ls, le, lk, ll, c, nextval('health_snapshots_version_seq'), now() FROM input WHERE v = 0 \
+           ON CONFLICT (game_id) DO NOTHING \
+           RETURNING game_id, version) \
+         SELECT game_id, version FROM updated UNION ALL SELECT game_id, version FROM inserted",
     )
     .bind(game_ids)
     .bind(statuses)
@@ -300,9 +423,10 @@ async fn upsert_snapshots<'e, E: PgExecutor<'e>>(
     .bind(error)
     .bind(kind)
     .bind(latency)
-    .execute(executor)
+    .bind(expected)
+    .bind(containers)
+    .fetch_all(executor)
     .await
-    .map(drop)
 }
 
 /// One row of the per-game health view (`GET /games`, `healthprobe status`): a running
@@ -354,21 +478,6 @@ pub fn glob_to_like(glob: &str) -> String {
 }
 
 impl Store {
-    /// The running record of one game, `None` when it is unknown or not running.
-    pub async fn running_record(
-        &self,
-        game_id: &str,
-    ) -> Result<Option<RuntimeRecord>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT game_id, current_container_id, engine_endpoint \
-             FROM runtime_records WHERE status = 'running' AND game_id = $1",
-        )
-        .bind(game_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(runtime_record).transpose()
-    }
-
     /// One page of running games with their health, ordered by `game_id`. Keyset
     /// pagination (`game_id > after`) rather than OFFSET: each page costs the same however
     /// deep it is, and games added or removed between pages neither repeat nor shift others.
@@ -448,6 +557,119 @@ impl Store {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// A replica as the membership table shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub replica_id: String,
+    pub status_addr: Option<String>,
+    pub version: String,
+    pub heartbeat_at: DateTime<Utc>,
+    pub lease_expires_at: DateTime<Utc>,
+    /// The lease has not expired (by Postgres' clock).
+    pub live: bool,
+}
+
+/// This replica's heartbeat: what it tells the others about itself.
+#[derive(Debug, Clone)]
+pub struct Heartbeat<'a> {
+    pub replica_id: &'a str,
+    pub status_addr: Option<&'a str>,
+    pub version: &'a str,
+    pub lease_ttl: Duration,
+    /// Backend pid of the connection holding the relay lock, when this replica holds it.
+    pub relay_pid: Option<i32>,
+    /// Rows of members whose lease expired this long ago are removed.
+    pub forget_after: Duration,
+}
+
+impl Store {
+    /// Renews this replica's lease and reads every member, in one statement. Postgres'
+    /// clock decides what is live, so replicas' clocks need not agree.
+    pub async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<Vec<Member>, sqlx::Error> {
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "WITH me AS ( \
+               INSERT INTO healthprobe_members \
+                 (replica_id, status_addr, version, heartbeat_at, lease_expires_at, relay_pid) \
+               VALUES ($1, $2, $3, now(), now() + $4 * interval '1 millisecond', $5) \
+               ON CONFLICT (replica_id) DO UPDATE SET status_addr = EXCLUDED.status_addr, \
+                 version = EXCLUDED.version, heartbeat_at = now(), \
+                 lease_expires_at = EXCLUDED.lease_expires_at, relay_pid = EXCLUDED.relay_pid \
+               RETURNING replica_id, status_addr, version, heartbeat_at, lease_expires_at, true AS live), \
+             forgotten AS ( \
+               DELETE FROM healthprobe_members \
+               WHERE replica_id <> $1 AND lease_expires_at < now() - $6 * interval '1 millisecond') \
+             SELECT replica_id, status_addr, version, heartbeat_at, lease_expires_at, \
+                    lease_expires_at > now() AS live \
+               FROM healthprobe_members WHERE replica_id <> $1 \
+             UNION ALL SELECT * FROM me ORDER BY replica_id",
+        )
+        .bind(beat.replica_id)
+        .bind(beat.status_addr)
+        .bind(beat.version)
+        .bind(millis(beat.lease_ttl))
+        .bind(beat.relay_pid)
+        .bind(millis(beat.forget_after))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(member).collect()
+    }
+
+    /// Every member, live or not, for `healthprobe status --members`.
+    pub async fn members(&self) -> Result<Vec<Member>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT replica_id, status_addr, version, heartbeat_at, lease_expires_at, \
+                    lease_expires_at > now() AS live \
+             FROM healthprobe_members ORDER BY replica_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(member).collect()
+    }
+
+    /// Leaves the membership (SIGTERM): the others share this replica's games at their next
+    /// heartbeat instead of waiting for its lease to expire.
+    pub async fn leave(&self, replica_id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM healthprobe_members WHERE replica_id = $1")
+            .bind(replica_id)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+    }
+
+    /// Ends the Postgres session of a relay holder whose lease has expired (a frozen or
+    /// cut-off process keeps its connection, and with it the advisory lock, open). Only a
+    /// backend that really holds the lock `(lock_class, lock_id)` is ended. Returns the
+    /// replica whose session was ended.
+    pub async fn end_expired_relay_holder(
+        &self,
+        lock_class: i32,
+        lock_id: i32,
+    ) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT m.replica_id FROM healthprobe_members m \
+             JOIN pg_locks l ON l.pid = m.relay_pid AND l.locktype = 'advisory' AND l.granted \
+               AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 2 \
+             WHERE m.lease_expires_at < now() AND pg_terminate_backend(m.relay_pid)",
+        )
+        .bind(i64::from(lock_class as u32))
+        .bind(i64::from(lock_id as u32))
+        .fetch_optional(&self.pool)
+        .await
+    }
+}
+
+fn member(row: &PgRow) -> Result<Member, sqlx::Error> {
+    Ok(Member {
+        replica_id: row.try_get(0)?,
+        status_addr: row.try_get(1)?,
+        version: row.try_get(2)?,
+        heartbeat_at: row.try_get(3)?,
+        lease_expires_at: row.try_get(4)?,
+        live: row.try_get(5)?,
+    })
 }
 
 #[cfg(test)]

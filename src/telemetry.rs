@@ -38,6 +38,10 @@ pub struct Metrics {
     running_records: Gauge<u64>,
     outbox_pending: Gauge<u64>,
     publish_errors: Counter<u64>,
+    owned_games: Gauge<u64>,
+    membership_changes: Counter<u64>,
+    commit_conflicts: Counter<u64>,
+    relay_held: Gauge<u64>,
 }
 
 impl Metrics {
@@ -77,6 +81,24 @@ impl Metrics {
                 .u64_counter("healthprobe.publish.errors")
                 .with_description("Failed attempts to publish the outbox to JetStream")
                 .build(),
+            owned_games: meter
+                .u64_gauge("healthprobe.owned_games")
+                .with_description("Running games this replica probes (its share of the fleet)")
+                .build(),
+            membership_changes: meter
+                .u64_counter("healthprobe.membership.changes")
+                .with_description("Changes of the set of live replicas seen by this one")
+                .build(),
+            commit_conflicts: meter
+                .u64_counter("healthprobe.commit.conflicts")
+                .with_description(
+                    "Writes refused because another writer changed the game first (reloaded, decided again)",
+                )
+                .build(),
+            relay_held: meter
+                .u64_gauge("healthprobe.relay.held")
+                .with_description("1 while this replica holds the outbox relay, else 0")
+                .build(),
         }
     }
 
@@ -112,6 +134,24 @@ impl Metrics {
 
     pub fn publish_failed(&self) {
         self.publish_errors.add(1, &[]);
+    }
+
+    pub fn owned_games(&self, count: usize) {
+        self.owned_games.record(count as u64, &[]);
+    }
+
+    pub fn membership_changed(&self) {
+        self.membership_changes.add(1, &[]);
+    }
+
+    pub fn commit_conflicts(&self, count: usize) {
+        if count > 0 {
+            self.commit_conflicts.add(count as u64, &[]);
+        }
+    }
+
+    pub fn relay_held(&self, held: bool) {
+        self.relay_held.record(u64::from(held), &[]);
     }
 }
 

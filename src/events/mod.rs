@@ -2,4 +2,5 @@
 
 pub mod envelope;
 pub mod jetstream;
+pub mod leader;
 pub mod relay;

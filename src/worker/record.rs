@@ -1,0 +1,292 @@
+//! The commit-before-memory rule, in one place: a decision is written to Postgres
+//! (conditionally on the version it was made from) and only then settled in the
+//! [`GameTable`]. Transitions commit one by one with their event; unchanged games are
+//! written in batches; games no longer running are pruned.
+//!
+//! Whatever Postgres answers, memory never runs ahead of it: a conflict (another writer
+//! got there first) or any error (including a commit whose outcome is unknown) leaves the
+//! game as it was, and the next [`GameTable::sync`] reloads it from the row before it is
+//! decided again (DESIGN §3, §12).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use thiserror::Error;
+use tokio::sync::Notify;
+
+use super::games::{Decision, Facts, GameTable, Settled};
+use super::report::TickReport;
+use crate::ErrorChain;
+use crate::events::envelope::{Details, FailedDetails, HealthEvent, RecoveredDetails};
+use crate::hysteresis::Transition;
+use crate::probe::ProbeOutcome;
+use crate::store::{RuntimeRecord, SnapshotRow, Store, WriteError};
+use crate::telemetry::Metrics;
+
+/// Snapshots are written in batches of at most this many rows: bounded memory (about 3 MB)
+/// and statement size. Twice the refresh budget, so one refresh turn (about 10k rows, a
+/// hash's share give or take) plus the games that changed fit in one statement.
+pub const SNAPSHOT_BATCH: usize = 2 * super::games::SNAPSHOT_REFRESH_BUDGET;
+
+/// Why a transition was not recorded.
+#[derive(Debug, Error)]
+pub enum RecordError {
+    /// Another writer changed the game first; nothing was written.
+    #[error("another writer changed the game first")]
+    Conflict(#[source] WriteError),
+    /// Postgres failed; the commit may or may not have happened.
+    #[error("the commit failed or its outcome is unknown")]
+    Failed(#[source] WriteError),
+}
+
+/// A snapshot write waiting for the next batch, with the decision it settles.
+#[derive(Debug)]
+pub struct PendingWrite {
+    pub row: SnapshotRow,
+    pub decision: Decision,
+    pub facts: Facts,
+}
+
+/// Writes decisions and settles them.
+pub struct Recorder {
+    store: Store,
+    metrics: Metrics,
+    outbox_wake: Arc<Notify>,
+}
+
+impl Recorder {
+    pub fn new(store: Store, metrics: Metrics, outbox_wake: Arc<Notify>) -> Self {
+        Self {
+            store,
+            metrics,
+            outbox_wake,
+        }
+    }
+
+    /// Records one probe's decision: a transition commits now with its event; a change
+    /// without one joins the batch; an unchanged game moves on in memory only.
+    pub async fn record(
+        &self,
+        games: &mut GameTable,
+        record: &RuntimeRecord,
+        decision: Decision,
+        outcome: &ProbeOutcome,
+        report: &mut TickReport,
+        batch: &mut Vec<PendingWrite>,
+    ) {
+        let facts = Facts::of(outcome);
+        if !decision.write {
+            games.settle(&record.game_id, &decision, facts, Settled::Unwritten);
+            return;
+        }
+        let row = snapshot_row(&record.game_id, &decision, outcome);
+        let Some(transition) = decision.transition else {
+            batch.push(PendingWrite {
+                row,
+                decision,
+                facts,
+            });
+            return;
+        };
+        let event = HealthEvent::new(
+            record.game_id.clone(),
+            record.container_id.as_deref(),
+            outcome.completed_at,
+            details(transition, outcome),
+        );
+        match self.transition(&event, &row).await {
+            Ok(version) => {
+                games.settle(
+                    &record.game_id,
+                    &decision,
+                    facts,
+                    Settled::Committed { version },
+                );
+                self.metrics.event_emitted(event.event_type());
+                self.outbox_wake.notify_one();
+                tracing::info!(
+                    event_type = event.event_type().as_str(),
+                    event_id = %event.event_id,
+                    game_id = %bounded(&event.game_id),
+                    container_id = %bounded(&event.container_id),
+                    details = %bounded(&serde_json::to_string(&event.details).unwrap_or_default()),
+                    "health event recorded"
+                );
+                report.events.push(event);
+            }
+            Err(RecordError::Conflict(why)) => {
+                games.settle(&record.game_id, &decision, facts, Settled::Conflict);
+                report.conflicts += 1;
+                self.metrics.commit_conflicts(1);
+                tracing::info!(
+                    game_id = %bounded(&record.game_id),
+                    event_type = event.event_type().as_str(),
+                    reason = %why,
+                    "not recorded: another writer changed the game first; it is reloaded and decided again"
+                );
+            }
+            Err(RecordError::Failed(e)) => {
+                games.settle(&record.game_id, &decision, facts, Settled::Failed);
+                report.failed_commits += 1;
+                tracing::warn!(
+                    game_id = %bounded(&record.game_id),
+                    event_type = event.event_type().as_str(),
+                    error = %ErrorChain(&e),
+                    "could not commit a health event; the game is reloaded from Postgres and decided again next tick"
+                );
+            }
+        }
+    }
+
+    /// Commits a transition's snapshot and event. Public so tests can drive the rule.
+    pub async fn transition(
+        &self,
+        event: &HealthEvent,
+        row: &SnapshotRow,
+    ) -> Result<i64, RecordError> {
+        match self.store.record_transition(event, row).await {
+            Ok(version) => Ok(version),
+            Err(e @ (WriteError::Conflict { .. } | WriteError::DuplicateEpisode { .. })) => {
+                Err(RecordError::Conflict(e))
+            }
+            Err(e) => Err(RecordError::Failed(e)),
+        }
+    }
+
+    /// Writes the batch and settles each game as far as its write went.
+    pub async fn flush(
+        &self,
+        games: &mut GameTable,
+        batch: &mut Vec<PendingWrite>,
+        report: &mut TickReport,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        let writing = Instant::now();
+        let rows: Vec<SnapshotRow> = batch.iter().map(|p| p.row.clone()).collect();
+        match self.store.write_snapshots(&rows).await {
+            Ok(writes) => {
+                tracing::debug!(rows = rows.len(), conflicts = writes.conflicts.len(), duration = ?writing.elapsed(), "snapshots written");
+                let versions: std::collections::HashMap<&str, i64> = writes
+                    .written
+                    .iter()
+                    .map(|(g, v)| (g.as_str(), *v))
+                    .collect();
+                for pending in batch.drain(..) {
+                    let settled = match versions.get(pending.row.game_id.as_str()) {
+                        Some(&version) => Settled::Committed { version },
+                        None => Settled::Conflict,
+                    };
+                    games.settle(
+                        &pending.row.game_id,
+                        &pending.decision,
+                        pending.facts,
+                        settled,
+                    );
+                }
+                if !writes.conflicts.is_empty() {
+                    report.conflicts += writes.conflicts.len();
+                    self.metrics.commit_conflicts(writes.conflicts.len());
+                    tracing::info!(
+                        games = writes.conflicts.len(),
+                        first = %bounded(&writes.conflicts[0]),
+                        "snapshots not written: another writer changed these games first; they are reloaded and decided again"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(rows = batch.len(), error = %ErrorChain(&e), "could not write snapshots; counters not advanced, games reloaded next tick");
+                report.store_errors.push(format!(
+                    "writing {} snapshots: {}",
+                    batch.len(),
+                    ErrorChain(&e)
+                ));
+                for pending in batch.drain(..) {
+                    games.settle(
+                        &pending.row.game_id,
+                        &pending.decision,
+                        pending.facts,
+                        Settled::Failed,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Forgets games that are no longer running: their rows, then memory.
+    pub async fn prune(&self, games: &mut GameTable, generation: u64, report: &mut TickReport) {
+        let gone = games.not_seen_since(generation);
+        if gone.is_empty() {
+            return;
+        }
+        match self.store.delete_snapshots(&gone).await {
+            Ok(_) => {
+                games.forget(&gone);
+                report.pruned = gone.len();
+                tracing::debug!(
+                    pruned = gone.len(),
+                    "forgot games that are no longer running"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "could not prune snapshots; will retry next tick");
+                report.store_errors.push(format!(
+                    "pruning {} games: {}",
+                    gone.len(),
+                    ErrorChain(&e)
+                ));
+            }
+        }
+    }
+}
+
+/// A value from outside (a game id, an error from an engine) cut to a length a log line
+/// can carry.
+pub fn bounded(value: &str) -> &str {
+    const LIMIT: usize = 200;
+    if value.len() <= LIMIT {
+        return value;
+    }
+    let mut end = LIMIT;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}
+
+fn details(transition: Transition, outcome: &ProbeOutcome) -> Details {
+    match transition {
+        Transition::Failed {
+            consecutive_failures,
+        } => Details::Failed(FailedDetails {
+            consecutive_failures,
+            last_status: outcome.status,
+            last_error: outcome
+                .failure
+                .as_ref()
+                .map(|f| f.message.clone())
+                .unwrap_or_default(),
+        }),
+        Transition::Recovered {
+            prior_failure_count,
+        } => Details::Recovered(RecoveredDetails {
+            prior_failure_count,
+        }),
+    }
+}
+
+fn snapshot_row(game_id: &str, decision: &Decision, outcome: &ProbeOutcome) -> SnapshotRow {
+    SnapshotRow {
+        game_id: game_id.to_owned(),
+        expected_version: decision.expected_version,
+        container_id: decision.container_id.clone(),
+        health: decision.next,
+        last_probe_at: outcome.completed_at,
+        last_success_at: outcome.is_healthy().then_some(outcome.completed_at),
+        last_status: outcome.status,
+        last_error: outcome.failure.as_ref().map(|f| f.message.clone()),
+        last_failure_kind: outcome.failure.as_ref().map(|f| f.kind.as_str()),
+        last_latency_ms: outcome.latency.as_secs_f64() * 1000.0,
+    }
+}

@@ -1,0 +1,122 @@
+//! What a tick and an on-demand probe report, and the typed errors they end with.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use thiserror::Error;
+
+use crate::events::envelope::HealthEvent;
+use crate::hysteresis::GameHealth;
+use crate::probe::ProbeOutcome;
+use crate::status::TickSummary;
+use crate::store::RuntimeRecord;
+
+/// What one tick did.
+#[derive(Debug, Default, Clone)]
+pub struct TickReport {
+    /// Running records listed (the whole fleet, every replica lists it all).
+    pub records: usize,
+    /// Of those, the games this replica owns and probed.
+    pub owned: usize,
+    pub probes: usize,
+    pub healthy: usize,
+    pub failed: usize,
+    /// Events committed during this tick, in commit order.
+    pub events: Vec<HealthEvent>,
+    /// Games forgotten because they are no longer running.
+    pub pruned: usize,
+    /// Games whose memory was reloaded from Postgres because the row had moved on (another
+    /// replica wrote it, or a commit reported an error but went through).
+    pub reloaded: usize,
+    /// Games that started clean because their record names a new container.
+    pub new_containers: usize,
+    /// Writes refused because another writer changed the game first; nothing was written
+    /// and the game is decided again from the row.
+    pub conflicts: usize,
+    /// Transitions whose commit failed; they are decided again next tick.
+    pub failed_commits: usize,
+    /// Other writes that failed (snapshots, pruning), as readable sentences.
+    pub store_errors: Vec<String>,
+    /// Stopped early by shutdown: probes in flight finished, no new ones were started.
+    pub interrupted: bool,
+    pub duration: Duration,
+}
+
+impl TickReport {
+    /// Everything decided was recorded (a conflict is not an error: it is the rule working).
+    pub fn is_clean(&self) -> bool {
+        self.failed_commits == 0 && self.store_errors.is_empty()
+    }
+
+    /// The tick reduced to what an operator reads on the status surface.
+    pub fn summary(&self, finished_at: DateTime<Utc>) -> TickSummary {
+        TickSummary {
+            finished_at,
+            records: self.records,
+            owned: self.owned,
+            probes: self.probes,
+            healthy: self.healthy,
+            failures: self.failed,
+            events: self.events.len(),
+            pruned: self.pruned,
+            conflicts: self.conflicts,
+            duration: self.duration,
+            error: (!self.is_clean()).then(|| {
+                let mut errors = self.store_errors.clone();
+                if self.failed_commits > 0 {
+                    errors.push(format!("{} event commits failed", self.failed_commits));
+                }
+                errors.join("; ")
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum TickError {
+    #[error("listing running records failed after {listed} records")]
+    List {
+        listed: usize,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Why an on-demand probe gave no outcome.
+#[derive(Debug, Error)]
+pub enum ProbeOneError {
+    #[error("game {0:?} is not a running game")]
+    NotRunning(String),
+    #[error("looking up the game's runtime record")]
+    Lookup(#[source] sqlx::Error),
+    #[error("the probe ran but could not be recorded: {0}")]
+    NotRecorded(String),
+}
+
+/// What an on-demand probe found and decided.
+#[derive(Debug, Clone)]
+pub struct ProbeOneReport {
+    pub record: RuntimeRecord,
+    pub outcome: ProbeOutcome,
+    /// The game's counters after this probe (committed).
+    pub health: GameHealth,
+    /// The event this probe caused, if any (committed).
+    pub event: Option<HealthEvent>,
+}
+
+/// A failed tick as the status surface shows it.
+pub fn failed_tick_summary(error: &TickError, finished_at: DateTime<Utc>) -> TickSummary {
+    TickSummary {
+        finished_at,
+        records: 0,
+        owned: 0,
+        probes: 0,
+        healthy: 0,
+        failures: 0,
+        events: 0,
+        pruned: 0,
+        conflicts: 0,
+        duration: Duration::ZERO,
+        error: Some(crate::ErrorChain(error).to_string()),
+    }
+}
