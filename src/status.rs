@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
+use crate::live::LiveFeed;
 use crate::store::GameView;
 use crate::worker::TickReport;
 
@@ -100,6 +101,8 @@ struct Board {
 pub struct StatusBoard {
     interval: Duration,
     inner: Arc<Mutex<Board>>,
+    /// Pushes each tick's end to the fleet page's live stream.
+    live: LiveFeed,
 }
 
 /// A copy of the board taken at one instant.
@@ -131,14 +134,22 @@ impl StatusBoard {
                 last_beat: None,
                 last_tick: None,
             })),
+            live: LiveFeed::new(interval),
         }
+    }
+
+    /// The live stream of the fleet page, fed by [`StatusBoard::tick_ended`].
+    pub fn live_feed(&self) -> &LiveFeed {
+        &self.live
     }
 
     /// Records a tick that ended just now.
     pub fn tick_ended(&self, summary: TickSummary) {
         let mut board = self.inner.lock().expect("status board lock");
         board.last_beat = Some(Instant::now());
-        board.last_tick = Some(summary);
+        board.last_tick = Some(summary.clone());
+        drop(board);
+        self.live.tick_ended(&summary);
     }
 
     pub fn snapshot(&self) -> BoardSnapshot {
