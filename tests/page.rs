@@ -216,13 +216,21 @@ async fn the_page_shows_every_game_follows_a_failure_and_recovery_live_and_filte
     eprintln!(
         "fleet page: failing shown {failing_after:?} after the flip, healthy {healthy_after:?} after recovery (interval {interval:?})"
     );
-    drop(browser);
-    let (status, _) = worker.terminate(Duration::from_secs(10)).await;
+    // The open live stream does not hold the worker's shutdown, and the page notices.
+    let (status, took) = worker.terminate(Duration::from_secs(10)).await;
     assert!(
         status.success(),
         "the worker stops cleanly with the page's live stream open: {}",
         worker.log_text()
     );
+    browser
+        .wait_until(
+            "the page to show the lost connection",
+            WAIT_LIMIT,
+            "return document.getElementById('live-state').dataset.state === 'down';",
+        )
+        .await;
+    eprintln!("worker stopped in {took:?} with the page open");
 }
 
 #[tokio::test]
