@@ -273,3 +273,32 @@ async fn metrics_serve_the_instruments_in_the_prometheus_text_format() {
         );
     }
 }
+
+#[tokio::test]
+async fn live_streams_are_limited_and_a_closed_one_frees_its_place() {
+    let env = TestEnv::new().await;
+    let app = TestApp::start(&env, AppOptions::default()).await;
+    let limit = healthprobe::live::MAX_SUBSCRIBERS;
+    let mut open = Vec::new();
+    for _ in 0..limit {
+        let mut response = reqwest::get(format!("{}/live", app.base)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut buffer = String::new();
+        next_event(&mut response, &mut buffer, "hello").await;
+        open.push(response);
+    }
+    let refused = app.get("/live").await;
+    assert_eq!(refused.code, 503, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "busy");
+    // Other endpoints are not affected.
+    assert_eq!(app.get("/games/counts").await.code, 200);
+    // A browser that leaves frees its place once the server notices (at the latest on the
+    // next write; the board's next tick is an hour away here, so wait for the drop).
+    drop(open.pop());
+    let again = wait_for("a free place after a stream closed", WAIT_LIMIT, || async {
+        let response = reqwest::get(format!("{}/live", app.base)).await.ok()?;
+        (response.status() == 200).then_some(response)
+    })
+    .await;
+    assert_eq!(again.status(), 200);
+}
