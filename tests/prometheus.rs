@@ -20,7 +20,8 @@ const PROMETHEUS_LIMIT: Duration = Duration::from_secs(60);
 
 fn prometheus_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("HEALTHPROBE_PROMETHEUS_BIN") {
-        return Some(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        return path.exists().then_some(path);
     }
     ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
         .into_iter()

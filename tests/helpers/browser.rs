@@ -34,7 +34,8 @@ const CHROMIUM_FLAGS: [&str; 8] = [
 
 fn find_program(variable: &str, candidates: &[&str]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(variable) {
-        return Some(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        return path.exists().then_some(path);
     }
     candidates
         .iter()
