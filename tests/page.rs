@@ -234,7 +234,7 @@ async fn the_page_shows_every_game_follows_a_failure_and_recovery_live_and_filte
 }
 
 #[tokio::test]
-async fn the_page_pages_through_ten_thousand_games_without_slowing_down() {
+async fn the_page_pages_through_ten_thousand_games_one_page_in_the_document_at_a_time() {
     if !browser::available("the 10,000-game page test") {
         return;
     }
