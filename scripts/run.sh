@@ -54,6 +54,7 @@ cargo build --release --locked --bin healthprobe
 BIN=target/release/healthprobe
 
 if [[ $WORKER_ONLY -eq 1 ]]; then
+    echo "run: the fleet page at http://${HEALTHPROBE_HTTP_ADDR:-127.0.0.1:8097}/ (metrics at /metrics)" >&2
     "$BIN" run "$@" &
     PIDS+=($!)
     wait "${PIDS[0]}"
@@ -82,6 +83,8 @@ PIDS+=($!)
 cat >&2 <<EOF
 demo: fleet of ${DEMO_ENGINES:-12} engines (list: $LOGS/fleet.txt), worker ticking every ${DEMO_INTERVAL:-2s}
 demo: logs in $LOGS/worker.log and $LOGS/fleet.log
+demo: the fleet page (live):  http://$HEALTHPROBE_HTTP_ADDR/
+demo: Prometheus metrics:     http://$HEALTHPROBE_HTTP_ADDR/metrics
 demo: try  curl -s http://$HEALTHPROBE_HTTP_ADDR/status?format=text
 demo:      curl -s 'http://$HEALTHPROBE_HTTP_ADDR/games?status=failing'
 demo:      $BIN status

@@ -24,6 +24,27 @@ if [[ -z "${HEALTHPROBE_NATS_SERVER_BIN:-}" ]]; then
     export HEALTHPROBE_NATS_SERVER_BIN
 fi
 
+# --- Operator's view (issue 13): the fleet page runs in headless Chromium driven by
+# chromedriver (tests/page.rs), and a Prometheus server scrapes /metrics
+# (tests/prometheus.rs). Debian packages, installed when missing and this runs as root;
+# otherwise those tests fail naming what to install (HEALTHPROBE_SKIP_BROWSER=1 /
+# HEALTHPROBE_SKIP_PROMETHEUS=1 skip them instead).
+operator_view_packages=()
+[[ -x /usr/bin/chromium ]] || operator_view_packages+=(chromium)
+[[ -x /usr/bin/chromedriver ]] || operator_view_packages+=(chromium-driver)
+[[ -x /usr/bin/prometheus ]] || operator_view_packages+=(prometheus)
+if [[ ${#operator_view_packages[@]} -gt 0 ]]; then
+    if [[ $(id -u) -eq 0 ]]; then
+        echo "test: installing ${operator_view_packages[*]} (Debian packages) for the page and Prometheus tests" >&2
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${operator_view_packages[@]}" >&2
+    else
+        echo "test: ${operator_view_packages[*]} missing and not root: tests/page.rs and tests/prometheus.rs will say what to install" >&2
+    fi
+fi
+# --- end of the operator's view block
+
 # The deployment files (compose, Dockerfile) are checked first: quick, no Docker needed.
 scripts/lint-deploy.sh
 

@@ -1,5 +1,6 @@
 //! The worker's own HTTP surface (DESIGN §11): liveness, readiness, status, the per-game
-//! health view and on-demand probes.
+//! health view and on-demand probes; for operators, the live fleet page (`GET /`, fed by
+//! `GET /live`) and the Prometheus scrape (`GET /metrics`).
 //!
 //! Handlers read the shared [`StatusBoard`] and Postgres, and talk to the worker only
 //! through its command channel: the worker's state has one owner, its run loop. Every
@@ -11,12 +12,16 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::Router;
+use std::convert::Infallible;
+
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -24,8 +29,10 @@ use tokio_util::sync::CancellationToken;
 use crate::ErrorChain;
 use crate::events::envelope::HealthEvent;
 use crate::hysteresis::HealthStatus;
+use crate::live;
+use crate::scrape::{self, Scrape};
 use crate::status::{self, Observed, StatusBoard, game_json, rfc3339};
-use crate::store::{GamesQuery, Store};
+use crate::store::{GamesQuery, LoggedEvent, Store};
 use crate::worker::{ProbeOneError, ProbeOneReport, WorkerCommand};
 
 /// Bound on each dependency check of `/readyz` and `/status`: an orchestrator's probe
@@ -39,6 +46,21 @@ pub const MAX_LIMIT: i64 = 1000;
 /// Longest accepted `game_id` glob; a longer one is a mistake, not a query.
 const MAX_GLOB_LEN: usize = 512;
 
+/// `GET /events` size: default and maximum. The page shows the latest few; the log itself is
+/// read with `healthprobe tail` or SQL.
+pub const DEFAULT_EVENTS: i64 = 20;
+pub const MAX_EVENTS: i64 = 200;
+
+/// The fleet page: one self-contained HTML file (inline CSS and JS, nothing fetched from
+/// elsewhere), so it works offline and behind a locked-down network.
+const FLEET_PAGE: &str = include_str!("fleet_page.html");
+
+/// What the page may load: only itself and this origin's endpoints. A browser refuses any
+/// external font, script or image, so a slip that would need the internet shows at once.
+const FLEET_PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct HttpState {
@@ -49,10 +71,17 @@ pub struct HttpState {
     /// How long `POST /games/{id}/probe` waits for the worker: the probe itself plus a
     /// tick that may be in progress (commands are served between ticks).
     pub probe_reply_limit: Duration,
+    /// The instruments, read on demand for `GET /metrics`.
+    pub metrics: Scrape,
 }
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
+        .route("/", get(fleet_page))
+        .route("/live", get(live_updates))
+        .route("/events", get(events))
+        .route("/games/counts", get(game_counts))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
@@ -69,12 +98,19 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `stop`, then finishes the requests in flight (graceful shutdown).
+/// Tells streaming responses (`GET /live`) that the server is shutting down: a graceful
+/// shutdown waits for every response to end, and a live stream would never end by itself.
+#[derive(Clone)]
+struct ServerStopping(CancellationToken);
+
+/// Serves until `stop`, then finishes the requests in flight (graceful shutdown); live
+/// streams end at `stop`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let router = router.layer(Extension(ServerStopping(stop.clone())));
     axum::serve(listener, router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
@@ -464,7 +500,15 @@ async fn probe(
             "unavailable",
             "the worker stopped before probing",
         ),
-        Ok(Ok(Ok(report))) => json_response(StatusCode::OK, probe_json(&report)),
+        Ok(Ok(Ok(report))) => {
+            if let Some(event) = &report.event {
+                state.board.live_feed().event_recorded(json!({
+                    "game_id": report.record.game_id,
+                    "event": event_json(event),
+                }));
+            }
+            json_response(StatusCode::OK, probe_json(&report))
+        }
         Ok(Ok(Err(e @ ProbeOneError::NotRunning(_)))) => {
             error(StatusCode::NOT_FOUND, "not_found", e.to_string())
         }
@@ -472,6 +516,147 @@ async fn probe(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             ErrorChain(&e).to_string(),
+        ),
+    }
+}
+
+async fn fleet_page(RawQuery(raw): RawQuery) -> Response {
+    // The page keeps its filters in the URL fragment, never in the query.
+    if let Err(bad) = params(raw, &[]) {
+        return bad.into_response();
+    }
+    let mut response = FLEET_PAGE.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(FLEET_PAGE_CSP),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `GET /live`: Server-Sent Events, `hello` first, then `tick` at each tick's end and
+/// `health_event` for events outside ticks (see [`crate::live`]). Comments keep idle
+/// connections open through proxies.
+async fn live_updates(
+    State(state): State<HttpState>,
+    RawQuery(raw): RawQuery,
+    stopping: Option<Extension<ServerStopping>>,
+) -> Response {
+    if let Err(bad) = params(raw, &[]) {
+        return bad.into_response();
+    }
+    let feed = state.board.live_feed();
+    if feed.subscribers() >= live::MAX_SUBSCRIBERS {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "{} live streams are open already; close one or retry later",
+                live::MAX_SUBSCRIBERS
+            ),
+        );
+    }
+    let stop = stopping.map(|Extension(s)| s.0).unwrap_or_default();
+    let stream = feed
+        .subscribe(stop)
+        .map(|update| Ok::<_, Infallible>(Event::default().event(update.kind).data(update.data)));
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+fn logged_event_json(event: &LoggedEvent) -> Value {
+    json!({
+        "event_id": event.event_id.to_string(),
+        "game_id": event.game_id,
+        "container_id": event.container_id,
+        "event_type": event.event_type,
+        "occurred_at": rfc3339(event.occurred_at),
+        "details": event.details,
+        "published": event.published,
+    })
+}
+
+/// `GET /events?limit=N`: the latest health events of the log, newest first.
+async fn events(State(state): State<HttpState>, RawQuery(raw): RawQuery) -> Response {
+    let limit = match params(raw, &["limit"]).and_then(|p| match p.get("limit") {
+        None => Ok(DEFAULT_EVENTS),
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (1..=MAX_EVENTS).contains(&n) => Ok(n),
+            _ => Err(bad_request(format!(
+                "limit must be an integer from 1 to {MAX_EVENTS}, got {raw:?}"
+            ))),
+        },
+    }) {
+        Ok(limit) => limit,
+        Err(bad) => return bad.into_response(),
+    };
+    match state.store.latest_events(limit).await {
+        Ok(rows) => json_response(
+            StatusCode::OK,
+            json!({ "events": rows.iter().map(logged_event_json).collect::<Vec<_>>() }),
+        ),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("reading the events from Postgres: {}", ErrorChain(&e)),
+        ),
+    }
+}
+
+/// `GET /games/counts`: running games in total and by status (every status present, zero
+/// when none).
+async fn game_counts(State(state): State<HttpState>, RawQuery(raw): RawQuery) -> Response {
+    if let Err(bad) = params(raw, &[]) {
+        return bad.into_response();
+    }
+    match state.store.status_counts().await {
+        Ok(rows) => {
+            let mut by_status = serde_json::Map::new();
+            for status in ["failing", "suspect", "unknown", "healthy"] {
+                by_status.insert(status.into(), json!(0));
+            }
+            let mut total = 0;
+            for (status, count) in rows {
+                total += count;
+                by_status.insert(status, json!(count));
+            }
+            json_response(
+                StatusCode::OK,
+                json!({ "total": total, "by_status": by_status }),
+            )
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("counting the games in Postgres: {}", ErrorChain(&e)),
+        ),
+    }
+}
+
+/// `GET /metrics`: the instruments in the Prometheus text format.
+async fn metrics(State(state): State<HttpState>, RawQuery(raw): RawQuery) -> Response {
+    if let Err(bad) = params(raw, &[]) {
+        return bad.into_response();
+    }
+    match state.metrics.render() {
+        Ok(text) => {
+            let mut response = text.into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(scrape::CONTENT_TYPE),
+            );
+            response
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics_unavailable",
+            format!("collecting the metrics: {e}"),
         ),
     }
 }

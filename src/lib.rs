@@ -3,14 +3,17 @@
 //! Data flows one way: [`config`] → [`store`] → [`probe`] → [`hysteresis`] → [`worker`] →
 //! [`events`] → [`telemetry`]. `main.rs` only wires these together and handles signals.
 //! Around them: [`status`] (what the worker tells about itself), [`http`] (the worker's
-//! own HTTP surface) and [`fleet`] (a simulated engine fleet for demos and tests).
+//! own HTTP surface, with the live fleet page fed by [`live`] and the Prometheus scrape of
+//! [`scrape`]) and [`fleet`] (a simulated engine fleet for demos and tests).
 
 pub mod config;
 pub mod events;
 pub mod fleet;
 pub mod http;
 pub mod hysteresis;
+pub mod live;
 pub mod probe;
+pub mod scrape;
 pub mod status;
 pub mod store;
 pub mod telemetry;

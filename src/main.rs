@@ -237,12 +237,13 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
         board: board.clone(),
         commands,
         probe_reply_limit: args.probe.probe_timeout + PROBE_REPLY_SLACK,
+        metrics: telemetry.scrape(),
     });
     let http_stop = CancellationToken::new();
     let http_task = tasks.spawn({
         let http_stop = http_stop.clone();
         async move {
-            tracing::info!(addr = %http_addr, "status endpoints listening");
+            tracing::info!(addr = %http_addr, page = %format!("http://{http_addr}/"), "status endpoints listening");
             match http::serve(listener, router, http_stop).await {
                 Ok(()) => tracing::info!("status endpoints stopped: shutdown requested"),
                 Err(e) => tracing::error!(error = %e, "status endpoints stopped: server error"),

@@ -15,6 +15,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::live::LiveFeed;
 use crate::store::{GameView, Member};
 
 /// Liveness allows this many intervals between two tick ends (DESIGN §11): one slow tick
@@ -96,6 +97,8 @@ pub struct StatusBoard {
     interval: Duration,
     started: Instant,
     tx: Arc<watch::Sender<WorkerView>>,
+    /// Pushes each tick's end to the fleet page's live stream.
+    live: LiveFeed,
 }
 
 /// A copy of the board taken at one instant.
@@ -126,11 +129,18 @@ impl StatusBoard {
             interval,
             started: Instant::now(),
             tx: Arc::new(watch::Sender::new(WorkerView::default())),
+            live: LiveFeed::new(interval),
         }
+    }
+
+    /// The live stream of the fleet page, fed by [`StatusBoard::tick_ended`].
+    pub fn live_feed(&self) -> &LiveFeed {
+        &self.live
     }
 
     /// Records a tick that ended just now.
     pub fn tick_ended(&self, summary: TickSummary) {
+        self.live.tick_ended(&summary);
         self.tx.send_modify(|view| {
             view.last_beat = Some(Instant::now());
             view.last_tick = Some(summary);

@@ -447,6 +447,19 @@ pub struct GameView {
     pub last_failure_kind: Option<String>,
 }
 
+/// One row of the event log as the status surface shows it (`GET /events`). Read as
+/// stored, not decoded into a [`HealthEvent`]: a row the relay set aside still shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent {
+    pub event_id: Uuid,
+    pub game_id: String,
+    pub container_id: String,
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub details: serde_json::Value,
+    pub published: bool,
+}
+
 /// Which games a page of [`Store::games_page`] holds.
 #[derive(Debug, Clone, Default)]
 pub struct GamesQuery {
@@ -516,6 +529,44 @@ impl Store {
                     last_status: row.try_get(8)?,
                     last_error: row.try_get(9)?,
                     last_failure_kind: row.try_get(10)?,
+                })
+            })
+            .collect()
+    }
+
+    /// How many running games are in each health status (`unknown` includes games without
+    /// a snapshot yet): the fleet page's totals. One pass over the running records.
+    pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT COALESCE(s.status, 'unknown') AS status, count(*) \
+             FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
+             WHERE r.status = 'running' GROUP BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The latest `limit` events of the log, newest first, as they were recorded (details
+    /// as stored, whether the relay has published them). Served by the `seq` index.
+    pub async fn latest_events(&self, limit: i64) -> Result<Vec<LoggedEvent>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT event_id, game_id, container_id, event_type, occurred_at, details, \
+               published_at IS NOT NULL \
+             FROM health_events ORDER BY seq DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(LoggedEvent {
+                    event_id: row.try_get(0)?,
+                    game_id: row.try_get(1)?,
+                    container_id: row.try_get(2)?,
+                    event_type: row.try_get(3)?,
+                    occurred_at: row.try_get(4)?,
+                    details: row.try_get(5)?,
+                    published: row.try_get(6)?,
                 })
             })
             .collect()

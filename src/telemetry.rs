@@ -3,7 +3,8 @@
 //! Metrics go through [`Metrics`], built from any `Meter`, so tests hand it an in-memory
 //! reader and production an OTLP one. When no OTLP endpoint is configured, or
 //! `OTEL_SDK_DISABLED=true`, no exporter exists at all: nothing is sent and nothing
-//! complains.
+//! complains. The instruments can always be scraped at `GET /metrics` (Prometheus text,
+//! [`crate::scrape`]): its reader is registered either way.
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
 use crate::events::envelope::EventType;
+use crate::scrape::Scrape;
 
 /// Instrumentation scope of every instrument.
 pub const METER_NAME: &str = "healthprobe";
@@ -26,6 +28,19 @@ pub const METER_NAME: &str = "healthprobe";
 /// Bound on flushing telemetry at shutdown, so an unreachable collector cannot hold the
 /// exit past the SIGTERM budget.
 const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// Bucket bounds (seconds) of `healthprobe.probe.duration`. The SDK's default bounds (0, 5,
+/// 10, 25 … 10000) are made for milliseconds and would put every probe in the first bucket;
+/// these cover a loopback answer (1 ms) to the longest sensible probe timeout (10 s).
+const PROBE_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Bucket bounds (seconds) of `healthprobe.tick.duration`: a handful of games (10 ms) to a
+/// large fleet or a tick held up by an outage (a minute).
+const TICK_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// The service's instruments. Cheap to clone.
 #[derive(Clone)]
@@ -59,11 +74,13 @@ impl Metrics {
                 .f64_histogram("healthprobe.probe.duration")
                 .with_unit("s")
                 .with_description("Duration of one probe")
+                .with_boundaries(PROBE_BUCKETS.to_vec())
                 .build(),
             tick_duration: meter
                 .f64_histogram("healthprobe.tick.duration")
                 .with_unit("s")
                 .with_description("Duration of one tick")
+                .with_boundaries(TICK_BUCKETS.to_vec())
                 .build(),
             tick_errors: meter
                 .u64_counter("healthprobe.tick.errors")
@@ -161,6 +178,7 @@ use opentelemetry::metrics::MeterProvider as _;
 pub struct Telemetry {
     meter_provider: SdkMeterProvider,
     tracer_provider: Option<SdkTracerProvider>,
+    scrape: Scrape,
 }
 
 impl Telemetry {
@@ -168,11 +186,17 @@ impl Telemetry {
         self.meter_provider.meter(METER_NAME)
     }
 
+    /// What `GET /metrics` renders (Prometheus), fed whether or not OTLP export is on.
+    pub fn scrape(&self) -> Scrape {
+        self.scrape.clone()
+    }
+
     /// Flushes and stops the exporters, bounded by [`SHUTDOWN_FLUSH_LIMIT`].
     pub async fn shutdown(self) {
         let Self {
             meter_provider,
             tracer_provider,
+            scrape: _,
         } = self;
         // The blocking HTTP exporter must not run on a runtime worker thread.
         let flush = tokio::task::spawn_blocking(move || {
@@ -241,13 +265,17 @@ pub fn init() -> anyhow::Result<Telemetry> {
             .boxed()
     };
 
+    // `GET /metrics` reads the same instruments on demand, with or without OTLP.
+    let (scrape, pull) = Scrape::new().context("building the Prometheus exporter")?;
+    let meters = SdkMeterProvider::builder()
+        .with_resource(resource())
+        .with_reader(pull);
     let (meter_provider, tracer_provider) = if otlp_enabled() {
         let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
             .build()
             .context("building the OTLP metric exporter")?;
-        let meter_provider = SdkMeterProvider::builder()
-            .with_resource(resource())
+        let meter_provider = meters
             .with_reader(PeriodicReader::builder(metric_exporter).build())
             .build();
         let span_exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -260,7 +288,7 @@ pub fn init() -> anyhow::Result<Telemetry> {
             .build();
         (meter_provider, Some(tracer_provider))
     } else {
-        (SdkMeterProvider::builder().build(), None)
+        (meters.build(), None)
     };
 
     let otel_layer = tracer_provider
@@ -275,5 +303,6 @@ pub fn init() -> anyhow::Result<Telemetry> {
     Ok(Telemetry {
         meter_provider,
         tracer_provider,
+        scrape,
     })
 }

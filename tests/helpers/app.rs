@@ -7,10 +7,13 @@ use std::time::Duration;
 use healthprobe::http::{self, HttpState};
 use healthprobe::hysteresis::Thresholds;
 use healthprobe::probe::Prober;
+use healthprobe::scrape::Scrape;
 use healthprobe::status::StatusBoard;
 use healthprobe::store::Store;
 use healthprobe::telemetry::Metrics;
 use healthprobe::worker::{self, Worker, WorkerSettings};
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +79,8 @@ pub struct TestApp {
     worker: Option<JoinHandle<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
     client: reqwest::Client,
+    /// Kept alive: a dropped provider shuts its readers down.
+    _meters: SdkMeterProvider,
 }
 
 impl Drop for TestApp {
@@ -108,6 +113,10 @@ impl TestApp {
         } else {
             env.nats.clone()
         };
+        // The worker's instruments, readable at `GET /metrics` as in the binary.
+        let (scrape, reader) = Scrape::new().expect("the Prometheus exporter");
+        let meters = SdkMeterProvider::builder().with_reader(reader).build();
+        let metrics = Metrics::new(&meters.meter(healthprobe::telemetry::METER_NAME));
         let board = StatusBoard::new(options.interval);
         let (commands, command_rx) = worker::command_channel();
         let worker_stop = CancellationToken::new();
@@ -120,7 +129,7 @@ impl TestApp {
                     max_concurrency: 8,
                     spread_window: Duration::ZERO,
                 },
-                Metrics::noop(),
+                metrics.clone(),
                 env.outbox_wake.clone(),
             );
             tokio::spawn(worker::run(
@@ -137,6 +146,7 @@ impl TestApp {
             board: board.clone(),
             commands,
             probe_reply_limit: options.probe_timeout + Duration::from_secs(10),
+            metrics: scrape,
         });
         let listener = http::bind("127.0.0.1:0".parse().unwrap())
             .await
@@ -152,6 +162,7 @@ impl TestApp {
             worker,
             server: Some(server),
             client: reqwest::Client::new(),
+            _meters: meters,
         }
     }
 

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod browser;
 pub mod engines;
 pub mod hostile;
 pub mod metrics;

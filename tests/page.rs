@@ -1,0 +1,418 @@
+//! The fleet page (`GET /`) in headless Chromium, against a running worker and simulated
+//! fleets: every game shown, live updates without reload, the filters, paging through
+//! 10,000 games, and the screenshot of the demo fleet shown in the README.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (see `helpers::browser`).
+
+mod helpers;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use healthprobe::fleet::{Fleet as DemoFleet, FleetSpec};
+use helpers::app::{AppOptions, TestApp};
+use helpers::browser::{self, Browser};
+use helpers::engines::{Behavior, Fleet};
+use helpers::process::WorkerProcess;
+use helpers::{TestEnv, WAIT_LIMIT, free_port, wait_for};
+use serde_json::{Value, json};
+
+/// A laptop screen and a phone (CSS pixels).
+const LAPTOP: (u32, u32) = (1366, 860);
+const PHONE: (u32, u32) = (390, 844);
+
+/// Starts `healthprobe run` with its status port on a known free port; returns the page URL
+/// once the server answers.
+async fn start_worker(
+    env: &TestEnv,
+    name: &str,
+    settings: &[(&str, &str)],
+) -> (WorkerProcess, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut all: Vec<(&str, &str)> = vec![("HEALTHPROBE_HTTP_ADDR", &addr)];
+    all.extend_from_slice(settings);
+    let worker = WorkerProcess::spawn(env, name, &all);
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    wait_for("the worker's status port", WAIT_LIMIT, || async {
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(drop)
+    })
+    .await;
+    (worker, format!("{base}/"))
+}
+
+fn ids(state: &Value) -> Vec<String> {
+    state["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[0].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The script that waits for `game` to show `status` in the list.
+fn shows(game: &str, status: &str) -> String {
+    format!(
+        "const tr = document.querySelector('#games tbody tr[data-game-id=\"{game}\"]'); \
+         return tr && tr.dataset.status === '{status}' ? tr.dataset.status : null;"
+    )
+}
+
+#[tokio::test]
+async fn the_page_shows_every_game_follows_a_failure_and_recovery_live_and_filters() {
+    if !browser::available("the fleet page test") {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let engines = Fleet::start().await;
+    // 130 games: more than one page (100), so "every game" includes paging.
+    let games: Vec<String> = (0..130).map(|i| format!("game-{i:03}")).collect();
+    for game in &games {
+        env.add_running(game, &engines.set(game, Behavior::Healthy), None)
+            .await;
+    }
+    let interval = Duration::from_secs(2);
+    let (mut worker, page) = start_worker(
+        &env,
+        "page",
+        &[
+            ("RTMANAGER_PROBE_INTERVAL", "2s"),
+            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
+        ],
+    )
+    .await;
+    let browser = Browser::start("page", LAPTOP.0, LAPTOP.1).await;
+    browser.goto(&page).await;
+    browser
+        .wait_until(
+            "130 healthy games listed and the live stream connected",
+            WAIT_LIMIT,
+            "return document.getElementById('count-healthy').textContent === '130' \
+               && document.getElementById('range').textContent === '1–100 of 130' \
+               && document.getElementById('live-state').dataset.state === 'live';",
+        )
+        .await;
+
+    // Every game: the first page holds 100, the next the other 30.
+    let first = browser.page_state().await;
+    assert_eq!(first["range"], "1–100 of 130", "{first}");
+    let mut seen: BTreeSet<String> = ids(&first).into_iter().collect();
+    browser.click("#next").await;
+    let (_, _) = browser
+        .wait_until(
+            "the second page",
+            WAIT_LIMIT,
+            "return document.getElementById('range').textContent === '101–130 of 130';",
+        )
+        .await;
+    let second = browser.page_state().await;
+    assert_eq!(ids(&second).len(), 30, "{second}");
+    seen.extend(ids(&second));
+    assert_eq!(
+        seen,
+        games.iter().cloned().collect::<BTreeSet<_>>(),
+        "every game is on one of the pages"
+    );
+    browser.click("#prev").await;
+    browser
+        .wait_until(
+            "the first page again",
+            WAIT_LIMIT,
+            "return document.getElementById('range').textContent === '1–100 of 130';",
+        )
+        .await;
+
+    // A reload would lose this marker: the page must update in place.
+    browser
+        .execute("window.__marker = 'no reload';", json!([]))
+        .await;
+
+    // An engine turns failing: shown failing, first in the list, within two intervals.
+    let target = "game-077";
+    engines.set(target, Behavior::Status(503));
+    let (_, failing_after) = browser
+        .wait_until(
+            &format!("{target} shown failing within two intervals"),
+            interval * 2,
+            &shows(target, "failing"),
+        )
+        .await;
+    let state = browser.page_state().await;
+    assert_eq!(state["marker"], "no reload", "{state}");
+    assert_eq!(ids(&state)[0], target, "failing games come first: {state}");
+    assert_eq!(state["counts"]["failing"], "1", "{state}");
+    browser
+        .wait_until(
+            "the probe_failed event in the events list",
+            interval * 2,
+            &format!(
+                "return document.querySelector('#events li[data-event-type=\"probe_failed\"][data-game-id=\"{target}\"]');"
+            ),
+        )
+        .await;
+
+    // The filters: by status, then by game id.
+    browser.click("[data-filter-status='failing']").await;
+    browser
+        .wait_until(
+            "only failing games listed",
+            WAIT_LIMIT,
+            "const rows = [...document.querySelectorAll('#games tbody tr')]; \
+             return rows.length === 1 && rows[0].dataset.status === 'failing';",
+        )
+        .await;
+    browser.click("[data-filter-status='failing']").await; // again: all statuses
+    browser.type_text("#filter-id", "game-05").await;
+    let (filtered, _) = browser
+        .wait_until(
+            "the ten games whose id contains game-05",
+            WAIT_LIMIT,
+            "const rows = [...document.querySelectorAll('#games tbody tr')].map(tr => tr.dataset.gameId); \
+             return rows.length === 10 && rows.every(id => id.startsWith('game-05')) ? rows : null;",
+        )
+        .await;
+    assert_eq!(filtered.as_array().unwrap().len(), 10);
+    browser.clear("#filter-id").await;
+    browser.type_text("#filter-id", "game-07?").await;
+    browser
+        .wait_until(
+            "a glob matches game-070 to game-079, the failing one first",
+            WAIT_LIMIT,
+            &format!(
+                "const rows = [...document.querySelectorAll('#games tbody tr')].map(tr => tr.dataset.gameId); \
+                 return rows.length === 10 && rows[0] === '{target}';"
+            ),
+        )
+        .await;
+
+    // It recovers: shown healthy again, still without a reload.
+    engines.set(target, Behavior::Healthy);
+    let (_, healthy_after) = browser
+        .wait_until(
+            &format!("{target} shown healthy again within two intervals"),
+            interval * 2,
+            &shows(target, "healthy"),
+        )
+        .await;
+    let state = browser.page_state().await;
+    assert_eq!(state["marker"], "no reload", "{state}");
+    assert_eq!(state["counts"]["failing"], "0", "{state}");
+    browser
+        .wait_until(
+            "the probe_recovered event in the events list",
+            WAIT_LIMIT,
+            &format!(
+                "return document.querySelector('#events li[data-event-type=\"probe_recovered\"][data-game-id=\"{target}\"]');"
+            ),
+        )
+        .await;
+    eprintln!(
+        "fleet page: failing shown {failing_after:?} after the flip, healthy {healthy_after:?} after recovery (interval {interval:?})"
+    );
+    // The open live stream does not hold the worker's shutdown, and the page notices.
+    let (status, took) = worker.terminate(Duration::from_secs(10)).await;
+    assert!(
+        status.success(),
+        "the worker stops cleanly with the page's live stream open: {}",
+        worker.log_text()
+    );
+    browser
+        .wait_until(
+            "the page to show the lost connection",
+            WAIT_LIMIT,
+            "return document.getElementById('live-state').dataset.state === 'down';",
+        )
+        .await;
+    eprintln!("worker stopped in {took:?} with the page open");
+}
+
+#[tokio::test]
+async fn the_page_pages_through_ten_thousand_games_one_page_in_the_document_at_a_time() {
+    if !browser::available("the 10,000-game page test") {
+        return;
+    }
+    let env = TestEnv::new().await;
+    // 10,000 running games with snapshots in every status; no worker ticks (nothing to
+    // probe): the page reads what Postgres holds.
+    sqlx::query(
+        "INSERT INTO runtime_records (game_id, status, engine_endpoint, started_at) \
+         SELECT format('game-%s', lpad(i::text, 5, '0')), 'running', 'http://127.0.0.1:9/e', now() \
+         FROM generate_series(0, 9999) AS i",
+    )
+    .execute(env.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO health_snapshots (game_id, status, consecutive_failures, consecutive_successes, \
+           episode_failures, failure_published, last_probe_at, last_status, last_latency_ms, updated_at) \
+         SELECT format('game-%s', lpad(i::text, 5, '0')), \
+           CASE WHEN i % 500 = 0 THEN 'failing' WHEN i % 250 = 0 THEN 'suspect' ELSE 'healthy' END, \
+           CASE WHEN i % 250 = 0 THEN 3 ELSE 0 END, 0, 0, i % 500 = 0, now(), \
+           CASE WHEN i % 250 = 0 THEN 503 ELSE 200 END, 1.5, now() \
+         FROM generate_series(0, 9998) AS i",
+    )
+    .execute(env.pool())
+    .await
+    .unwrap();
+    let app = TestApp::start(
+        &env,
+        AppOptions {
+            start_worker: false,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let browser = Browser::start("page-10k", LAPTOP.0, LAPTOP.1).await;
+    let started = Instant::now();
+    browser.goto(&format!("{}/", app.base)).await;
+    let (_, _) = browser
+        .wait_until(
+            "the first page of 10,000 games",
+            WAIT_LIMIT,
+            "return document.getElementById('count-all').textContent === '10,000' \
+               && document.querySelectorAll('#games tbody tr').length === 100;",
+        )
+        .await;
+    let first_render = started.elapsed();
+    let state = browser.page_state().await;
+    // 20 failing (i % 500), 20 suspect (i % 250 but not % 500), 1 never probed.
+    assert_eq!(state["counts"]["failing"], "20", "{state}");
+    assert_eq!(state["counts"]["suspect"], "20", "{state}");
+    assert_eq!(state["counts"]["unknown"], "1", "{state}");
+    let statuses: Vec<&str> = state["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[1].as_str().unwrap())
+        .collect();
+    assert!(
+        statuses[..20].iter().all(|s| *s == "failing")
+            && statuses[20..40].iter().all(|s| *s == "suspect")
+            && statuses[40] == "unknown"
+            && statuses[41..].iter().all(|s| *s == "healthy"),
+        "failing, then suspect, then unknown, then healthy: {statuses:?}"
+    );
+    // Deep into the healthy games, page by page; the document never holds more than a page.
+    let mut page_turns = Vec::new();
+    for page in 2..=6 {
+        let turn = Instant::now();
+        browser.click("#next").await;
+        browser
+            .wait_until(
+                &format!("page {page}"),
+                WAIT_LIMIT,
+                &format!(
+                    "return document.getElementById('range').textContent.startsWith('{}–') \
+                       && document.querySelectorAll('#games tbody tr').length === 100;",
+                    (page - 1) * 100 + 1
+                ),
+            )
+            .await;
+        page_turns.push(turn.elapsed());
+    }
+    let filter = Instant::now();
+    browser.type_text("#filter-id", "game-09999").await;
+    browser
+        .wait_until(
+            "the one game matching game-09999",
+            WAIT_LIMIT,
+            "const rows = document.querySelectorAll('#games tbody tr'); \
+             return rows.length === 1 && rows[0].dataset.gameId === 'game-09999' \
+               && rows[0].dataset.status === 'unknown';",
+        )
+        .await;
+    eprintln!(
+        "10,000 games: first page rendered {first_render:?} after navigation, page turns {page_turns:?}, \
+         id filter {:?} (includes the 200 ms typing pause)",
+        filter.elapsed()
+    );
+}
+
+/// The README's screenshot: the demo fleet of `scripts/run.sh` (12 engines: healthy,
+/// flapping, failing, slow) under a worker with the demo's settings, once the page shows a
+/// mix. Written to `target/tmp/`; with `HEALTHPROBE_UPDATE_SCREENSHOTS=1`, also to `docs/`.
+#[tokio::test]
+async fn a_screenshot_of_the_demo_fleet_on_a_laptop_and_a_phone() {
+    if !browser::available("the screenshot test") {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let fleet = DemoFleet::start(
+        FleetSpec {
+            engines: 12,
+            mix: "healthy=6,flapping=3,failing=2,slow=1".parse().unwrap(),
+            flap_period: Duration::from_secs(8),
+            slow_delay: Duration::from_secs(3),
+            ..FleetSpec::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+    )
+    .await
+    .expect("the demo fleet starts");
+    let games: Vec<(String, String)> = fleet
+        .engines()
+        .iter()
+        .map(|e| (e.name.clone(), e.endpoint.clone()))
+        .collect();
+    env.store.register_running(&games).await.unwrap();
+    let (mut worker, page) = start_worker(
+        &env,
+        "screenshot",
+        &[
+            ("RTMANAGER_PROBE_INTERVAL", "2s"),
+            ("RTMANAGER_PROBE_TIMEOUT", "1s"),
+            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
+        ],
+    )
+    .await;
+    let browser = Browser::start("screenshot", LAPTOP.0, LAPTOP.1).await;
+    browser.goto(&page).await;
+    // A mix: failing engines published, healthy ones, and events in the list (the failing
+    // and slow engines fail from the start; flapping ones add failures and recoveries).
+    browser
+        .wait_until(
+            "a mixed fleet on the page",
+            Duration::from_secs(40),
+            "const n = id => Number(document.getElementById(id).textContent); \
+             return n('count-all') === 12 && n('count-failing') >= 3 && n('count-healthy') >= 6 \
+               && document.querySelectorAll('#events li[data-event-type=\"probe_recovered\"]').length >= 1 \
+               && document.querySelectorAll('#events li').length >= 4;",
+        )
+        .await;
+    let state = browser.page_state().await;
+    eprintln!("screenshot taken of: {state}");
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let laptop = browser.screenshot().await;
+    assert!(laptop.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(out.join("fleet-page.png"), &laptop).unwrap();
+    browser.set_window(PHONE.0, PHONE.1).await;
+    browser
+        .wait_until(
+            "the phone layout (one column, no table header)",
+            WAIT_LIMIT,
+            "return window.innerWidth <= 760 \
+               && getComputedStyle(document.querySelector('#games thead')).display === 'none';",
+        )
+        .await;
+    let phone = browser.screenshot().await;
+    std::fs::write(out.join("fleet-page-phone.png"), &phone).unwrap();
+    if std::env::var("HEALTHPROBE_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::create_dir_all(&docs).unwrap();
+        std::fs::write(docs.join("fleet-page.png"), &laptop).unwrap();
+        std::fs::write(docs.join("fleet-page-phone.png"), &phone).unwrap();
+        eprintln!("screenshots written to {}", docs.display());
+    }
+    drop(browser);
+    let (status, _) = worker.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", worker.log_text());
+    fleet.shutdown().await;
+}

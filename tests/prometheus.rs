@@ -1,0 +1,210 @@
+//! `GET /metrics` scraped by a real Prometheus server (Debian's `prometheus`) on loopback,
+//! read back through its query API.
+//!
+//! `scripts/test.sh` installs the package when it is missing and it runs as root. Without
+//! it the test fails with what to install, unless `HEALTHPROBE_SKIP_PROMETHEUS=1`.
+
+mod helpers;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use helpers::engines::{Behavior, Fleet};
+use helpers::process::{WorkerProcess, log_path};
+use helpers::{TestEnv, WAIT_LIMIT, free_port, wait_for};
+use serde_json::Value;
+
+/// Prometheus starts in a few seconds here; its first scrape follows one scrape interval.
+const PROMETHEUS_LIMIT: Duration = Duration::from_secs(60);
+
+fn prometheus_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("HEALTHPROBE_PROMETHEUS_BIN") {
+        let path = PathBuf::from(path);
+        return path.exists().then_some(path);
+    }
+    ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .map(Path::to_path_buf)
+}
+
+/// The value of each series of an instant query, by the value of `label`.
+async fn query(
+    client: &reqwest::Client,
+    base: &str,
+    promql: &str,
+    label: &str,
+) -> Vec<(String, f64)> {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("query", promql)
+        .finish();
+    let Ok(response) = client
+        .get(format!("{base}/api/v1/query?{query}"))
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    let Some(body) = response
+        .bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    else {
+        return Vec::new();
+    };
+    body["data"]["result"]
+        .as_array()
+        .map(|series| {
+            series
+                .iter()
+                .map(|s| {
+                    (
+                        s["metric"][label].as_str().unwrap_or_default().to_owned(),
+                        s["value"][1]
+                            .as_str()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(f64::NAN),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_prometheus_server_scrapes_the_probe_counters_from_metrics() {
+    let Some(prometheus) = prometheus_binary() else {
+        if std::env::var("HEALTHPROBE_SKIP_PROMETHEUS").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: prometheus missing and HEALTHPROBE_SKIP_PROMETHEUS=1");
+            return;
+        }
+        panic!(
+            "this test needs Debian's prometheus (/usr/bin/prometheus or \
+             HEALTHPROBE_PROMETHEUS_BIN): `apt-get install prometheus` (scripts/test.sh does it \
+             when run as root), or set HEALTHPROBE_SKIP_PROMETHEUS=1 to skip it"
+        );
+    };
+    let env = TestEnv::new().await;
+    let engines = Fleet::start().await;
+    env.add_running("ok-1", &engines.set("ok-1", Behavior::Healthy), None)
+        .await;
+    env.add_running("ok-2", &engines.set("ok-2", Behavior::Healthy), None)
+        .await;
+    env.add_running("down", &engines.set("down", Behavior::Status(503)), None)
+        .await;
+    let worker_addr = format!("127.0.0.1:{}", free_port());
+    let mut worker = WorkerProcess::spawn(
+        &env,
+        "prometheus",
+        &[
+            ("HEALTHPROBE_HTTP_ADDR", &worker_addr),
+            ("RTMANAGER_PROBE_INTERVAL", "200ms"),
+            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    // The worker's own answer first, so a failure below is Prometheus's side.
+    let text = wait_for("probe counters at /metrics", WAIT_LIMIT, || async {
+        let response = client
+            .get(format!("http://{worker_addr}/metrics"))
+            .send()
+            .await
+            .ok()?;
+        let text = response.text().await.ok()?;
+        (text.contains("outcome=\"ok\"") && text.contains("outcome=\"status\"")).then_some(text)
+    })
+    .await;
+    assert!(
+        text.contains("# TYPE healthprobe_probes_total counter"),
+        "{text}"
+    );
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("prometheus-{}", env.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: healthprobe\n    static_configs:\n      - targets: ['{worker_addr}']\n"
+        ),
+    )
+    .unwrap();
+    let prometheus_addr = format!("127.0.0.1:{}", free_port());
+    let log = log_path(&format!("{}-prometheus-server", env.id));
+    let mut server = tokio::process::Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prometheus_addr}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start prometheus");
+    let base = format!("http://{prometheus_addr}");
+
+    let up = wait_for(
+        "Prometheus to scrape the worker (up == 1)",
+        PROMETHEUS_LIMIT,
+        || async {
+            let up = query(&client, &base, "up{job=\"healthprobe\"}", "instance").await;
+            up.into_iter().find(|(_, v)| *v == 1.0)
+        },
+    )
+    .await;
+    assert_eq!(up.0, worker_addr);
+    let counters = wait_for(
+        "healthprobe_probes_total for ok and status in Prometheus",
+        PROMETHEUS_LIMIT,
+        || async {
+            let series = query(&client, &base, "healthprobe_probes_total", "outcome").await;
+            let ok = series.iter().find(|(o, _)| o == "ok").map(|s| s.1)?;
+            let status = series.iter().find(|(o, _)| o == "status").map(|s| s.1)?;
+            (ok > 0.0 && status > 0.0).then_some((ok, status))
+        },
+    )
+    .await;
+    // Two healthy engines for one failing one: about twice as many ok probes.
+    assert!(
+        counters.0 >= counters.1,
+        "ok {} status {}",
+        counters.0,
+        counters.1
+    );
+    // The histogram and the event counter arrive under their Prometheus names too.
+    let probes_seen = query(
+        &client,
+        &base,
+        "healthprobe_probe_duration_seconds_count",
+        "job",
+    )
+    .await;
+    assert!(probes_seen.iter().any(|(_, v)| *v > 0.0), "{probes_seen:?}");
+    let events = query(
+        &client,
+        &base,
+        "rtmanager_health_events_total",
+        "event_type",
+    )
+    .await;
+    assert!(
+        events.iter().any(|(t, v)| t == "probe_failed" && *v >= 1.0),
+        "{events:?}"
+    );
+    eprintln!(
+        "prometheus read back healthprobe_probes_total ok={} status={}",
+        counters.0, counters.1
+    );
+
+    server.kill().await.ok();
+    let (status, _) = worker.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", worker.log_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
