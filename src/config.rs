@@ -337,44 +337,86 @@ mod tests {
         }
     }
 
+    /// The defaults as declared on the command line, read from clap's own model of it, so
+    /// neither the test process's environment nor explicit flags can hide a wrong one.
+    fn declared_default(long: &str) -> String {
+        use clap::CommandFactory as _;
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").expect("run subcommand");
+        let arg = run
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .unwrap_or_else(|| panic!("no --{long} flag"));
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(defaults.len(), 1, "--{long} has one default");
+        defaults[0].clone()
+    }
+
     #[test]
     fn defaults_match_the_design() {
-        // Flags win over the environment, so set every flag to its default explicitly via
-        // the parser functions instead of relying on the test process environment.
+        // DESIGN §6, variable by variable: (flag, its variable, the default's value).
+        let design = [
+            ("nats-url", "NATS_URL", "nats://127.0.0.1:4222"),
+            ("probe-interval", "RTMANAGER_PROBE_INTERVAL", "15s"),
+            ("probe-timeout", "RTMANAGER_PROBE_TIMEOUT", "2s"),
+            (
+                "failures-threshold",
+                "RTMANAGER_PROBE_FAILURES_THRESHOLD",
+                "3",
+            ),
+            (
+                "recovery-threshold",
+                "RTMANAGER_PROBE_RECOVERY_THRESHOLD",
+                "1",
+            ),
+            ("max-concurrency", "RTMANAGER_PROBE_MAX_CONCURRENCY", "16"),
+            ("http-addr", "HEALTHPROBE_HTTP_ADDR", "127.0.0.1:8097"),
+            ("stream", "HEALTHPROBE_STREAM", "RUNTIME_HEALTH"),
+            (
+                "subject-prefix",
+                "HEALTHPROBE_SUBJECT_PREFIX",
+                "runtime.health",
+            ),
+        ];
+        use clap::CommandFactory as _;
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").expect("run subcommand");
+        for (long, variable, value) in design {
+            assert_eq!(declared_default(long), value, "default of {variable}");
+            let arg = run
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .unwrap();
+            assert_eq!(
+                arg.get_env()
+                    .map(|e| e.to_string_lossy().into_owned())
+                    .as_deref(),
+                Some(variable),
+                "--{long} reads {variable}"
+            );
+        }
+        // The declared defaults also parse to what the design means by them.
         assert_eq!(
-            positive_duration("X")("15s").unwrap(),
+            positive_duration("X")(&declared_default("probe-interval")).unwrap(),
             Duration::from_secs(15)
         );
         assert_eq!(
-            positive_duration("X")("500ms").unwrap(),
-            Duration::from_millis(500)
+            concurrency(&declared_default("max-concurrency")).unwrap(),
+            16
         );
-        assert_eq!(positive_u32("X")("3").unwrap(), 3);
-        let run = run_args(&[
-            "--probe-interval",
-            "15s",
-            "--probe-timeout",
-            "2s",
-            "--failures-threshold",
-            "3",
-            "--recovery-threshold",
-            "1",
-            "--max-concurrency",
-            "16",
-            "--stream",
-            "RUNTIME_HEALTH",
-            "--subject-prefix",
-            "runtime.health",
-        ])
-        .unwrap();
-        assert_eq!(
-            run.probe.thresholds(),
-            Thresholds {
-                failures: 3,
-                recovery: 1
-            }
-        );
-        assert_eq!(run.probe.max_concurrency, 16);
+        // Replicas: none configured, lease tied to the interval.
+        let run = run_args(&["--probe-interval", "15s"]).unwrap();
+        if std::env::var_os("HEALTHPROBE_LEASE_TTL").is_none() {
+            assert_eq!(run.lease_ttl(), Duration::from_secs(45));
+        }
+        let fast = run_args(&["--probe-interval", "200ms"]).unwrap();
+        if std::env::var_os("HEALTHPROBE_LEASE_TTL").is_none() {
+            assert_eq!(fast.lease_ttl(), MIN_DEFAULT_LEASE, "never below the floor");
+        }
     }
 
     #[test]
@@ -428,10 +470,18 @@ mod tests {
 
     #[test]
     fn database_url_is_required_for_run_and_migrate() {
-        // Only meaningful when the variable is not set in the test environment.
-        if std::env::var_os("DATABASE_URL").is_none() {
-            assert!(parse(&["run"]).is_err());
-            assert!(parse(&["migrate"]).is_err());
+        // Read from clap's model, not by parsing: a DATABASE_URL in the test's environment
+        // would satisfy the parser and hide a missing requirement.
+        use clap::CommandFactory as _;
+        let cli = Cli::command();
+        for command in ["run", "migrate", "status"] {
+            let sub = cli.find_subcommand(command).unwrap();
+            let arg = sub
+                .get_arguments()
+                .find(|a| a.get_long() == Some("database-url"))
+                .unwrap_or_else(|| panic!("{command} has --database-url"));
+            assert!(arg.is_required_set(), "{command} requires DATABASE_URL");
+            assert_eq!(arg.get_env().unwrap(), "DATABASE_URL");
         }
         assert!(parse(&["tail"]).is_ok());
     }

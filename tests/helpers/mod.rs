@@ -12,6 +12,7 @@ pub mod engines;
 pub mod hostile;
 pub mod metrics;
 pub mod process;
+pub mod proxy;
 
 use std::future::Future;
 use std::path::PathBuf;
