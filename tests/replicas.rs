@@ -329,7 +329,7 @@ async fn a_sigkilled_relay_holders_pending_events_are_published_once_in_order() 
         env.add_running(id, endpoint, None).await;
     }
     let extra = [("NATS_URL", nats_url.as_str())];
-    let mut workers = vec![
+    let mut workers = [
         WorkerProcess::spawn(&env, "relay-a", &settings("a", &extra)),
         WorkerProcess::spawn(&env, "relay-b", &settings("b", &extra)),
     ];
