@@ -628,3 +628,33 @@ async fn the_worker_process_serves_the_endpoints_on_the_logged_address() {
         "server closed"
     );
 }
+
+#[tokio::test]
+async fn on_demand_probes_are_served_between_ticks_longer_than_the_interval() {
+    // Every tick takes about 400 ms against an interval of 100 ms, so a tick is always
+    // overdue when the previous one ends; a request must still be served between them.
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    env.add_running(
+        "slow",
+        &fleet.set("slow", Behavior::Delay(Duration::from_millis(400))),
+        None,
+    )
+    .await;
+    env.add_running("game-1", &fleet.set("e1", Behavior::Healthy), None)
+        .await;
+    let app = TestApp::start(
+        &env,
+        AppOptions {
+            interval: Duration::from_millis(100),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    app.wait_first_tick().await;
+    for _ in 0..3 {
+        let answer = app.post("/games/game-1/probe").await;
+        assert_eq!(answer.code, 200, "{}", answer.body);
+        assert_eq!(answer.json()["healthy"], true);
+    }
+}

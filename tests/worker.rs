@@ -666,3 +666,90 @@ async fn snapshots_of_a_small_fleet_stay_fresh_and_changes_are_written() {
         worker.health_of("steady").map(|h| h.status())
     );
 }
+
+#[tokio::test]
+async fn a_fleet_that_grew_tenfold_still_starts_every_probe_within_the_spread_window() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    let add = |from: usize, to: usize| {
+        let env = &env;
+        let fleet = &fleet;
+        async move {
+            for i in from..to {
+                let id = format!("e{i:03}");
+                env.add_running(&id, &fleet.set(&id, Behavior::Healthy), None)
+                    .await;
+            }
+        }
+    };
+    add(0, 10).await;
+    let window = Duration::from_millis(1000);
+    let mut worker = healthprobe::worker::Worker::new(
+        env.store.clone(),
+        healthprobe::probe::Prober::new(TIMEOUT, Duration::from_secs(2)).unwrap(),
+        healthprobe::worker::WorkerSettings {
+            thresholds: thresholds(3, 1),
+            max_concurrency: 16,
+            spread_window: window,
+        },
+        healthprobe::telemetry::Metrics::noop(),
+        env.outbox_wake.clone(),
+    );
+    let stop = CancellationToken::new();
+    worker.tick(&stop).await.unwrap(); // learns the fleet: 10 games, a slot of 100 ms
+    add(10, 100).await; // the fleet grows tenfold before the next tick
+    let report = worker.tick(&stop).await.unwrap();
+    assert_eq!(report.healthy, 100);
+    // Paced by the old size, the last of 100 probes would start after 9.9 s; starts never
+    // go past the window, so the tick ends within it plus the probes of the last slot.
+    assert!(
+        report.duration < window * 2,
+        "a tick of 100 probes with a {window:?} spread took {:?}",
+        report.duration
+    );
+}
+
+#[tokio::test]
+async fn a_replaced_container_is_a_new_runtime_with_its_own_probe_failed() {
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    let endpoint = fleet.set("g", Behavior::Status(503));
+    env.add_running("g", &endpoint, Some("container-1")).await;
+    let mut worker = env.worker(thresholds(2, 1), 2, TIMEOUT);
+    let stop = CancellationToken::new();
+    worker.tick(&stop).await.unwrap();
+    let first = worker.tick(&stop).await.unwrap().events;
+    assert_eq!(first.len(), 1, "the broken container's probe_failed");
+    assert_eq!(first[0].container_id, "container-1");
+    // The runtime manager replaces the container; the game stays running, and the
+    // replacement is broken too.
+    env.add_running("g", &endpoint, Some("container-2")).await;
+    let report = worker.tick(&stop).await.unwrap();
+    assert!(
+        report.events.is_empty(),
+        "no event for the container that went away"
+    );
+    assert_eq!(report.new_containers, 1);
+    assert_eq!(
+        worker.health_of("g").unwrap().consecutive_failures,
+        1,
+        "counting starts again"
+    );
+    let second = worker.tick(&stop).await.unwrap().events;
+    assert_eq!(second.len(), 1, "the replacement gets its own probe_failed");
+    assert_eq!(second[0].container_id, "container-2");
+    // A healthy third container: nothing to recover (its runtime never failed).
+    fleet.set("g", Behavior::Healthy);
+    env.add_running("g", &endpoint, Some("container-3")).await;
+    assert!(worker.tick(&stop).await.unwrap().events.is_empty());
+    assert_eq!(env.snapshot("g").await.unwrap().0, "healthy");
+    // A restarted worker agrees: the row belongs to container-3.
+    let mut restarted = env.worker(thresholds(2, 1), 2, TIMEOUT);
+    restarted.restore().await.unwrap();
+    assert!(restarted.tick(&stop).await.unwrap().events.is_empty());
+    assert_eq!(
+        env.logged_events().await.len(),
+        2,
+        "one probe_failed per broken container"
+    );
+}
