@@ -699,11 +699,15 @@ impl Store {
         lock_class: i32,
         lock_id: i32,
     ) -> Result<Option<String>, sqlx::Error> {
+        // The holder is chosen first, in a materialised step: in one WHERE clause Postgres
+        // may call pg_terminate_backend before it checks the lease, ending live holders.
         sqlx::query_scalar(
-            "SELECT m.replica_id FROM healthprobe_members m \
-             JOIN pg_locks l ON l.pid = m.relay_pid AND l.locktype = 'advisory' AND l.granted \
-               AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 2 \
-             WHERE m.lease_expires_at < now() AND pg_terminate_backend(m.relay_pid)",
+            "WITH expired AS MATERIALIZED ( \
+               SELECT m.replica_id, m.relay_pid FROM healthprobe_members m \
+               JOIN pg_locks l ON l.pid = m.relay_pid AND l.locktype = 'advisory' AND l.granted \
+                 AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 2 \
+               WHERE m.lease_expires_at < now()) \
+             SELECT replica_id FROM expired WHERE pg_terminate_backend(relay_pid)",
         )
         .bind(i64::from(lock_class as u32))
         .bind(i64::from(lock_id as u32))

@@ -146,6 +146,12 @@ fn check_once_per_interval(
         "a game was not probed at all in {window:?}: nobody owned it\n{}",
         logs()
     );
+    // One relay holder, undisturbed: no replica ends another's live session.
+    assert!(
+        !logs().contains("relay lock session lost"),
+        "the relay lock changed hands between live replicas\n{}",
+        logs()
+    );
 }
 
 /// Runs of (healthy?, count) of the answers an engine served.
