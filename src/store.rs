@@ -1,6 +1,7 @@
 //! Postgres access. Every SQL statement of the service lives here.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
@@ -8,7 +9,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgExecutor, Row};
 use uuid::Uuid;
 
-use crate::events::envelope::{Details, HealthEvent};
+use crate::events::envelope::HealthEvent;
 use crate::hysteresis::GameHealth;
 
 /// Connections: one streams the running list, the others commit transitions and serve the
@@ -19,6 +20,9 @@ const POOL_SIZE: u32 = 6;
 /// Postgres is down every tick waits this long, so it is kept short: a healthy server hands
 /// out a connection in milliseconds, and a dead one should fail the tick quickly.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+mod outbox;
+pub use outbox::{MAX_OUTBOX_ROW_BYTES, SetAsideRow, SetAsideSelection};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -54,22 +58,110 @@ pub struct UndecodableEvent {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    stall: Arc<Mutex<Stall>>,
+}
+
+/// Server-side bound on the statements of a transition's transaction (`SET LOCAL
+/// statement_timeout`): a commit stuck on a sick server ends with an error instead of
+/// holding a tick. Not set for the whole session: the running list is one statement that
+/// streams for as long as the tick spreads its probes.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Server-side bound on waiting for a row lock (`lock_timeout`).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Client-side bound on one statement, including the network: the server's own timeout
+/// plus slack, so a slow but alive server reports its own error first, and a server that
+/// stopped answering at all (a hung host, a proxy that swallows the bytes) is given up on.
+/// A tick stuck on Postgres therefore ends with an error at most this long after its last
+/// probe, plus [`STALL_PING_TIMEOUT`] for each further statement tried while stalled.
+pub const CLIENT_STATEMENT_BOUND: Duration = Duration::from_secs(7);
+
+/// Once a statement was given up on, later statements fail at once unless Postgres answers
+/// a ping this quickly; pings are tried at most every [`STALL_PING_EVERY`].
+const STALL_PING_TIMEOUT: Duration = Duration::from_secs(1);
+const STALL_PING_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether Postgres stopped answering, as the last bounded statement saw it.
+#[derive(Debug, Default)]
+struct Stall {
+    since: Option<Instant>,
+    last_ping: Option<Instant>,
+}
+
+fn stalled_error(why: String) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, why))
 }
 
 impl Store {
     /// Connects lazily checked: the pool opens its first connection here so a wrong URL or a
     /// dead server is reported at once.
     pub async fn connect(database_url: &str) -> Result<Self, sqlx::Error> {
+        let options = connect_options(database_url)?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(database_url)
+            .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            stall: Arc::default(),
+        }
+    }
+
+    /// Runs one statement (or transaction) within [`CLIENT_STATEMENT_BOUND`]. After one was
+    /// given up on, the next ones fail at once until Postgres answers a short ping, so a
+    /// tick with many writes does not wait the bound once per write.
+    async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        let stalled_since = {
+            let mut stall = self.stall.lock().expect("stall lock");
+            match stall.since {
+                None => None,
+                Some(since) => {
+                    if stall
+                        .last_ping
+                        .is_some_and(|ping| ping.elapsed() < STALL_PING_EVERY)
+                    {
+                        return Err(stalled_error(format!(
+                            "Postgres stopped answering {:.1} s ago; not trying again yet",
+                            since.elapsed().as_secs_f64()
+                        )));
+                    }
+                    stall.last_ping = Some(Instant::now());
+                    Some(since)
+                }
+            }
+        };
+        if let Some(since) = stalled_since {
+            let ping = sqlx::query("SELECT 1").execute(&self.pool);
+            match tokio::time::timeout(STALL_PING_TIMEOUT, ping).await {
+                Ok(Ok(_)) => *self.stall.lock().expect("stall lock") = Stall::default(),
+                _ => {
+                    return Err(stalled_error(format!(
+                        "Postgres stopped answering {:.1} s ago and still does not answer a ping within {STALL_PING_TIMEOUT:?}",
+                        since.elapsed().as_secs_f64()
+                    )));
+                }
+            }
+        }
+        match tokio::time::timeout(CLIENT_STATEMENT_BOUND, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                let mut stall = self.stall.lock().expect("stall lock");
+                stall.since.get_or_insert_with(Instant::now);
+                stall.last_ping = Some(Instant::now());
+                Err(stalled_error(format!(
+                    "Postgres did not answer within {CLIENT_STATEMENT_BOUND:?}"
+                )))
+            }
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -82,46 +174,63 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+        self.bounded(async {
+            sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+        })
+        .await
     }
 
     /// Streams the running records, one statement, rows arriving as the server sends them,
     /// so a list of 100k games never sits in memory as one result. The single place that
     /// decides which games this worker probes (a future lease filter goes here).
+    ///
+    /// Each row (the first one included) must arrive within [`CLIENT_STATEMENT_BOUND`]; a
+    /// server that stops answering mid-list ends the stream with an error.
     pub fn running_records(&self) -> BoxStream<'_, Result<RuntimeRecord, sqlx::Error>> {
-        sqlx::query(
+        let rows = sqlx::query(
             "SELECT game_id, current_container_id, engine_endpoint \
              FROM runtime_records WHERE status = 'running' ORDER BY game_id",
         )
         .fetch(&self.pool)
-        .map(|row| runtime_record(&row?))
+        .map(|row| runtime_record(&row?));
+        futures::stream::unfold(Some(rows), move |rows| async move {
+            let mut rows = rows?;
+            match self.bounded(async { Ok(rows.next().await) }).await {
+                Ok(Some(Ok(record))) => Some((Ok(record), Some(rows))),
+                Ok(Some(Err(e))) | Err(e) => Some((Err(e), None)),
+                Ok(None) => None,
+            }
+        })
         .boxed()
     }
 
     /// The per-game counters, to resume after a restart.
     pub async fn load_health(&self) -> Result<Vec<(String, GameHealth)>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT game_id, consecutive_failures, consecutive_successes, episode_failures, \
-             failure_published FROM health_snapshots",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                let count = |i: usize| -> Result<u32, sqlx::Error> {
-                    Ok(row.try_get::<i32, _>(i)?.max(0) as u32)
-                };
-                Ok((
-                    row.try_get(0)?,
-                    GameHealth {
-                        consecutive_failures: count(1)?,
-                        consecutive_successes: count(2)?,
-                        episode_failures: count(3)?,
-                        failure_published: row.try_get(4)?,
-                    },
-                ))
-            })
-            .collect()
+        self.bounded(async {
+            let rows = sqlx::query(
+                "SELECT game_id, consecutive_failures, consecutive_successes, episode_failures, \
+                 failure_published FROM health_snapshots",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|row| {
+                    let count = |i: usize| -> Result<u32, sqlx::Error> {
+                        Ok(row.try_get::<i32, _>(i)?.max(0) as u32)
+                    };
+                    Ok((
+                        row.try_get(0)?,
+                        GameHealth {
+                            consecutive_failures: count(1)?,
+                            consecutive_successes: count(2)?,
+                            episode_failures: count(3)?,
+                            failure_published: row.try_get(4)?,
+                        },
+                    ))
+                })
+                .collect()
+        })
+        .await
     }
 
     /// Commits one transition: its event row and the game's snapshot, atomically.
@@ -130,104 +239,107 @@ impl Store {
         event: &HealthEvent,
         snapshot: &SnapshotRow,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let details = serde_json::to_value(&event.details).expect("details always serialize");
-        sqlx::query(
-            "INSERT INTO health_events \
-             (event_id, game_id, container_id, event_type, occurred_at, details) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(event.event_id)
-        .bind(&event.game_id)
-        .bind(&event.container_id)
-        .bind(event.event_type().as_str())
-        .bind(event.occurred_at)
-        .bind(details)
-        .execute(&mut *tx)
-        .await?;
-        upsert_snapshots(&mut *tx, std::slice::from_ref(snapshot)).await?;
-        tx.commit().await
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "SET LOCAL statement_timeout = {}",
+                STATEMENT_TIMEOUT.as_millis()
+            )))
+            .execute(&mut *tx)
+            .await?;
+            let details = serde_json::to_value(&event.details).expect("details always serialize");
+            sqlx::query(
+                "INSERT INTO health_events \
+                 (event_id, game_id, container_id, event_type, occurred_at, details) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(event.event_id)
+            .bind(&event.game_id)
+            .bind(&event.container_id)
+            .bind(event.event_type().as_str())
+            .bind(event.occurred_at)
+            .bind(details)
+            .execute(&mut *tx)
+            .await?;
+            upsert_snapshots(&mut *tx, std::slice::from_ref(snapshot)).await?;
+            tx.commit().await
+        })
+        .await
     }
 
     /// Writes many snapshots in one statement.
     pub async fn upsert_snapshots(&self, rows: &[SnapshotRow]) -> Result<(), sqlx::Error> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        upsert_snapshots(&self.pool, rows).await
+        self.bounded(async {
+            if rows.is_empty() {
+                return Ok(());
+            }
+            upsert_snapshots(&self.pool, rows).await
+        })
+        .await
     }
 
     /// Forgets games that are no longer running.
     pub async fn delete_snapshots(&self, game_ids: &[String]) -> Result<u64, sqlx::Error> {
-        if game_ids.is_empty() {
-            return Ok(0);
-        }
-        let done = sqlx::query("DELETE FROM health_snapshots WHERE game_id = ANY($1)")
-            .bind(game_ids)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    /// The oldest unpublished events, in commit order.
-    pub async fn unpublished_events(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<Result<HealthEvent, UndecodableEvent>>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT event_id, game_id, container_id, event_type, occurred_at, details \
-             FROM health_events WHERE published_at IS NULL ORDER BY seq LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                let event_id: Uuid = row.try_get(0)?;
-                let event_type: String = row.try_get(3)?;
-                let details: serde_json::Value = row.try_get(5)?;
-                let decoded = serde_json::from_value::<Details>(details)
-                    .map_err(|e| e.to_string())
-                    .and_then(|details| {
-                        if details.event_type().as_str() == event_type {
-                            Ok(details)
-                        } else {
-                            Err(format!("details do not match event_type {event_type:?}"))
-                        }
-                    });
-                Ok(match decoded {
-                    Ok(details) => Ok(HealthEvent {
-                        event_id,
-                        game_id: row.try_get(1)?,
-                        container_id: row.try_get(2)?,
-                        occurred_at: row.try_get(4)?,
-                        details,
-                    }),
-                    Err(reason) => Err(UndecodableEvent { event_id, reason }),
-                })
-            })
-            .collect()
+        self.bounded(async {
+            if game_ids.is_empty() {
+                return Ok(0);
+            }
+            let done = sqlx::query("DELETE FROM health_snapshots WHERE game_id = ANY($1)")
+                .bind(game_ids)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
+        .await
     }
 
     pub async fn mark_published(&self, event_ids: &[Uuid]) -> Result<(), sqlx::Error> {
-        if event_ids.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE health_events SET published_at = now() \
-             WHERE event_id = ANY($1) AND published_at IS NULL",
-        )
-        .bind(event_ids)
-        .execute(&self.pool)
+        self.bounded(async {
+            if event_ids.is_empty() {
+                return Ok(());
+            }
+            sqlx::query(
+                "UPDATE health_events SET published_at = now() \
+                 WHERE event_id = ANY($1) AND published_at IS NULL",
+            )
+            .bind(event_ids)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+        })
         .await
-        .map(drop)
     }
 
     pub async fn count_unpublished(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT count(*) FROM health_events WHERE published_at IS NULL")
-            .fetch_one(&self.pool)
-            .await
+        self.bounded(async {
+            // Set-aside rows are counted apart (`count_set_aside`): they wait for an operator.
+            sqlx::query_scalar(
+                "SELECT count(*) FROM health_events e WHERE published_at IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM health_events_set_aside a \
+                                 WHERE a.event_id = e.event_id AND a.state <> 'retry')",
+            )
+                .fetch_one(&self.pool)
+                .await
+        })
+        .await
     }
+}
+
+/// The pool's connection settings: the URL's, plus server-side lock and idle-transaction
+/// timeouts and TCP keepalives (sqlx has no client-side keepalive; the server's own tells it
+/// of a vanished worker, and [`CLIENT_STATEMENT_BOUND`] covers a vanished server).
+fn connect_options(database_url: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
+    use std::str::FromStr as _;
+    let ms = |d: Duration| d.as_millis().to_string();
+    Ok(
+        sqlx::postgres::PgConnectOptions::from_str(database_url)?.options([
+            ("lock_timeout", ms(LOCK_TIMEOUT)),
+            ("idle_in_transaction_session_timeout", ms(STATEMENT_TIMEOUT * 6)),
+            ("tcp_keepalives_idle", "30".to_owned()),
+            ("tcp_keepalives_interval", "10".to_owned()),
+            ("tcp_keepalives_count", "3".to_owned()),
+        ]),
+    )
 }
 
 /// Decodes `SELECT game_id, current_container_id, engine_endpoint` into a record.
@@ -359,14 +471,17 @@ impl Store {
         &self,
         game_id: &str,
     ) -> Result<Option<RuntimeRecord>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT game_id, current_container_id, engine_endpoint \
-             FROM runtime_records WHERE status = 'running' AND game_id = $1",
-        )
-        .bind(game_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(runtime_record).transpose()
+        self.bounded(async {
+            let row = sqlx::query(
+                "SELECT game_id, current_container_id, engine_endpoint \
+                 FROM runtime_records WHERE status = 'running' AND game_id = $1",
+            )
+            .bind(game_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(runtime_record).transpose()
+        })
+        .await
     }
 
     /// One page of running games with their health, ordered by `game_id`. Keyset
@@ -374,42 +489,45 @@ impl Store {
     /// deep it is, and games added or removed between pages neither repeat nor shift others.
     /// Served by the partial index on running records.
     pub async fn games_page(&self, query: &GamesQuery) -> Result<Vec<GameView>, sqlx::Error> {
-        let like = query.game_id_glob.as_deref().map(glob_to_like);
-        let rows = sqlx::query(
-            "SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
-               COALESCE(s.status, 'unknown'), COALESCE(s.consecutive_failures, 0), \
-               s.last_probe_at, s.last_success_at, s.last_latency_ms, s.last_status, \
-               s.last_error, s.last_failure_kind \
-             FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
-             WHERE r.status = 'running' \
-               AND ($1::text IS NULL OR r.game_id > $1) \
-               AND ($2::text IS NULL OR r.game_id LIKE $2) \
-               AND ($3::text IS NULL OR COALESCE(s.status, 'unknown') = $3) \
-             ORDER BY r.game_id LIMIT $4",
-        )
-        .bind(query.after.as_deref())
-        .bind(like)
-        .bind(query.status.as_deref())
-        .bind(query.limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(GameView {
-                    game_id: row.try_get(0)?,
-                    container_id: row.try_get(1)?,
-                    engine_endpoint: row.try_get(2)?,
-                    status: row.try_get(3)?,
-                    consecutive_failures: row.try_get(4)?,
-                    last_probe_at: row.try_get(5)?,
-                    last_success_at: row.try_get(6)?,
-                    last_latency_ms: row.try_get(7)?,
-                    last_status: row.try_get(8)?,
-                    last_error: row.try_get(9)?,
-                    last_failure_kind: row.try_get(10)?,
+        self.bounded(async {
+            let like = query.game_id_glob.as_deref().map(glob_to_like);
+            let rows = sqlx::query(
+                "SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
+                   COALESCE(s.status, 'unknown'), COALESCE(s.consecutive_failures, 0), \
+                   s.last_probe_at, s.last_success_at, s.last_latency_ms, s.last_status, \
+                   s.last_error, s.last_failure_kind \
+                 FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
+                 WHERE r.status = 'running' \
+                   AND ($1::text IS NULL OR r.game_id > $1) \
+                   AND ($2::text IS NULL OR r.game_id LIKE $2) \
+                   AND ($3::text IS NULL OR COALESCE(s.status, 'unknown') = $3) \
+                 ORDER BY r.game_id LIMIT $4",
+            )
+            .bind(query.after.as_deref())
+            .bind(like)
+            .bind(query.status.as_deref())
+            .bind(query.limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|row| {
+                    Ok(GameView {
+                        game_id: row.try_get(0)?,
+                        container_id: row.try_get(1)?,
+                        engine_endpoint: row.try_get(2)?,
+                        status: row.try_get(3)?,
+                        consecutive_failures: row.try_get(4)?,
+                        last_probe_at: row.try_get(5)?,
+                        last_success_at: row.try_get(6)?,
+                        last_latency_ms: row.try_get(7)?,
+                        last_status: row.try_get(8)?,
+                        last_error: row.try_get(9)?,
+                        last_failure_kind: row.try_get(10)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     /// Records games as running at the given endpoints (insert or update). Used by the

@@ -38,6 +38,8 @@ pub struct Metrics {
     running_records: Gauge<u64>,
     outbox_pending: Gauge<u64>,
     publish_errors: Counter<u64>,
+    outbox_set_aside: Counter<u64>,
+    relay_restarts: Counter<u64>,
 }
 
 impl Metrics {
@@ -49,7 +51,7 @@ impl Metrics {
                 .build(),
             probes: meter
                 .u64_counter("healthprobe.probes")
-                .with_description("Probes completed, by outcome (ok or a failure kind)")
+                .with_description("Probes completed, by outcome (ok, a failure kind, or local_error)")
                 .build(),
             probe_duration: meter
                 .f64_histogram("healthprobe.probe.duration")
@@ -76,6 +78,14 @@ impl Metrics {
             publish_errors: meter
                 .u64_counter("healthprobe.publish.errors")
                 .with_description("Failed attempts to publish the outbox to JetStream")
+                .build(),
+            outbox_set_aside: meter
+                .u64_counter("healthprobe.outbox.set_aside")
+                .with_description("Outbox rows set aside because they cannot be decoded or published")
+                .build(),
+            relay_restarts: meter
+                .u64_counter("healthprobe.relay.restarts")
+                .with_description("Abnormal ends of the outbox relay task, each followed by a restart")
                 .build(),
         }
     }
@@ -112,6 +122,14 @@ impl Metrics {
 
     pub fn publish_failed(&self) {
         self.publish_errors.add(1, &[]);
+    }
+
+    pub fn outbox_set_aside(&self) {
+        self.outbox_set_aside.add(1, &[]);
+    }
+
+    pub fn relay_restarted(&self) {
+        self.relay_restarts.add(1, &[]);
     }
 }
 

@@ -49,6 +49,9 @@ pub struct TickReport {
     pub probes: usize,
     pub healthy: usize,
     pub failed: usize,
+    /// Probes the worker's own machine could not attempt (DESIGN §2): not in `probes`,
+    /// `healthy` or `failed`, never counted for the engine, never an event.
+    pub local_errors: usize,
     /// Events committed during this tick, in commit order.
     pub events: Vec<HealthEvent>,
     /// Games forgotten because they are no longer running.
@@ -413,9 +416,18 @@ impl Worker {
                 return;
             }
         };
-        report.probes += 1;
         self.metrics
             .probe_completed(outcome.outcome_label(), outcome.latency);
+        if outcome.is_local_fault() {
+            // The worker's problem, not the engine's: no hysteresis, no snapshot, no event;
+            // the tick logs the count once (see `log_tick`).
+            report.local_errors += 1;
+            if let Some(failure) = &outcome.failure {
+                tracing::debug!(game_id = %record.game_id, error = %failure.message, "probe not attempted: local fault");
+            }
+            return;
+        }
+        report.probes += 1;
         let observation = if outcome.is_healthy() {
             report.healthy += 1;
             Observation::Success
@@ -700,6 +712,13 @@ fn log_tick(result: &Result<TickReport, TickError>, interval: Duration) {
         Ok(report) => {
             if report.duration > interval {
                 tracing::warn!(duration = ?report.duration, ?interval, records = report.records, "tick took longer than the interval; the next one starts late");
+            }
+            if report.local_errors > 0 {
+                tracing::error!(
+                    local_errors = report.local_errors,
+                    probes = report.probes,
+                    "probes not attempted: the worker ran out of descriptors, ports or buffers; these engines were not judged this tick"
+                );
             }
             if !report.is_clean() {
                 tracing::warn!(failed_commits = report.failed_commits, errors = ?report.store_errors, "tick could not record everything");

@@ -137,6 +137,7 @@ impl TestApp {
             board: board.clone(),
             commands,
             probe_reply_limit: options.probe_timeout + Duration::from_secs(10),
+            relay: Default::default(),
         });
         let listener = http::bind("127.0.0.1:0".parse().unwrap())
             .await

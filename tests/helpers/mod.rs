@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod distinct;
 pub mod engines;
 pub mod hostile;
 pub mod metrics;
@@ -207,6 +208,7 @@ impl TestEnv {
         let target = StreamTarget {
             stream: format!("HP_{id}"),
             subject_prefix: format!("hp.{id}"),
+            duplicate_window: healthprobe::events::jetstream::DEFAULT_DEDUP_WINDOW,
         };
         ensure_stream(&js, &target)
             .await
