@@ -15,9 +15,9 @@ use healthprobe::config::{
 };
 use healthprobe::events::jetstream::{self, StreamTarget};
 use healthprobe::events::relay::{self, Relay, RelayMonitor};
-use healthprobe::limits::{self, DescriptorBudget};
 use healthprobe::fleet::{Fleet, FleetSpec};
 use healthprobe::http::{self, HttpState};
+use healthprobe::limits::{self, DescriptorBudget};
 use healthprobe::probe::Prober;
 use healthprobe::status::StatusBoard;
 use healthprobe::store::{GamesQuery, SetAsideSelection, Store};

@@ -532,7 +532,11 @@ mod tests {
         assert_eq!(local_errno(&wrapped), Some(libc::ENOBUFS));
         let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
         assert_eq!(local_errno(&refused), None);
-        assert_eq!(FailureKind::parse("local_error"), None, "never in a snapshot");
+        assert_eq!(
+            FailureKind::parse("local_error"),
+            None,
+            "never in a snapshot"
+        );
     }
 
     #[test]

@@ -315,7 +315,11 @@ pub fn evaluate(observed: &Observed) -> StatusReport {
     let probes = match &board.last_tick {
         Some(t) if t.local_errors > 0 => Component {
             name: "probes",
-            level: if t.probes == 0 { Level::Ko } else { Level::Warn },
+            level: if t.probes == 0 {
+                Level::Ko
+            } else {
+                Level::Warn
+            },
             rule: PROBES_RULE,
             detail: format!(
                 "last tick: {} probes could not be attempted (local faults), {} were",

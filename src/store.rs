@@ -174,10 +174,8 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        self.bounded(async {
-            sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
-        })
-        .await
+        self.bounded(async { sqlx::query("SELECT 1").execute(&self.pool).await.map(drop) })
+            .await
     }
 
     /// Streams the running records, one statement, rows arriving as the server sends them,
@@ -318,8 +316,8 @@ impl Store {
                  AND NOT EXISTS (SELECT 1 FROM health_events_set_aside a \
                                  WHERE a.event_id = e.event_id AND a.state <> 'retry')",
             )
-                .fetch_one(&self.pool)
-                .await
+            .fetch_one(&self.pool)
+            .await
         })
         .await
     }
@@ -334,7 +332,10 @@ fn connect_options(database_url: &str) -> Result<sqlx::postgres::PgConnectOption
     Ok(
         sqlx::postgres::PgConnectOptions::from_str(database_url)?.options([
             ("lock_timeout", ms(LOCK_TIMEOUT)),
-            ("idle_in_transaction_session_timeout", ms(STATEMENT_TIMEOUT * 6)),
+            (
+                "idle_in_transaction_session_timeout",
+                ms(STATEMENT_TIMEOUT * 6),
+            ),
             ("tcp_keepalives_idle", "30".to_owned()),
             ("tcp_keepalives_interval", "10".to_owned()),
             ("tcp_keepalives_count", "3".to_owned()),

@@ -51,7 +51,9 @@ impl Metrics {
                 .build(),
             probes: meter
                 .u64_counter("healthprobe.probes")
-                .with_description("Probes completed, by outcome (ok, a failure kind, or local_error)")
+                .with_description(
+                    "Probes completed, by outcome (ok, a failure kind, or local_error)",
+                )
                 .build(),
             probe_duration: meter
                 .f64_histogram("healthprobe.probe.duration")
@@ -81,11 +83,15 @@ impl Metrics {
                 .build(),
             outbox_set_aside: meter
                 .u64_counter("healthprobe.outbox.set_aside")
-                .with_description("Outbox rows set aside because they cannot be decoded or published")
+                .with_description(
+                    "Outbox rows set aside because they cannot be decoded or published",
+                )
                 .build(),
             relay_restarts: meter
                 .u64_counter("healthprobe.relay.restarts")
-                .with_description("Abnormal ends of the outbox relay task, each followed by a restart")
+                .with_description(
+                    "Abnormal ends of the outbox relay task, each followed by a restart",
+                )
                 .build(),
         }
     }

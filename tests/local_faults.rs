@@ -297,7 +297,10 @@ async fn a_tick_stuck_on_a_hung_postgres_ends_with_an_error_within_the_bound() {
         env.outbox_wake.clone(),
     );
     let stop = CancellationToken::new();
-    let first = worker.tick(&stop).await.expect("a tick through a live proxy");
+    let first = worker
+        .tick(&stop)
+        .await
+        .expect("a tick through a live proxy");
     assert_eq!(first.records, 40);
 
     // Hang once the list of the next tick is streaming (one probe at a time, 50 ms each).

@@ -40,10 +40,11 @@ async fn insert_raw(
     event_id
 }
 
-const FAILED: &str = r#"{"consecutive_failures":3,"last_status":503,"last_error":"unexpected status 503"}"#;
+const FAILED: &str =
+    r#"{"consecutive_failures":3,"last_status":503,"last_error":"unexpected status 503"}"#;
 const RECOVERED: &str = r#"{"prior_failure_count":3}"#;
 
-/// A 1.1 MB container id, an `infinity` timestamp, a year-200000 timestamp and 300 rows
+/// A 1.1 MB container id, an `infinity` timestamp, a year-294000 timestamp (beyond chrono, within Postgres) and 300 rows
 /// with details the contract forbids, all ahead of good rows: the good rows are published
 /// in their per-game order, the bad ones set aside with why, nothing panics.
 #[tokio::test]
@@ -52,7 +53,15 @@ async fn poison_rows_are_set_aside_and_the_rest_flow_in_order() {
     let huge = "c".repeat(1_100_000);
     let big = insert_raw(&env, "poison-big", &huge, "probe_failed", "now", FAILED).await;
     let inf = insert_raw(&env, "poison-inf", "", "probe_failed", "infinity", FAILED).await;
-    let far = insert_raw(&env, "poison-far", "", "probe_failed", "200000-01-01", FAILED).await;
+    let far = insert_raw(
+        &env,
+        "poison-far",
+        "",
+        "probe_failed",
+        "294000-01-01",
+        FAILED,
+    )
+    .await;
     for i in 0..300 {
         insert_raw(
             &env,
@@ -167,7 +176,11 @@ async fn a_message_over_max_payload_is_set_aside() {
     let listed = env.store.list_set_aside(false, 10).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].event_id, bad);
-    assert!(listed[0].error.contains("max_payload"), "{}", listed[0].error);
+    assert!(
+        listed[0].error.contains("max_payload"),
+        "{}",
+        listed[0].error
+    );
     let events = env.stream_events().await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].payload["event_id"], good.to_string());
@@ -218,7 +231,10 @@ async fn a_relay_that_panics_is_restarted_and_reported() {
     let events = env.wait_stream_events(1).await;
     assert_eq!(events[0].payload["event_id"], id.to_string());
     stop.cancel();
-    tokio::time::timeout(WAIT_LIMIT, task).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT_LIMIT, task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 fn outbox_command(env: &TestEnv, args: &[&str]) -> (bool, String) {
@@ -268,23 +284,27 @@ async fn the_outbox_command_lists_retries_and_discards_set_aside_rows() {
         elapsed.as_secs_f64() * 1000.0
     );
     let addr = worker.status_addr().await;
-    let body: serde_json::Value = wait_for("/status shows the set-aside rows", WAIT_LIMIT, || async {
-        let text = reqwest::get(format!("http://{addr}/status"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let body: serde_json::Value = serde_json::from_str(&text).ok()?;
-        (body["outbox"]["set_aside"] == 2).then_some(body)
-    })
-    .await;
+    let body: serde_json::Value =
+        wait_for("/status shows the set-aside rows", WAIT_LIMIT, || async {
+            let text = reqwest::get(format!("http://{addr}/status"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let body: serde_json::Value = serde_json::from_str(&text).ok()?;
+            (body["outbox"]["set_aside"] == 2).then_some(body)
+        })
+        .await;
     assert_eq!(body["components"]["outbox"]["status"], "WARN", "{body}");
 
     let (ok, out) = outbox_command(&env, &["list", "--json"]);
     assert!(ok, "{out}");
     assert_eq!(out.lines().count(), 2, "{out}");
-    assert!(out.contains(&inf.to_string()) && out.contains("infinite"), "{out}");
+    assert!(
+        out.contains(&inf.to_string()) && out.contains("infinite"),
+        "{out}"
+    );
     let (ok, out) = outbox_command(&env, &["list"]);
     assert!(ok && out.contains("poison-junk"), "{out}");
 

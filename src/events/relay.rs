@@ -402,7 +402,10 @@ pub async fn supervise<F, Fut>(
                     .map(|s| (*s).to_owned())
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic without a message".to_owned());
-                format!("the relay panicked: {}", crate::bounded(&text, LOG_VALUE_MAX))
+                format!(
+                    "the relay panicked: {}",
+                    crate::bounded(&text, LOG_VALUE_MAX)
+                )
             }
             Err(e) => format!("the relay task was cancelled: {e}"),
         };

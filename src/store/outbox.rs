@@ -116,9 +116,11 @@ impl Store {
     /// Rows set aside and not yet retried or discarded.
     pub async fn count_set_aside(&self) -> Result<i64, sqlx::Error> {
         self.bounded(async {
-            sqlx::query_scalar("SELECT count(*) FROM health_events_set_aside WHERE state = 'set_aside'")
-                .fetch_one(&self.pool)
-                .await
+            sqlx::query_scalar(
+                "SELECT count(*) FROM health_events_set_aside WHERE state = 'set_aside'",
+            )
+            .fetch_one(&self.pool)
+            .await
         })
         .await
     }
@@ -255,8 +257,12 @@ mod tests {
 
     #[test]
     fn good_rows_decode() {
-        let event =
-            decode_with(Some(5), "probe_recovered", Some(r#"{"prior_failure_count":2}"#)).unwrap();
+        let event = decode_with(
+            Some(5),
+            "probe_recovered",
+            Some(r#"{"prior_failure_count":2}"#),
+        )
+        .unwrap();
         assert_eq!(event.occurred_at.timestamp_millis(), 5);
     }
 
@@ -268,7 +274,12 @@ mod tests {
             (Some(i64::MAX), "probe_recovered", recovered, "out of range"),
             (Some(1), "probe_exploded", recovered, "unknown event_type"),
             (Some(1), "probe_failed", recovered, "do not match"),
-            (Some(1), "probe_recovered", Some("{\"x\":1}"), "do not decode"),
+            (
+                Some(1),
+                "probe_recovered",
+                Some("{\"x\":1}"),
+                "do not decode",
+            ),
             (Some(1), "probe_recovered", None, "too large"),
         ];
         for (ms, event_type, details, why) in cases {

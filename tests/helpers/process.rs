@@ -289,10 +289,8 @@ impl PgServer {
         let port = super::free_port();
         // Under the system's temporary directory rather than the clone's target/: as root
         // the server runs as `postgres`, which cannot enter a clone in root's home (0700).
-        let dir = std::env::temp_dir().join(format!(
-            "healthprobe-test-pg-{}-{name}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("healthprobe-test-pg-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
