@@ -324,7 +324,12 @@ async fn a_tick_stuck_on_a_hung_postgres_ends_with_an_error_within_the_bound() {
             report.store_errors.join("; ")
         }
     };
-    assert!(error.contains("did not answer"), "{error}");
+    // Either a statement was given up on ("did not answer") or no pooled connection
+    // answered its health check within the pool's acquire timeout.
+    assert!(
+        error.contains("did not answer") || error.contains("timed out"),
+        "{error}"
+    );
     eprintln!(
         "FIGURE pg-hang: a tick stuck on Postgres ended with an error after {:.2} s ({error})",
         elapsed.as_secs_f64()
