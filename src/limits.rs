@@ -65,13 +65,21 @@ pub fn soft_nofile_limit() -> io::Result<u64> {
 /// use on a quiet worker; twice that leaves room without starving the keep-alive pool.
 pub const FIXED_RESERVE: u64 = 64;
 
+/// Idle keep-alive connections at most, whatever the descriptor limit allows: each costs
+/// about 18 KiB of the worker's memory (hyper's buffers and connection task; measured 10,000
+/// idle connections at about 215 MB RSS against 40 MB with 575, RELIABILITY.md) plus the
+/// kernel's socket buffers. 4,096 keeps that under about 75 MB; beyond it a probe pays a
+/// connect, which on a LAN costs one round trip and no memory.
+pub const KEEPALIVE_CAP: usize = 4096;
+
 /// How the descriptors under the soft limit are shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DescriptorBudget {
     pub soft_limit: u64,
     /// Fixed reserve + status port (listener and its connection cap) + probes in flight.
     pub reserved: u64,
-    /// Idle keep-alive connections to engines, at most: what is left.
+    /// Idle keep-alive connections to engines, at most: what is left, up to
+    /// [`KEEPALIVE_CAP`].
     pub keepalive: usize,
 }
 
@@ -84,7 +92,9 @@ impl DescriptorBudget {
         Self {
             soft_limit,
             reserved,
-            keepalive: usize::try_from(keepalive).unwrap_or(usize::MAX),
+            keepalive: usize::try_from(keepalive)
+                .unwrap_or(usize::MAX)
+                .min(KEEPALIVE_CAP),
         }
     }
 }
@@ -99,6 +109,10 @@ mod tests {
         assert_eq!(budget.reserved, 64 + 1 + 256 + 32);
         assert_eq!(budget.keepalive, 1024 - 353);
         assert_eq!(DescriptorBudget::new(100, 16, 256).keepalive, 0);
+        assert_eq!(
+            DescriptorBudget::new(1 << 20, 16, 256).keepalive,
+            KEEPALIVE_CAP
+        );
     }
 
     #[test]
