@@ -61,8 +61,9 @@ pub fn soft_nofile_limit() -> io::Result<u64> {
 
 /// Descriptors set aside for everything but probes and the status port: stdio, the
 /// runtime's epoll and wake-up descriptors, the signal pipe, the Postgres pool (6), NATS
-/// (1), the OTLP exporters (a few), migrations and the odd file. Measured at about 30 in
-/// use on a quiet worker; twice that leaves room without starving the keep-alive pool.
+/// (1), the OTLP exporters (a few), migrations and the odd file. Measured at 16 in use
+/// besides the engine connections (RELIABILITY.md); four times that leaves room without
+/// starving the keep-alive pool.
 pub const FIXED_RESERVE: u64 = 64;
 
 /// Idle keep-alive connections at most, whatever the descriptor limit allows: each costs
