@@ -484,9 +484,10 @@ impl Worker {
                 tracing::info!(
                     event_type = event.event_type().as_str(),
                     event_id = %event.event_id,
-                    game_id = %event.game_id,
-                    container_id = %event.container_id,
-                    details = %serde_json::to_string(&event.details).unwrap_or_default(),
+                    // Bounded: these come from runtime_records and an engine's answer.
+                    game_id = %crate::bounded(&event.game_id, 200),
+                    container_id = %crate::bounded(&event.container_id, 200),
+                    details = %crate::bounded(&serde_json::to_string(&event.details).unwrap_or_default(), 400),
                     "health event recorded"
                 );
                 report.events.push(event);
