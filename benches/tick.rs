@@ -376,6 +376,7 @@ async fn detection_latency(
         let target = StreamTarget {
             stream: format!("HP_BENCH_LATENCY_{round}"),
             subject_prefix: format!("hp.bench.latency.{round}"),
+            duplicate_window: healthprobe::events::jetstream::DEFAULT_DEDUP_WINDOW,
         };
         let _ = js.delete_stream(&target.stream).await;
         let stream = jetstream::ensure_stream(&js, &target).await?;

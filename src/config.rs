@@ -38,6 +38,47 @@ pub enum Command {
     /// Run a simulated fleet of engines on one HTTP server until Ctrl-C, optionally
     /// registered as running records.
     Fleet(Box<FleetArgs>),
+    /// Manage outbox rows the relay set aside: list, retry or discard them.
+    Outbox(OutboxArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OutboxArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(subcommand)]
+    pub action: OutboxAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum OutboxAction {
+    /// List the rows set aside (event id, game, type, attempts, when, why).
+    List {
+        /// Also rows already retried or discarded.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// At most this many rows.
+        #[arg(long, default_value = "1000", value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        limit: i64,
+    },
+    /// Give set-aside rows back to the relay (set aside again if they still fail).
+    Retry(OutboxSelection),
+    /// Never publish these set-aside rows; they stay in the event log.
+    Discard(OutboxSelection),
+}
+
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct OutboxSelection {
+    /// Event ids of set-aside rows.
+    #[arg(value_name = "EVENT_ID")]
+    pub event_ids: Vec<uuid::Uuid>,
+    /// Every row currently set aside.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -179,6 +220,15 @@ pub struct RunArgs {
     #[arg(long, env = "HEALTHPROBE_HTTP_ADDR", default_value = "127.0.0.1:8097",
           value_parser = socket_addr)]
     pub http_addr: SocketAddr,
+    /// JetStream's duplicate window, set on the stream at start-up: the longest Postgres
+    /// outage after a publish that can never produce a duplicate.
+    #[arg(long, env = "HEALTHPROBE_DEDUP_WINDOW", default_value = "1h",
+          value_parser = positive_duration("HEALTHPROBE_DEDUP_WINDOW"))]
+    pub dedup_window: Duration,
+    /// Connections the status port serves at once; beyond it the oldest is closed.
+    #[arg(long, env = "HEALTHPROBE_HTTP_MAX_CONNECTIONS", default_value = "256",
+          value_parser = http_connections)]
+    pub http_max_connections: usize,
     #[command(flatten)]
     pub replica: ReplicaArgs,
 }
@@ -286,6 +336,15 @@ fn spread(raw: &str) -> Result<f64, String> {
         ));
     }
     Ok(value)
+}
+
+fn http_connections(raw: &str) -> Result<usize, String> {
+    match raw.trim().parse::<usize>() {
+        Ok(n) if (1..=65_536).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "HEALTHPROBE_HTTP_MAX_CONNECTIONS must be an integer from 1 to 65536, got {raw:?}"
+        )),
+    }
 }
 
 fn socket_addr(raw: &str) -> Result<SocketAddr, String> {

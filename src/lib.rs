@@ -11,6 +11,7 @@ pub mod events;
 pub mod fleet;
 pub mod http;
 pub mod hysteresis;
+pub mod limits;
 pub mod live;
 pub mod probe;
 pub mod scrape;
@@ -44,4 +45,17 @@ impl std::fmt::Display for ErrorChain<'_> {
         }
         Ok(())
     }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary) and quoted, with the full
+/// length when cut: values from the database or an engine go into log lines only this way.
+pub fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return format!("{text:?}");
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &text[..end], text.len())
 }

@@ -144,6 +144,7 @@ mod tests {
             probes: records,
             healthy: records,
             failures: 0,
+            local_errors: 0,
             events: 0,
             pruned: 0,
             conflicts: 0,

@@ -11,16 +11,18 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use healthprobe::config::{Cli, Command, FleetArgs, MigrateArgs, RunArgs, StatusArgs, TailArgs};
+use healthprobe::config::{
+    Cli, Command, FleetArgs, MigrateArgs, OutboxAction, OutboxArgs, RunArgs, StatusArgs, TailArgs,
+};
 use healthprobe::events::jetstream::{self, StreamTarget};
 use healthprobe::events::leader::RelayLeadership;
-use healthprobe::events::relay::Relay;
+use healthprobe::events::relay::{Relay, RelayMonitor};
 use healthprobe::fleet::{Fleet, FleetSpec};
 use healthprobe::http::{self, HttpState};
+use healthprobe::limits::{self, DescriptorBudget};
 use healthprobe::probe::Prober;
 use healthprobe::status::StatusBoard;
-use healthprobe::store::GamesQuery;
-use healthprobe::store::Store;
+use healthprobe::store::{GamesQuery, SetAsideSelection, Store};
 use healthprobe::telemetry::{self, Metrics};
 use healthprobe::worker::membership::{self, Heartbeats, MembershipSettings};
 use healthprobe::worker::{self, Worker, WorkerSettings};
@@ -33,6 +35,16 @@ const MAX_STARTUP_BACKOFF: Duration = Duration::from_secs(5);
 /// commands are served between ticks, so a tick in progress comes first. Past it the
 /// caller gets 504 and the worker drops the command unrun.
 const PROBE_REPLY_SLACK: Duration = Duration::from_secs(10);
+
+/// After SIGTERM the process exits within 10 s, whatever Postgres, NATS or an engine do.
+/// The stages share that: the tick in progress gets [`WORKER_STOP_GRACE`] (probes in
+/// flight end, what they decided is recorded; past it the tick is dropped and its
+/// uncommitted decisions are taken again by the next run), then the relay
+/// [`RELAY_STOP_GRACE`] to publish what the last tick recorded (the status port closes
+/// meanwhile), then NATS a flush and telemetry its own 2 s bound.
+const WORKER_STOP_GRACE: Duration = Duration::from_secs(3);
+const RELAY_STOP_GRACE: Duration = Duration::from_millis(3500);
+const NATS_FLUSH_LIMIT: Duration = Duration::from_millis(500);
 
 fn main() -> ExitCode {
     install_crypto_provider();
@@ -56,6 +68,7 @@ fn main() -> ExitCode {
             Command::Tail(args) => tail(args).await,
             Command::Status(args) => status(args).await,
             Command::Fleet(args) => fleet(*args).await,
+            Command::Outbox(args) => outbox(args).await,
         };
         telemetry.shutdown().await;
         result
@@ -126,6 +139,34 @@ async fn connect_store(url: &str, stop: &CancellationToken) -> Option<Store> {
 async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     stop_on_signals(stop.clone())?;
+    // Descriptors first: everything after this opens sockets.
+    let soft_limit = match limits::raise_nofile_limit() {
+        Ok(nofile) => {
+            tracing::info!(
+                soft_before = nofile.soft_before,
+                soft = nofile.soft,
+                hard = nofile.hard,
+                "descriptor limit (RLIMIT_NOFILE) raised to the hard limit"
+            );
+            nofile.soft
+        }
+        Err(e) => {
+            let soft = limits::soft_nofile_limit().unwrap_or(1024);
+            tracing::warn!(error = %e, soft, "cannot raise the descriptor limit; keeping the soft one");
+            soft
+        }
+    };
+    let budget = DescriptorBudget::new(
+        soft_limit,
+        args.probe.max_concurrency,
+        args.http_max_connections,
+    );
+    tracing::info!(
+        soft_limit = budget.soft_limit,
+        reserved = budget.reserved,
+        keepalive_engines = budget.keepalive,
+        "descriptor budget: engines beyond the keep-alive share are probed with a connection closed after use"
+    );
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         interval = ?args.probe.probe_interval,
@@ -154,8 +195,12 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
         return Ok(());
     };
     let metrics = Metrics::new(&telemetry.meter());
-    let prober = Prober::new(args.probe.probe_timeout, args.probe.probe_interval)
-        .context("building the HTTP client")?;
+    let prober = Prober::with_keepalive_budget(
+        args.probe.probe_timeout,
+        args.probe.probe_interval,
+        budget.keepalive,
+    )
+    .context("building the HTTP client")?;
     let outbox_wake = Arc::new(Notify::new());
     let nats = jetstream::connect_with_wake(&args.nats.nats_url, false, Some(outbox_wake.clone()))
         .await
@@ -178,7 +223,9 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
     let target = StreamTarget {
         stream: args.nats.stream.clone(),
         subject_prefix: args.nats.subject_prefix.clone(),
+        duplicate_window: args.dedup_window,
     };
+    let relay_monitor = RelayMonitor::default();
     let make_relay = {
         let (store, nats, wake, metrics) = (
             store.clone(),
@@ -202,6 +249,7 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
         metrics: metrics.clone(),
         board: board.clone(),
         relay_pid: relay_pid.clone(),
+        monitor: relay_monitor.clone(),
     };
     let relay_task = tasks.spawn(leadership.run(make_relay, relay_stop.clone()));
 
@@ -238,13 +286,18 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
         commands,
         probe_reply_limit: args.probe.probe_timeout + PROBE_REPLY_SLACK,
         metrics: telemetry.scrape(),
+        relay: relay_monitor,
     });
+    let http_limits = http::ServeLimits {
+        max_connections: args.http_max_connections,
+        ..http::ServeLimits::default()
+    };
     let http_stop = CancellationToken::new();
     let http_task = tasks.spawn({
         let http_stop = http_stop.clone();
         async move {
             tracing::info!(addr = %http_addr, page = %format!("http://{http_addr}/"), "status endpoints listening");
-            match http::serve(listener, router, http_stop).await {
+            match http::serve_with_limits(listener, router, http_stop, http_limits).await {
                 Ok(()) => tracing::info!("status endpoints stopped: shutdown requested"),
                 Err(e) => tracing::error!(error = %e, "status endpoints stopped: server error"),
             }
@@ -269,32 +322,54 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
         backoff = (backoff * 2).min(MAX_STARTUP_BACKOFF);
     }
     if !stop.is_cancelled() {
-        worker::driver::run_replica(
+        let worker_run = worker::driver::run_replica(
             worker,
             heartbeats,
             args.probe.probe_interval,
             stop.clone(),
             board,
             command_rx,
-        )
-        .await;
+        );
+        tokio::pin!(worker_run);
+        let stop_grace = async {
+            stop.cancelled().await;
+            tokio::time::sleep(WORKER_STOP_GRACE).await;
+        };
+        tokio::select! {
+            () = &mut worker_run => {}
+            () = stop_grace => tracing::warn!(
+                grace = ?WORKER_STOP_GRACE,
+                "the tick in progress did not end in time (Postgres not answering?); dropped, its uncommitted decisions are taken again by the next run; the lease expires instead of a clean leave"
+            ),
+        }
     }
 
     // The worker has stopped: requests waiting on it are answered (the command channel is
-    // closed), the server finishes what is in flight.
+    // closed), the server finishes what is in flight (bounded); the relay publishes what
+    // it can meanwhile, then stops.
     http_stop.cancel();
-    if let Err(e) = http_task.await {
-        tracing::error!(error = %e, "status endpoints ended abnormally");
-    }
-    // The worker has stopped: let the relay publish what it can, then stop it.
     relay_stop.cancel();
     tasks.close();
-    if let Err(e) = relay_task.await {
-        tracing::error!(error = %e, "outbox relay leadership ended abnormally");
+    let (http_ended, relay_ended) = tokio::join!(
+        tokio::time::timeout(RELAY_STOP_GRACE, http_task),
+        tokio::time::timeout(RELAY_STOP_GRACE, relay_task)
+    );
+    match http_ended {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "status endpoints ended abnormally"),
+        Err(_) => tracing::warn!("status endpoints did not stop in time; dropped"),
     }
-    tasks.wait().await;
-    if let Err(e) = nats.flush().await {
-        tracing::debug!(error = %e, "NATS flush at shutdown");
+    match relay_ended {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "outbox relay supervisor ended abnormally"),
+        Err(_) => tracing::warn!(
+            "outbox relay did not stop in time; unpublished events stay in Postgres for the next run"
+        ),
+    }
+    match tokio::time::timeout(NATS_FLUSH_LIMIT, nats.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "NATS flush at shutdown"),
+        Err(_) => tracing::debug!("NATS flush at shutdown did not finish in time"),
     }
     tracing::info!("healthprobe stopped");
     Ok(())
@@ -307,10 +382,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to NATS (NATS_URL)")?;
     let js = jetstream::context(client);
-    let target = StreamTarget {
-        stream: args.nats.stream,
-        subject_prefix: args.nats.subject_prefix,
-    };
+    let target = StreamTarget::new(args.nats.stream, args.nats.subject_prefix);
     let printed = jetstream::tail(
         &js,
         &target,
@@ -374,6 +446,77 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     // A closed stdout (`| head`) is a normal way to stop reading.
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    Ok(())
+}
+
+async fn outbox(args: OutboxArgs) -> anyhow::Result<()> {
+    let store = Store::connect(&args.database.database_url)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")?;
+    use std::io::Write as _;
+    let selection = |ids: Vec<uuid::Uuid>, all: bool| {
+        if all {
+            SetAsideSelection::All
+        } else {
+            SetAsideSelection::Ids(ids)
+        }
+    };
+    match args.action {
+        OutboxAction::List { all, json, limit } => {
+            let rows = store
+                .list_set_aside(all, limit)
+                .await
+                .context("reading the set-aside outbox rows")?;
+            let mut out = std::io::stdout().lock();
+            let mut text = String::new();
+            if json {
+                for row in &rows {
+                    let line = serde_json::json!({
+                        "event_id": row.event_id.to_string(),
+                        "game_id": row.game_id,
+                        "event_type": row.event_type,
+                        "state": row.state,
+                        "attempts": row.attempts,
+                        "set_aside_at": healthprobe::status::rfc3339(row.set_aside_at),
+                        "error": row.error,
+                    });
+                    text.push_str(&format!("{line}\n"));
+                }
+            } else if rows.is_empty() {
+                text.push_str("no outbox rows set aside\n");
+            } else {
+                text.push_str("EVENT_ID                              STATE      ATTEMPTS  SET ASIDE AT              GAME  TYPE  ERROR\n");
+                for row in &rows {
+                    text.push_str(&format!(
+                        "{}  {:<9}  {:<8}  {}  {}  {}  {}\n",
+                        row.event_id,
+                        row.state,
+                        row.attempts,
+                        healthprobe::status::rfc3339(row.set_aside_at),
+                        healthprobe::bounded(&row.game_id, 60),
+                        row.event_type,
+                        healthprobe::bounded(&row.error, 200),
+                    ));
+                }
+            }
+            // A closed stdout (`| head`) is a normal way to stop reading.
+            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+        }
+        OutboxAction::Retry(which) => {
+            let n = store
+                .retry_set_aside(&selection(which.event_ids, which.all))
+                .await
+                .context("giving set-aside rows back to the relay")?;
+            println!("{n} rows given back to the relay");
+        }
+        OutboxAction::Discard(which) => {
+            let n = store
+                .discard_set_aside(&selection(which.event_ids, which.all))
+                .await
+                .context("discarding set-aside rows")?;
+            println!("{n} rows discarded (they stay in the event log, unpublished)");
+        }
+    }
     Ok(())
 }
 

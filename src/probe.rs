@@ -3,8 +3,10 @@
 //! This module knows HTTP and nothing else. It never fails: every problem, including an
 //! endpoint that does not parse, becomes a classified failed outcome.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -15,7 +17,7 @@ use reqwest::{Client, Url, redirect};
 /// gigabytes costs us nothing.
 pub const BODY_LIMIT: usize = 4 * 1024;
 
-/// Idle keep-alive connections are kept at least this long, so a connection opened in one
+/// Idle keep-alive connections (to engines admitted to keep-alive) are kept at least this long, so a connection opened in one
 /// tick is reused in the next one at the default 15 s interval.
 const MIN_POOL_IDLE: Duration = Duration::from_secs(90);
 
@@ -30,6 +32,10 @@ pub enum FailureKind {
     InvalidEndpoint,
     Tls,
     Protocol,
+    /// Not the engine's failure: the worker's own machine could not attempt the probe (out
+    /// of descriptors, ephemeral ports or buffers; DESIGN §2). Never counted for the engine,
+    /// never written to a snapshot; only the `healthprobe.probes` outcome `local_error`.
+    LocalError,
 }
 
 impl FailureKind {
@@ -50,9 +56,11 @@ impl FailureKind {
             Self::InvalidEndpoint => "invalid_endpoint",
             Self::Tls => "tls",
             Self::Protocol => "protocol",
+            Self::LocalError => "local_error",
         }
     }
 
+    /// The engine failure kinds (`ALL`) only: `local_error` never reaches a snapshot.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
@@ -86,6 +94,14 @@ pub struct ProbeOutcome {
 impl ProbeOutcome {
     pub fn is_healthy(&self) -> bool {
         self.failure.is_none()
+    }
+
+    /// The probe could not be attempted because of the worker's own machine (DESIGN §2):
+    /// neither a success nor a failure of the engine.
+    pub fn is_local_fault(&self) -> bool {
+        self.failure
+            .as_ref()
+            .is_some_and(|f| f.kind == FailureKind::LocalError)
     }
 
     /// `ok` or the failure kind: the `outcome` attribute of `healthprobe.probes`.
@@ -139,27 +155,127 @@ fn shorten(text: &str) -> String {
     format!("{:?}… ({} bytes)", &text[..end], text.len())
 }
 
-/// Probes engines. Cheap to clone: the connection pool is shared.
+/// Probes engines. Cheap to clone: the connection pools are shared.
 #[derive(Clone)]
 pub struct Prober {
+    /// Keeps one idle connection per engine, for the engines [`KeepAlive`] admits.
     client: Client,
+    /// Keeps none: each probe's connection is closed after use (`Connection: close`, so the
+    /// engine closes first and holds the TIME_WAIT, not us).
+    closing: Client,
+    keepalive: Arc<KeepAlive>,
     timeout: Duration,
 }
 
+/// Which engines get a kept-alive connection: at most `budget` of them, first come, and
+/// each keeps its place while it is probed (so the set is stable from tick to tick). An
+/// engine not probed for the pool's idle timeout has lost its connection anyway and gives
+/// its place up. reqwest and hyper only bound idle connections per host, so this is what
+/// bounds them in all: idle connections ≤ admitted engines ≤ budget.
+struct KeepAlive {
+    budget: usize,
+    idle_timeout: Duration,
+    admitted: Mutex<Admitted>,
+}
+
+struct Admitted {
+    last_used: HashMap<String, Instant>,
+    last_purge: Instant,
+}
+
+/// A full admission table is swept for engines gone quiet at most this often, so a fleet
+/// beyond the budget costs one sweep per second rather than one per probe.
+const PURGE_EVERY: Duration = Duration::from_secs(1);
+
+impl KeepAlive {
+    fn admits(&self, url: &Url) -> bool {
+        if self.budget == 0 {
+            return false;
+        }
+        let key = format!(
+            "{}://{}:{}",
+            url.scheme(),
+            url.host_str().unwrap_or(""),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        let now = Instant::now();
+        // A std mutex: held for a map lookup, never across an await.
+        let mut admitted = self.admitted.lock().expect("keep-alive table lock");
+        if let Some(last) = admitted.last_used.get_mut(&key) {
+            *last = now;
+            return true;
+        }
+        if admitted.last_used.len() >= self.budget
+            && now.duration_since(admitted.last_purge) >= PURGE_EVERY
+        {
+            let idle_timeout = self.idle_timeout;
+            admitted
+                .last_used
+                .retain(|_, last| now.duration_since(*last) < idle_timeout);
+            admitted.last_purge = now;
+        }
+        if admitted.last_used.len() < self.budget {
+            admitted.last_used.insert(key, now);
+            return true;
+        }
+        false
+    }
+}
+
 impl Prober {
-    /// `timeout` bounds one probe end to end; `interval` sizes the keep-alive pool.
+    /// `timeout` bounds one probe end to end; `interval` sizes the keep-alive pool. Idle
+    /// connections are not bounded in number (tests, tools); the worker uses
+    /// [`Prober::with_keepalive_budget`].
     pub fn new(timeout: Duration, interval: Duration) -> Result<Self, reqwest::Error> {
+        Self::with_keepalive_budget(timeout, interval, usize::MAX)
+    }
+
+    /// Like [`Prober::new`], keeping idle connections to at most `budget` engines; probes of
+    /// the others connect, ask, and close.
+    pub fn with_keepalive_budget(
+        timeout: Duration,
+        interval: Duration,
+        budget: usize,
+    ) -> Result<Self, reqwest::Error> {
         crate::install_crypto_provider();
-        let client = Client::builder()
-            .user_agent(USER_AGENT)
-            .redirect(redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .pool_idle_timeout(MIN_POOL_IDLE.max(interval * 2))
-            .tcp_nodelay(true)
-            .no_proxy()
+        let idle_timeout = MIN_POOL_IDLE.max(interval * 2);
+        let builder = || {
+            Client::builder()
+                .user_agent(USER_AGENT)
+                .redirect(redirect::Policy::none())
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .tcp_nodelay(true)
+                .no_proxy()
+        };
+        let client = builder()
+            .pool_idle_timeout(idle_timeout)
+            .pool_max_idle_per_host(1)
             .build()?;
-        Ok(Self { client, timeout })
+        let closing = builder().pool_max_idle_per_host(0).build()?;
+        Ok(Self {
+            client,
+            closing,
+            keepalive: Arc::new(KeepAlive {
+                budget,
+                idle_timeout,
+                admitted: Mutex::new(Admitted {
+                    last_used: HashMap::new(),
+                    last_purge: Instant::now(),
+                }),
+            }),
+            timeout,
+        })
+    }
+
+    /// Engines currently admitted to keep-alive (for tests and measurements).
+    pub fn keepalive_engines(&self) -> usize {
+        self.keepalive
+            .admitted
+            .lock()
+            .expect("keep-alive table lock")
+            .last_used
+            .len()
     }
 
     pub fn timeout(&self) -> Duration {
@@ -203,12 +319,14 @@ impl Prober {
     /// Sends the request and reads at most [`BODY_LIMIT`] bytes of the body. The body is
     /// read even on a non-200 status so that a small answer leaves the connection reusable.
     async fn fetch(&self, url: Url) -> Result<u16, (u16, ProbeFailure)> {
-        let mut response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| (0, classify(&e)))?;
+        let request = if self.keepalive.admits(&url) {
+            self.client.get(url)
+        } else {
+            self.closing
+                .get(url)
+                .header(reqwest::header::CONNECTION, "close")
+        };
+        let mut response = request.send().await.map_err(|e| (0, classify(&e)))?;
         let status = response.status().as_u16();
         let mut read = 0usize;
         while read < BODY_LIMIT {
@@ -235,7 +353,12 @@ impl Prober {
 /// Maps a reqwest error (and its cause chain) to a failure kind and a readable sentence.
 fn classify(error: &reqwest::Error) -> ProbeFailure {
     let chain = error_chain(error);
-    let kind = if has_source::<rustls::Error>(error) {
+    let kind = if let Some(errno) = local_errno(error) {
+        return ProbeFailure {
+            kind: FailureKind::LocalError,
+            message: format!("the worker could not attempt the probe (errno {errno}): {chain}"),
+        };
+    } else if has_source::<rustls::Error>(error) {
         FailureKind::Tls
     } else if error.is_timeout() || has_io_kind(error, std::io::ErrorKind::TimedOut) {
         FailureKind::Timeout
@@ -292,6 +415,36 @@ fn error_chain(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     parts.join(": ")
+}
+
+/// `errno` values that say the worker's own machine ran out of something, not that the
+/// engine is unreachable: descriptors (per process, system-wide), ephemeral ports or local
+/// addresses, kernel buffers or memory.
+const LOCAL_ERRNOS: [i32; 5] = [
+    libc::EMFILE,
+    libc::ENFILE,
+    libc::EADDRNOTAVAIL,
+    libc::ENOBUFS,
+    libc::ENOMEM,
+];
+
+/// The first `io::Error` in the chain whose OS error is one of [`LOCAL_ERRNOS`].
+pub fn local_errno(error: &(dyn StdError + 'static)) -> Option<i32> {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if let Some(code) = io.raw_os_error().filter(|c| LOCAL_ERRNOS.contains(c)) {
+                return Some(code);
+            }
+            if let Some(inner) = io.get_ref()
+                && let Some(code) = local_errno(inner)
+            {
+                return Some(code);
+            }
+        }
+        source = cause.source();
+    }
+    None
 }
 
 fn has_source<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
@@ -368,6 +521,21 @@ mod tests {
             failure.message.contains("10249 bytes"),
             "{}",
             failure.message
+        );
+    }
+
+    #[test]
+    fn local_errnos_are_found_in_the_chain() {
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert_eq!(local_errno(&emfile), Some(libc::EMFILE));
+        let wrapped = std::io::Error::other(std::io::Error::from_raw_os_error(libc::ENOBUFS));
+        assert_eq!(local_errno(&wrapped), Some(libc::ENOBUFS));
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(local_errno(&refused), None);
+        assert_eq!(
+            FailureKind::parse("local_error"),
+            None,
+            "never in a snapshot"
         );
     }
 

@@ -36,6 +36,8 @@ pub struct TickSummary {
     pub probes: usize,
     pub healthy: usize,
     pub failures: usize,
+    /// Probes the worker's own machine could not attempt (DESIGN §2).
+    pub local_errors: usize,
     pub events: usize,
     pub pruned: usize,
     /// Writes refused because another writer changed the game first.
@@ -54,6 +56,7 @@ impl TickSummary {
             "probes": self.probes,
             "healthy": self.healthy,
             "failures": self.failures,
+            "local_errors": self.local_errors,
             "events": self.events,
             "pruned": self.pruned,
             "conflicts": self.conflicts,
@@ -230,6 +233,10 @@ pub struct Observed {
     pub nats_connected: bool,
     /// Events committed and not yet acknowledged by JetStream; `Err` when unreadable.
     pub outbox_pending: Result<i64, String>,
+    /// Outbox rows set aside (DESIGN §13); `Err` when unreadable.
+    pub outbox_set_aside: Result<i64, String>,
+    /// The relay task's abnormal ends so far.
+    pub relay: RelayHealth,
     pub board: BoardSnapshot,
 }
 
@@ -238,6 +245,7 @@ pub struct StatusReport {
     pub overall: Level,
     pub components: Vec<Component>,
     pub outbox_pending: Option<i64>,
+    pub outbox_set_aside: Option<i64>,
     pub last_tick: Option<TickSummary>,
     pub members: Option<MembersView>,
     pub relay_held: Option<bool>,
@@ -247,8 +255,21 @@ pub const POSTGRES_RULE: &str = "must be up (else KO): without it nothing is lis
 pub const NATS_RULE: &str =
     "should be up (else WARN): while it is away the outbox holds events and nothing is lost";
 pub const TICKS_RULE: &str = "must go round (else KO): a tick ends at least every 3 x interval";
-pub const OUTBOX_RULE: &str =
-    "informational: events committed to Postgres and not yet acknowledged by JetStream";
+pub const OUTBOX_RULE: &str = "events committed to Postgres and not yet acknowledged by JetStream; WARN while rows are set aside (healthprobe outbox list)";
+pub const RELAY_RULE: &str =
+    "should not end (else WARN for 15 min after it was restarted): publishes the outbox";
+pub const PROBES_RULE: &str = "every probe should be attempted (else WARN; KO when none could be): the worker's own descriptors, ports and buffers";
+
+/// How long after an abnormal end of the relay `/status` keeps it at WARN.
+pub const RESTART_WARN_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// Abnormal ends of the relay task so far (the relay's supervisor counts them).
+#[derive(Debug, Clone, Default)]
+pub struct RelayHealth {
+    pub restarts: u64,
+    /// When the last abnormal end happened, and why.
+    pub last_failure: Option<(Instant, String)>,
+}
 
 /// The rules, one per component. Pure, so every branch is unit-tested.
 pub fn evaluate(observed: &Observed) -> StatusReport {
@@ -294,16 +315,69 @@ pub fn evaluate(observed: &Observed) -> StatusReport {
             ),
         },
     };
+    let set_aside = observed.outbox_set_aside.as_ref().ok().copied();
     let outbox = Component {
         name: "outbox",
-        level: Level::Ok,
+        level: if set_aside.unwrap_or(0) > 0 {
+            Level::Warn
+        } else {
+            Level::Ok
+        },
         rule: OUTBOX_RULE,
-        detail: match &observed.outbox_pending {
-            Ok(n) => format!("{n} events pending"),
-            Err(why) => format!("backlog unknown: {why}"),
+        detail: match (&observed.outbox_pending, &observed.outbox_set_aside) {
+            (Ok(n), Ok(0)) => format!("{n} events pending"),
+            (Ok(n), Ok(aside)) => format!("{n} events pending, {aside} set aside"),
+            (Ok(n), Err(why)) => format!("{n} events pending, set-aside rows unknown: {why}"),
+            (Err(why), _) => format!("backlog unknown: {why}"),
         },
     };
-    let mut components = vec![postgres, nats, ticks, outbox];
+    let relay = match &observed.relay.last_failure {
+        None => Component {
+            name: "relay",
+            level: Level::Ok,
+            rule: RELAY_RULE,
+            detail: match board.relay_held {
+                Some(false) => "held by another replica".to_owned(),
+                _ => "running, never restarted".to_owned(),
+            },
+        },
+        Some((at, why)) => Component {
+            name: "relay",
+            level: if at.elapsed() < RESTART_WARN_FOR {
+                Level::Warn
+            } else {
+                Level::Ok
+            },
+            rule: RELAY_RULE,
+            detail: format!(
+                "restarted {} times, last {:.0} s ago: {why}",
+                observed.relay.restarts,
+                at.elapsed().as_secs_f64()
+            ),
+        },
+    };
+    let probes = match &board.last_tick {
+        Some(t) if t.local_errors > 0 => Component {
+            name: "probes",
+            level: if t.probes == 0 {
+                Level::Ko
+            } else {
+                Level::Warn
+            },
+            rule: PROBES_RULE,
+            detail: format!(
+                "last tick: {} probes could not be attempted (local faults), {} were",
+                t.local_errors, t.probes
+            ),
+        },
+        _ => Component {
+            name: "probes",
+            level: Level::Ok,
+            rule: PROBES_RULE,
+            detail: "every probe of the last tick was attempted".to_owned(),
+        },
+    };
+    let mut components = vec![postgres, nats, ticks, probes, outbox, relay];
     if let Some(members) = &board.members {
         components.push(replicas_component(members, board));
     }
@@ -315,6 +389,7 @@ pub fn evaluate(observed: &Observed) -> StatusReport {
             .unwrap_or(Level::Ok),
         components,
         outbox_pending: observed.outbox_pending.as_ref().ok().copied(),
+        outbox_set_aside: set_aside,
         last_tick: board.last_tick.clone(),
         members: board.members.clone(),
         relay_held: board.relay_held,
@@ -363,7 +438,7 @@ impl StatusReport {
             "status": self.overall.as_str(),
             "version": VERSION,
             "components": components,
-            "outbox": { "pending": self.outbox_pending },
+            "outbox": { "pending": self.outbox_pending, "set_aside": self.outbox_set_aside },
             "last_tick": self.last_tick.as_ref().map(TickSummary::to_json),
             "replica": self.members.as_ref().map(|m| json!({
                 "replica_id": m.replica_id,
@@ -576,6 +651,8 @@ mod tests {
             nats_state: if nats_up { "connected" } else { "pending" }.into(),
             nats_connected: nats_up,
             outbox_pending: Ok(3),
+            outbox_set_aside: Ok(0),
+            relay: RelayHealth::default(),
             board,
         }
     }
@@ -604,6 +681,43 @@ mod tests {
             assert_eq!(report.overall, level, "pg={pg} nats={nats} last={last:?}");
             assert_eq!(report.overall.http_code(), code);
         }
+    }
+
+    #[test]
+    fn set_aside_rows_a_restarted_relay_and_local_faults_warn() {
+        let mut seen = observed(true, true, board(Some(1), 100));
+        assert_eq!(evaluate(&seen).overall, Level::Ok);
+        seen.outbox_set_aside = Ok(2);
+        let report = evaluate(&seen);
+        assert_eq!(report.overall, Level::Warn);
+        assert_eq!(report.to_json()["outbox"]["set_aside"], 2);
+        seen.outbox_set_aside = Ok(0);
+        seen.relay = RelayHealth {
+            restarts: 1,
+            last_failure: Some((Instant::now(), "panicked".into())),
+        };
+        assert_eq!(evaluate(&seen).overall, Level::Warn);
+        seen.relay = RelayHealth::default();
+        let tick = |probes, local_errors| TickSummary {
+            finished_at: Utc::now(),
+            records: probes + local_errors,
+            owned: probes + local_errors,
+            probes,
+            healthy: probes,
+            failures: 0,
+            local_errors,
+            events: 0,
+            pruned: 0,
+            conflicts: 0,
+            duration: Duration::ZERO,
+            error: None,
+        };
+        seen.board.last_tick = Some(tick(5, 1));
+        assert_eq!(evaluate(&seen).overall, Level::Warn);
+        seen.board.last_tick = Some(tick(0, 6));
+        assert_eq!(evaluate(&seen).overall, Level::Ko, "no probe attempted");
+        seen.board.last_tick = Some(tick(6, 0));
+        assert_eq!(evaluate(&seen).overall, Level::Ok);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Postgres access. Every SQL statement of the service lives here.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
@@ -8,7 +9,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgExecutor, Row};
 use uuid::Uuid;
 
-use crate::events::envelope::{Details, HealthEvent};
+use crate::events::envelope::HealthEvent;
 use crate::hysteresis::GameHealth;
 
 /// Connections: one streams the running list, the others commit transitions and serve the
@@ -19,6 +20,9 @@ const POOL_SIZE: u32 = 6;
 /// Postgres is down every tick waits this long, so it is kept short: a healthy server hands
 /// out a connection in milliseconds, and a dead one should fail the tick quickly.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+mod outbox;
+pub use outbox::{MAX_OUTBOX_ROW_BYTES, SetAsideRow, SetAsideSelection};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -102,22 +106,110 @@ pub struct UndecodableEvent {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    stall: Arc<Mutex<Stall>>,
+}
+
+/// Server-side bound on the statements of a transition's transaction (`SET LOCAL
+/// statement_timeout`): a commit stuck on a sick server ends with an error instead of
+/// holding a tick. Not set for the whole session: the running list is one statement that
+/// streams for as long as the tick spreads its probes.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Server-side bound on waiting for a row lock (`lock_timeout`).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Client-side bound on one statement, including the network: the server's own timeout
+/// plus slack, so a slow but alive server reports its own error first, and a server that
+/// stopped answering at all (a hung host, a proxy that swallows the bytes) is given up on.
+/// A tick stuck on Postgres therefore ends with an error at most this long after its last
+/// probe, plus [`STALL_PING_TIMEOUT`] for each further statement tried while stalled.
+pub const CLIENT_STATEMENT_BOUND: Duration = Duration::from_secs(7);
+
+/// Once a statement was given up on, later statements fail at once unless Postgres answers
+/// a ping this quickly; pings are tried at most every [`STALL_PING_EVERY`].
+const STALL_PING_TIMEOUT: Duration = Duration::from_secs(1);
+const STALL_PING_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether Postgres stopped answering, as the last bounded statement saw it.
+#[derive(Debug, Default)]
+struct Stall {
+    since: Option<Instant>,
+    last_ping: Option<Instant>,
+}
+
+fn stalled_error(why: String) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, why))
 }
 
 impl Store {
     /// Connects lazily checked: the pool opens its first connection here so a wrong URL or a
     /// dead server is reported at once.
     pub async fn connect(database_url: &str) -> Result<Self, sqlx::Error> {
+        let options = connect_options(database_url)?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(database_url)
+            .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            stall: Arc::default(),
+        }
+    }
+
+    /// Runs one statement (or transaction) within [`CLIENT_STATEMENT_BOUND`]. After one was
+    /// given up on, the next ones fail at once until Postgres answers a short ping, so a
+    /// tick with many writes does not wait the bound once per write.
+    async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        let stalled_since = {
+            let mut stall = self.stall.lock().expect("stall lock");
+            match stall.since {
+                None => None,
+                Some(since) => {
+                    if stall
+                        .last_ping
+                        .is_some_and(|ping| ping.elapsed() < STALL_PING_EVERY)
+                    {
+                        return Err(stalled_error(format!(
+                            "Postgres stopped answering {:.1} s ago; not trying again yet",
+                            since.elapsed().as_secs_f64()
+                        )));
+                    }
+                    stall.last_ping = Some(Instant::now());
+                    Some(since)
+                }
+            }
+        };
+        if let Some(since) = stalled_since {
+            let ping = sqlx::query("SELECT 1").execute(&self.pool);
+            match tokio::time::timeout(STALL_PING_TIMEOUT, ping).await {
+                Ok(Ok(_)) => *self.stall.lock().expect("stall lock") = Stall::default(),
+                _ => {
+                    return Err(stalled_error(format!(
+                        "Postgres stopped answering {:.1} s ago and still does not answer a ping within {STALL_PING_TIMEOUT:?}",
+                        since.elapsed().as_secs_f64()
+                    )));
+                }
+            }
+        }
+        match tokio::time::timeout(CLIENT_STATEMENT_BOUND, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                let mut stall = self.stall.lock().expect("stall lock");
+                stall.since.get_or_insert_with(Instant::now);
+                stall.last_ping = Some(Instant::now());
+                Err(stalled_error(format!(
+                    "Postgres did not answer within {CLIENT_STATEMENT_BOUND:?}"
+                )))
+            }
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -130,7 +222,8 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+        self.bounded(async { sqlx::query("SELECT 1").execute(&self.pool).await.map(drop) })
+            .await
     }
 
     /// Streams the running records with their snapshot rows, one statement, rows arriving
@@ -138,35 +231,51 @@ impl Store {
     /// result. Every replica lists every running game (the full list is what pruning
     /// needs); which of them it probes is decided by ownership, in the worker.
     pub fn running_games(&self) -> BoxStream<'_, Result<ListedGame, sqlx::Error>> {
-        sqlx::query(LISTED_GAMES_SQL)
+        let rows = sqlx::query(LISTED_GAMES_SQL)
             .bind(None::<&str>)
             .fetch(&self.pool)
-            .map(|row| listed_game(&row?))
-            .boxed()
+            .map(|row| listed_game(&row?));
+        // Each row (the first one included) must arrive within [`CLIENT_STATEMENT_BOUND`];
+        // a server that stops answering mid-list ends the stream with an error.
+        futures::stream::unfold(Some(rows), move |rows| async move {
+            let mut rows = rows?;
+            match self.bounded(async { Ok(rows.next().await) }).await {
+                Ok(Some(Ok(game))) => Some((Ok(game), Some(rows))),
+                Ok(Some(Err(e))) | Err(e) => Some((Err(e), None)),
+                Ok(None) => None,
+            }
+        })
+        .boxed()
     }
 
     /// One running game with its snapshot row, `None` when it is unknown or not running.
     pub async fn running_game(&self, game_id: &str) -> Result<Option<ListedGame>, sqlx::Error> {
-        let row = sqlx::query(LISTED_GAMES_SQL)
-            .bind(Some(game_id))
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(listed_game).transpose()
+        self.bounded(async {
+            let row = sqlx::query(LISTED_GAMES_SQL)
+                .bind(Some(game_id))
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(listed_game).transpose()
+        })
+        .await
     }
 
     /// Every snapshot row, to warm the worker's memory at start-up (each game is read
     /// again with the running list before it is decided, so this is only a head start).
     pub async fn load_snapshots(&self) -> Result<Vec<(String, StoredSnapshot)>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT game_id, version, consecutive_failures, consecutive_successes, \
-             episode_failures, failure_published, last_status, last_failure_kind, container_id \
-             FROM health_snapshots",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get(0)?, stored_snapshot(row, 1)?)))
-            .collect()
+        self.bounded(async {
+            let rows = sqlx::query(
+                "SELECT game_id, version, consecutive_failures, consecutive_successes, \
+                 episode_failures, failure_published, last_status, last_failure_kind, container_id \
+                 FROM health_snapshots",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get(0)?, stored_snapshot(row, 1)?)))
+                .collect()
+        })
+        .await
     }
 
     /// Commits one transition: the game's snapshot, conditional on the version the writer
@@ -181,42 +290,53 @@ impl Store {
         event: &HealthEvent,
         snapshot: &SnapshotRow,
     ) -> Result<i64, WriteError> {
-        let mut tx = self.pool.begin().await?;
-        let written = write_snapshots(&mut *tx, std::slice::from_ref(snapshot)).await?;
-        let Some((_, version)) = written.into_iter().next() else {
-            tx.rollback().await?;
-            return Err(WriteError::Conflict {
-                expected: snapshot.expected_version,
-            });
-        };
-        let details = serde_json::to_value(&event.details).expect("details always serialize");
-        let event_type = event.event_type().as_str();
-        // A failure opens the game's next episode; a recovery closes the latest one.
-        let inserted = sqlx::query(
-            "INSERT INTO health_events \
-             (event_id, game_id, container_id, event_type, occurred_at, details, episode) \
-             VALUES ($1, $2, $3, $4, $5, $6, CASE $4 \
-               WHEN 'probe_failed' THEN COALESCE((SELECT max(episode) FROM health_events WHERE game_id = $2), 0) + 1 \
-               ELSE COALESCE((SELECT max(episode) FROM health_events \
-                              WHERE game_id = $2 AND event_type = 'probe_failed'), 0) END) \
-             ON CONFLICT (game_id, episode, event_type) DO NOTHING",
-        )
-        .bind(event.event_id)
-        .bind(&event.game_id)
-        .bind(&event.container_id)
-        .bind(event_type)
-        .bind(event.occurred_at)
-        .bind(details)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Err(WriteError::DuplicateEpisode {
-                event_type: event.event_type().as_str(),
-            });
-        }
-        tx.commit().await?;
-        Ok(version)
+        let outcome = self
+            .bounded(async {
+                let mut tx = self.pool.begin().await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "SET LOCAL statement_timeout = {}",
+                    STATEMENT_TIMEOUT.as_millis()
+                )))
+                .execute(&mut *tx)
+                .await?;
+                let written = write_snapshots(&mut *tx, std::slice::from_ref(snapshot)).await?;
+                let Some((_, version)) = written.into_iter().next() else {
+                    tx.rollback().await?;
+                    return Ok(Err(WriteError::Conflict {
+                        expected: snapshot.expected_version,
+                    }));
+                };
+                let details =
+                    serde_json::to_value(&event.details).expect("details always serialize");
+                // A failure opens the game's next episode; a recovery closes the latest one.
+                let inserted = sqlx::query(
+                    "INSERT INTO health_events \
+                     (event_id, game_id, container_id, event_type, occurred_at, details, episode) \
+                     VALUES ($1, $2, $3, $4, $5, $6, CASE $4 \
+                       WHEN 'probe_failed' THEN COALESCE((SELECT max(episode) FROM health_events WHERE game_id = $2), 0) + 1 \
+                       ELSE COALESCE((SELECT max(episode) FROM health_events \
+                                      WHERE game_id = $2 AND event_type = 'probe_failed'), 0) END) \
+                     ON CONFLICT (game_id, episode, event_type) DO NOTHING",
+                )
+                .bind(event.event_id)
+                .bind(&event.game_id)
+                .bind(&event.container_id)
+                .bind(event.event_type().as_str())
+                .bind(event.occurred_at)
+                .bind(details)
+                .execute(&mut *tx)
+                .await?;
+                if inserted.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(Err(WriteError::DuplicateEpisode {
+                        event_type: event.event_type().as_str(),
+                    }));
+                }
+                tx.commit().await?;
+                Ok(Ok(version))
+            })
+            .await;
+        outcome.map_err(WriteError::Database)?
     }
 
     /// Writes many snapshots in one statement, each conditional on its expected version.
@@ -227,7 +347,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(SnapshotWrites::default());
         }
-        let written = write_snapshots(&self.pool, rows).await?;
+        let written = self.bounded(write_snapshots(&self.pool, rows)).await?;
         let mut done: std::collections::HashSet<&str> =
             std::collections::HashSet::with_capacity(written.len());
         for (game_id, _) in &written {
@@ -246,72 +366,66 @@ impl Store {
         if game_ids.is_empty() {
             return Ok(0);
         }
-        let done = sqlx::query("DELETE FROM health_snapshots WHERE game_id = ANY($1)")
-            .bind(game_ids)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    /// The oldest unpublished events, in commit order.
-    pub async fn unpublished_events(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<Result<HealthEvent, UndecodableEvent>>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT event_id, game_id, container_id, event_type, occurred_at, details \
-             FROM health_events WHERE published_at IS NULL ORDER BY seq LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                let event_id: Uuid = row.try_get(0)?;
-                let event_type: String = row.try_get(3)?;
-                let details: serde_json::Value = row.try_get(5)?;
-                let decoded = serde_json::from_value::<Details>(details)
-                    .map_err(|e| e.to_string())
-                    .and_then(|details| {
-                        if details.event_type().as_str() == event_type {
-                            Ok(details)
-                        } else {
-                            Err(format!("details do not match event_type {event_type:?}"))
-                        }
-                    });
-                Ok(match decoded {
-                    Ok(details) => Ok(HealthEvent {
-                        event_id,
-                        game_id: row.try_get(1)?,
-                        container_id: row.try_get(2)?,
-                        occurred_at: row.try_get(4)?,
-                        details,
-                    }),
-                    Err(reason) => Err(UndecodableEvent { event_id, reason }),
-                })
-            })
-            .collect()
+        self.bounded(async {
+            let done = sqlx::query("DELETE FROM health_snapshots WHERE game_id = ANY($1)")
+                .bind(game_ids)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
+        .await
     }
 
     pub async fn mark_published(&self, event_ids: &[Uuid]) -> Result<(), sqlx::Error> {
-        if event_ids.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE health_events SET published_at = now() \
-             WHERE event_id = ANY($1) AND published_at IS NULL",
-        )
-        .bind(event_ids)
-        .execute(&self.pool)
+        self.bounded(async {
+            if event_ids.is_empty() {
+                return Ok(());
+            }
+            sqlx::query(
+                "UPDATE health_events SET published_at = now() \
+                 WHERE event_id = ANY($1) AND published_at IS NULL",
+            )
+            .bind(event_ids)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+        })
         .await
-        .map(drop)
     }
 
     pub async fn count_unpublished(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT count(*) FROM health_events WHERE published_at IS NULL")
+        self.bounded(async {
+            // Set-aside rows are counted apart (`count_set_aside`): they wait for an operator.
+            sqlx::query_scalar(
+                "SELECT count(*) FROM health_events e WHERE published_at IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM health_events_set_aside a \
+                                 WHERE a.event_id = e.event_id AND a.state <> 'retry')",
+            )
             .fetch_one(&self.pool)
             .await
+        })
+        .await
     }
+}
+
+/// The pool's connection settings: the URL's, plus server-side lock and idle-transaction
+/// timeouts and TCP keepalives (sqlx has no client-side keepalive; the server's own tells it
+/// of a vanished worker, and [`CLIENT_STATEMENT_BOUND`] covers a vanished server).
+fn connect_options(database_url: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
+    use std::str::FromStr as _;
+    let ms = |d: Duration| d.as_millis().to_string();
+    Ok(
+        sqlx::postgres::PgConnectOptions::from_str(database_url)?.options([
+            ("lock_timeout", ms(LOCK_TIMEOUT)),
+            (
+                "idle_in_transaction_session_timeout",
+                ms(STATEMENT_TIMEOUT * 6),
+            ),
+            ("tcp_keepalives_idle", "30".to_owned()),
+            ("tcp_keepalives_interval", "10".to_owned()),
+            ("tcp_keepalives_count", "3".to_owned()),
+        ]),
+    )
 }
 
 /// The running games (all, or the one named by `$1`) joined to their snapshot rows.
@@ -455,7 +569,9 @@ pub struct LoggedEvent {
     pub game_id: String,
     pub container_id: String,
     pub event_type: String,
-    pub occurred_at: DateTime<Utc>,
+    /// `None` for a timestamp no client can show (`infinity`, beyond chrono's range): such
+    /// a row is read, not decoded into a panic.
+    pub occurred_at: Option<DateTime<Utc>>,
     pub details: serde_json::Value,
     pub published: bool,
 }
@@ -496,67 +612,77 @@ impl Store {
     /// deep it is, and games added or removed between pages neither repeat nor shift others.
     /// Served by the partial index on running records.
     pub async fn games_page(&self, query: &GamesQuery) -> Result<Vec<GameView>, sqlx::Error> {
-        let like = query.game_id_glob.as_deref().map(glob_to_like);
-        let rows = sqlx::query(
-            "SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
-               COALESCE(s.status, 'unknown'), COALESCE(s.consecutive_failures, 0), \
-               s.last_probe_at, s.last_success_at, s.last_latency_ms, s.last_status, \
-               s.last_error, s.last_failure_kind \
-             FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
-             WHERE r.status = 'running' \
-               AND ($1::text IS NULL OR r.game_id > $1) \
-               AND ($2::text IS NULL OR r.game_id LIKE $2) \
-               AND ($3::text IS NULL OR COALESCE(s.status, 'unknown') = $3) \
-             ORDER BY r.game_id LIMIT $4",
-        )
-        .bind(query.after.as_deref())
-        .bind(like)
-        .bind(query.status.as_deref())
-        .bind(query.limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(GameView {
-                    game_id: row.try_get(0)?,
-                    container_id: row.try_get(1)?,
-                    engine_endpoint: row.try_get(2)?,
-                    status: row.try_get(3)?,
-                    consecutive_failures: row.try_get(4)?,
-                    last_probe_at: row.try_get(5)?,
-                    last_success_at: row.try_get(6)?,
-                    last_latency_ms: row.try_get(7)?,
-                    last_status: row.try_get(8)?,
-                    last_error: row.try_get(9)?,
-                    last_failure_kind: row.try_get(10)?,
+        self.bounded(async {
+            let like = query.game_id_glob.as_deref().map(glob_to_like);
+            let rows = sqlx::query(
+                "SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
+                   COALESCE(s.status, 'unknown'), COALESCE(s.consecutive_failures, 0), \
+                   s.last_probe_at, s.last_success_at, s.last_latency_ms, s.last_status, \
+                   s.last_error, s.last_failure_kind \
+                 FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
+                 WHERE r.status = 'running' \
+                   AND ($1::text IS NULL OR r.game_id > $1) \
+                   AND ($2::text IS NULL OR r.game_id LIKE $2) \
+                   AND ($3::text IS NULL OR COALESCE(s.status, 'unknown') = $3) \
+                 ORDER BY r.game_id LIMIT $4",
+            )
+            .bind(query.after.as_deref())
+            .bind(like)
+            .bind(query.status.as_deref())
+            .bind(query.limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|row| {
+                    Ok(GameView {
+                        game_id: row.try_get(0)?,
+                        container_id: row.try_get(1)?,
+                        engine_endpoint: row.try_get(2)?,
+                        status: row.try_get(3)?,
+                        consecutive_failures: row.try_get(4)?,
+                        last_probe_at: row.try_get(5)?,
+                        last_success_at: row.try_get(6)?,
+                        last_latency_ms: row.try_get(7)?,
+                        last_status: row.try_get(8)?,
+                        last_error: row.try_get(9)?,
+                        last_failure_kind: row.try_get(10)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     /// How many running games are in each health status (`unknown` includes games without
     /// a snapshot yet): the fleet page's totals. One pass over the running records.
     pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT COALESCE(s.status, 'unknown') AS status, count(*) \
-             FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
-             WHERE r.status = 'running' GROUP BY 1",
+        self.bounded(
+            sqlx::query_as(
+                "SELECT COALESCE(s.status, 'unknown') AS status, count(*) \
+                 FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
+                 WHERE r.status = 'running' GROUP BY 1",
+            )
+            .fetch_all(&self.pool),
         )
-        .fetch_all(&self.pool)
         .await
     }
 
     /// The latest `limit` events of the log, newest first, as they were recorded (details
     /// as stored, whether the relay has published them). Served by the `seq` index.
     pub async fn latest_events(&self, limit: i64) -> Result<Vec<LoggedEvent>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT event_id, game_id, container_id, event_type, occurred_at, details, \
-               published_at IS NOT NULL \
-             FROM health_events ORDER BY seq DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self
+            .bounded(
+                sqlx::query(
+                    "SELECT event_id, game_id, container_id, event_type, \
+                       CASE WHEN isfinite(occurred_at) \
+                         THEN floor(extract(epoch FROM occurred_at) * 1000)::int8 END, \
+                       details, published_at IS NOT NULL \
+                     FROM health_events ORDER BY seq DESC LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.pool),
+            )
+            .await?;
         rows.into_iter()
             .map(|row| {
                 Ok(LoggedEvent {
@@ -564,7 +690,9 @@ impl Store {
                     game_id: row.try_get(1)?,
                     container_id: row.try_get(2)?,
                     event_type: row.try_get(3)?,
-                    occurred_at: row.try_get(4)?,
+                    occurred_at: row
+                        .try_get::<Option<i64>, _>(4)?
+                        .and_then(DateTime::from_timestamp_millis),
                     details: row.try_get(5)?,
                     published: row.try_get(6)?,
                 })
@@ -640,7 +768,7 @@ impl Store {
     /// clock decides what is live, so replicas' clocks need not agree.
     pub async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<Vec<Member>, sqlx::Error> {
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        let rows = sqlx::query(
+        let rows = self.bounded(sqlx::query(
             "WITH me AS ( \
                INSERT INTO healthprobe_members \
                  (replica_id, status_addr, version, heartbeat_at, lease_expires_at, relay_pid) \
@@ -663,31 +791,36 @@ impl Store {
         .bind(millis(beat.lease_ttl))
         .bind(beat.relay_pid)
         .bind(millis(beat.forget_after))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool))
         .await?;
         rows.iter().map(member).collect()
     }
 
     /// Every member, live or not, for `healthprobe status --members`.
     pub async fn members(&self) -> Result<Vec<Member>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT replica_id, status_addr, version, heartbeat_at, lease_expires_at, \
+        let rows = self
+            .bounded(
+                sqlx::query(
+                    "SELECT replica_id, status_addr, version, heartbeat_at, lease_expires_at, \
                     lease_expires_at > now() AS live \
              FROM healthprobe_members ORDER BY replica_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+                )
+                .fetch_all(&self.pool),
+            )
+            .await?;
         rows.iter().map(member).collect()
     }
 
     /// Leaves the membership (SIGTERM): the others share this replica's games at their next
     /// heartbeat instead of waiting for its lease to expire.
     pub async fn leave(&self, replica_id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM healthprobe_members WHERE replica_id = $1")
-            .bind(replica_id)
-            .execute(&self.pool)
-            .await
-            .map(drop)
+        self.bounded(
+            sqlx::query("DELETE FROM healthprobe_members WHERE replica_id = $1")
+                .bind(replica_id)
+                .execute(&self.pool),
+        )
+        .await
+        .map(drop)
     }
 
     /// Ends the Postgres session of a relay holder whose lease has expired (a frozen or
@@ -701,17 +834,19 @@ impl Store {
     ) -> Result<Option<String>, sqlx::Error> {
         // The holder is chosen first, in a materialised step: in one WHERE clause Postgres
         // may call pg_terminate_backend before it checks the lease, ending live holders.
-        sqlx::query_scalar(
-            "WITH expired AS MATERIALIZED ( \
+        self.bounded(
+            sqlx::query_scalar(
+                "WITH expired AS MATERIALIZED ( \
                SELECT m.replica_id, m.relay_pid FROM healthprobe_members m \
                JOIN pg_locks l ON l.pid = m.relay_pid AND l.locktype = 'advisory' AND l.granted \
                  AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 2 \
                WHERE m.lease_expires_at < now()) \
              SELECT replica_id FROM expired WHERE pg_terminate_backend(relay_pid)",
+            )
+            .bind(i64::from(lock_class as u32))
+            .bind(i64::from(lock_id as u32))
+            .fetch_optional(&self.pool),
         )
-        .bind(i64::from(lock_class as u32))
-        .bind(i64::from(lock_id as u32))
-        .fetch_optional(&self.pool)
         .await
     }
 }

@@ -57,6 +57,8 @@ pub struct Metrics {
     membership_changes: Counter<u64>,
     commit_conflicts: Counter<u64>,
     relay_held: Gauge<u64>,
+    outbox_set_aside: Counter<u64>,
+    relay_restarts: Counter<u64>,
 }
 
 impl Metrics {
@@ -68,7 +70,9 @@ impl Metrics {
                 .build(),
             probes: meter
                 .u64_counter("healthprobe.probes")
-                .with_description("Probes completed, by outcome (ok or a failure kind)")
+                .with_description(
+                    "Probes completed, by outcome (ok, a failure kind, or local_error)",
+                )
                 .build(),
             probe_duration: meter
                 .f64_histogram("healthprobe.probe.duration")
@@ -115,6 +119,18 @@ impl Metrics {
             relay_held: meter
                 .u64_gauge("healthprobe.relay.held")
                 .with_description("1 while this replica holds the outbox relay, else 0")
+                .build(),
+            outbox_set_aside: meter
+                .u64_counter("healthprobe.outbox.set_aside")
+                .with_description(
+                    "Outbox rows set aside because they cannot be decoded or published",
+                )
+                .build(),
+            relay_restarts: meter
+                .u64_counter("healthprobe.relay.restarts")
+                .with_description(
+                    "Abnormal ends of the outbox relay task, each followed by a restart",
+                )
                 .build(),
         }
     }
@@ -169,6 +185,14 @@ impl Metrics {
 
     pub fn relay_held(&self, held: bool) {
         self.relay_held.record(u64::from(held), &[]);
+    }
+
+    pub fn outbox_set_aside(&self) {
+        self.outbox_set_aside.add(1, &[]);
+    }
+
+    pub fn relay_restarted(&self) {
+        self.relay_restarts.add(1, &[]);
     }
 }
 

@@ -13,14 +13,30 @@ use thiserror::Error;
 /// server, short enough that an outage is noticed and backed off from quickly.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Where the events go: a stream and the subject prefix it captures.
+/// JetStream's duplicate window when `HEALTHPROBE_DEDUP_WINDOW` is not set (DESIGN §13).
+/// A publish that Postgres could not mark published (an outage right after the ack) is
+/// published again when Postgres is back; inside this window JetStream drops the repeat.
+/// So it is the longest Postgres outage after a publish that can never give a duplicate.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Where the events go: a stream, the subject prefix it captures, its duplicate window.
 #[derive(Debug, Clone)]
 pub struct StreamTarget {
     pub stream: String,
     pub subject_prefix: String,
+    pub duplicate_window: Duration,
 }
 
 impl StreamTarget {
+    /// A target with the default duplicate window.
+    pub fn new(stream: impl Into<String>, subject_prefix: impl Into<String>) -> Self {
+        Self {
+            stream: stream.into(),
+            subject_prefix: subject_prefix.into(),
+            duplicate_window: DEFAULT_DEDUP_WINDOW,
+        }
+    }
+
     pub fn wildcard(&self) -> String {
         format!("{}.>", self.subject_prefix)
     }
@@ -30,6 +46,7 @@ impl StreamTarget {
         stream::Config {
             name: self.stream.clone(),
             subjects: vec![self.wildcard()],
+            duplicate_window: self.duplicate_window,
             ..Default::default()
         }
     }
@@ -44,6 +61,12 @@ pub enum JetStreamError {
         stream: String,
         #[source]
         source: async_nats::jetstream::context::CreateStreamError,
+    },
+    #[error("reading or updating the settings of stream {stream}")]
+    StreamSettings {
+        stream: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("publishing to JetStream")]
     Publish(#[from] async_nats::jetstream::context::PublishError),
@@ -117,6 +140,36 @@ pub async fn ensure_stream(
             stream: target.stream.clone(),
             source,
         })
+}
+
+/// Like [`ensure_stream`], and sets an existing stream's duplicate window to the target's:
+/// the relay, which publishes, owns that promise (`HEALTHPROBE_DEDUP_WINDOW`). Other
+/// settings an operator gave the stream are kept.
+pub async fn ensure_stream_and_window(
+    js: &jetstream::Context,
+    target: &StreamTarget,
+) -> Result<stream::Stream, JetStreamError> {
+    let mut stream = ensure_stream(js, target).await?;
+    let mut config = stream
+        .info()
+        .await
+        .map_err(|e| JetStreamError::StreamSettings {
+            stream: target.stream.clone(),
+            source: Box::new(e),
+        })?
+        .config
+        .clone();
+    if config.duplicate_window != target.duplicate_window {
+        tracing::info!(stream = %target.stream, from = ?config.duplicate_window, to = ?target.duplicate_window, "setting the stream's duplicate window");
+        config.duplicate_window = target.duplicate_window;
+        js.update_stream(&config)
+            .await
+            .map_err(|e| JetStreamError::StreamSettings {
+                stream: target.stream.clone(),
+                source: Box::new(e),
+            })?;
+    }
+    Ok(stream)
 }
 
 /// Bounds on how fast `tail` retries after losing its consumer (a NATS restart drops

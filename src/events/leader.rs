@@ -17,7 +17,7 @@ use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::relay::Relay;
+use super::relay::{Relay, RelayMonitor, supervise};
 use crate::ErrorChain;
 use crate::status::StatusBoard;
 use crate::store::Store;
@@ -46,10 +46,16 @@ pub struct RelayLeadership {
     /// The lock session's backend pid while held, else 0; shown to the other replicas with
     /// the membership heartbeat.
     pub relay_pid: Arc<AtomicI32>,
+    /// Counts the relay's abnormal ends (it is restarted with back-off) for `/status`.
+    pub monitor: RelayMonitor,
 }
 
 impl RelayLeadership {
-    pub async fn run(self, make_relay: impl Fn() -> Relay, stop: CancellationToken) {
+    pub async fn run(
+        self,
+        make_relay: impl Fn() -> Relay + Clone + Send + 'static,
+        stop: CancellationToken,
+    ) {
         self.board.relay_held(false);
         self.metrics.relay_held(false);
         let mut announced_waiting = false;
@@ -64,7 +70,7 @@ impl RelayLeadership {
                         backend_pid = pid,
                         "holding the relay lock: this replica publishes the outbox"
                     );
-                    let ended = self.hold(conn, make_relay(), &stop).await;
+                    let ended = self.hold(conn, make_relay.clone(), &stop).await;
                     self.relay_pid.store(0, Ordering::Relaxed);
                     self.board.relay_held(false);
                     self.metrics.relay_held(false);
@@ -121,15 +127,25 @@ impl RelayLeadership {
             .unwrap_or(Err(sqlx::Error::PoolTimedOut))
     }
 
-    /// Runs the relay while the session lives. Returns why it stopped.
+    /// Runs the relay (supervised: restarted with back-off if it ends abnormally) while the
+    /// session lives. Returns why it stopped.
     async fn hold(
         &self,
         mut conn: PgConnection,
-        relay: Relay,
+        make_relay: impl Fn() -> Relay + Send + 'static,
         stop: &CancellationToken,
     ) -> &'static str {
         let relay_stop = CancellationToken::new();
-        let mut relay_task = std::pin::pin!(relay.run(relay_stop.clone()));
+        let start = {
+            let relay_stop = relay_stop.clone();
+            move || make_relay().run(relay_stop.clone())
+        };
+        let mut relay_task = std::pin::pin!(supervise(
+            start,
+            relay_stop.clone(),
+            self.monitor.clone(),
+            self.metrics.clone()
+        ));
         let mut check = tokio::time::interval(SESSION_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reason = loop {
@@ -157,8 +173,11 @@ impl RelayLeadership {
                 }
             }
         };
-        // Dropping the relay future mid-publish is safe: rows stay unpublished and the next
-        // holder publishes them again under the same Nats-Msg-Id.
+        // Lock lost: the relay is told to stop. It may finish the batch in hand (at most its
+        // shutdown drain) while a new holder starts: both publish in `seq` order, so each
+        // game's events stay in commit order, and JetStream drops the repeats by
+        // Nats-Msg-Id.
+        relay_stop.cancel();
         let _ = tokio::time::timeout(SESSION_TIMEOUT, conn.close()).await;
         reason
     }

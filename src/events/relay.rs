@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::envelope::HealthEvent;
-use super::jetstream::{JetStreamError, StreamTarget, ensure_stream};
+use super::jetstream::{JetStreamError, StreamTarget, ensure_stream_and_window};
 use crate::ErrorChain;
+use crate::status::RelayHealth;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -48,15 +49,26 @@ pub enum RelayError {
     JetStream(#[from] JetStreamError),
 }
 
+/// A row whose publish the server refuses for a reason of its own (not an outage) is
+/// tried this many times in a row, then set aside. Outages (timeouts, a lost connection)
+/// never count: the row is not at fault.
+const MAX_PUBLISH_ATTEMPTS: u32 = 3;
+
+/// Longest value taken from a row (game id, error text) that goes into a log line.
+const LOG_VALUE_MAX: usize = 200;
+
 /// What one pass over the outbox did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DrainReport {
     pub published: usize,
     pub undecodable: usize,
+    /// Rows set aside in this pass (undecodable, too large, or refused by the server).
+    pub set_aside: usize,
     /// More rows may be waiting (the batch was full).
     pub more: bool,
 }
 
+#[derive(Clone)]
 pub struct Relay {
     store: Store,
     client: async_nats::Client,
@@ -65,6 +77,9 @@ pub struct Relay {
     wake: Arc<Notify>,
     metrics: Metrics,
     stream_ready: bool,
+    /// Row-specific publish refusals seen so far, by event id (cleared when published or
+    /// set aside). Bounded by the batch: only rows of the current head are in it.
+    refusals: std::collections::HashMap<Uuid, u32>,
 }
 
 impl Relay {
@@ -84,6 +99,7 @@ impl Relay {
             wake,
             metrics,
             stream_ready: false,
+            refusals: std::collections::HashMap::new(),
         }
     }
 
@@ -176,7 +192,7 @@ impl Relay {
             return Err(JetStreamError::Disconnected.into());
         }
         if !self.stream_ready {
-            ensure_stream(&self.js, &self.target).await?;
+            ensure_stream_and_window(&self.js, &self.target).await?;
             self.stream_ready = true;
         }
         let rows = self.store.unpublished_events(BATCH).await?;
@@ -184,19 +200,52 @@ impl Relay {
             more: rows.len() as i64 == BATCH,
             ..DrainReport::default()
         };
+        let max_payload = self.client.server_info().max_payload;
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
             match row {
-                Ok(event) => events.push(event),
+                Ok(event) => {
+                    // Envelope plus the message-id header; a little slack for the framing.
+                    let size = event.to_json().len() + 64;
+                    if max_payload > 0 && size > max_payload {
+                        report.undecodable += 1;
+                        let why = format!(
+                            "message of {size} bytes is over the server's max_payload ({max_payload} bytes)"
+                        );
+                        self.set_aside(event.event_id, Some(&event.game_id), &why, &mut report)
+                            .await?;
+                    } else {
+                        events.push(event);
+                    }
+                }
                 Err(bad) => {
                     report.undecodable += 1;
-                    tracing::error!(event_id = %bad.event_id, reason = %bad.reason, "outbox row cannot be decoded; left unpublished");
+                    self.set_aside(bad.event_id, None, &bad.reason, &mut report)
+                        .await?;
                 }
             }
         }
-        let (acked, failure) = self.publish(&events).await;
+        let (acked, refused, failure) = self.publish(&events).await;
         report.published = acked.len();
         self.store.mark_published(&acked).await?;
+        for event_id in &acked {
+            self.refusals.remove(event_id);
+        }
+        for (event_id, why) in refused {
+            let attempts = self.refusals.entry(event_id).or_default();
+            *attempts += 1;
+            let game_id = events
+                .iter()
+                .find(|e| e.event_id == event_id)
+                .map(|e| e.game_id.as_str());
+            if *attempts >= MAX_PUBLISH_ATTEMPTS {
+                let why = format!("refused by JetStream {MAX_PUBLISH_ATTEMPTS} times: {why}");
+                self.set_aside(event_id, game_id, &why, &mut report).await?;
+            } else {
+                tracing::warn!(%event_id, game_id = %crate::bounded(game_id.unwrap_or(""), LOG_VALUE_MAX), error = %crate::bounded(&why, LOG_VALUE_MAX), attempts = *attempts, "JetStream refused an event; trying again");
+                report.more = true;
+            }
+        }
         if let Some(e) = failure {
             // The stream may have been deleted under us; look again next time.
             self.stream_ready = false;
@@ -205,19 +254,42 @@ impl Relay {
         let pending = if report.more {
             self.store.count_unpublished().await?.max(0) as u64
         } else {
-            report.undecodable as u64
+            0
         };
         self.metrics.outbox_pending(pending);
         for event in &events {
-            tracing::debug!(event_id = %event.event_id, game_id = %event.game_id, "event published");
+            tracing::debug!(event_id = %event.event_id, game_id = %crate::bounded(&event.game_id, LOG_VALUE_MAX), "event published");
         }
         Ok(report)
     }
 
-    /// Publishes pipelined, then awaits acknowledgements in order. Returns the ids of the
-    /// acknowledged prefix and the first error, if any.
-    async fn publish(&self, events: &[HealthEvent]) -> (Vec<Uuid>, Option<JetStreamError>) {
+    /// Sets one row aside so it blocks nothing, and says so once.
+    async fn set_aside(
+        &mut self,
+        event_id: Uuid,
+        game_id: Option<&str>,
+        why: &str,
+        report: &mut DrainReport,
+    ) -> Result<(), RelayError> {
+        self.store.set_aside(event_id, why).await?;
+        self.refusals.remove(&event_id);
+        report.set_aside += 1;
+        self.metrics.outbox_set_aside();
+        tracing::error!(
+            %event_id,
+            game_id = %crate::bounded(game_id.unwrap_or(""), LOG_VALUE_MAX),
+            error = %crate::bounded(why, LOG_VALUE_MAX),
+            "outbox row set aside: it cannot be published; the others go on (see `healthprobe outbox list`)"
+        );
+        Ok(())
+    }
+
+    /// Publishes pipelined, then awaits acknowledgements in order. Returns the acknowledged
+    /// ids, the rows the server refused for a reason of their own (with why), and the first
+    /// outage-like error, which stops the batch.
+    async fn publish(&self, events: &[HealthEvent]) -> PublishResult {
         let mut pending = Vec::with_capacity(events.len());
+        let mut refused = Vec::new();
         for event in events {
             let mut headers = HeaderMap::new();
             headers.insert(NATS_MESSAGE_ID, event.event_id.to_string().as_str());
@@ -231,24 +303,110 @@ impl Relay {
                 .await
             {
                 Ok(ack) => pending.push((event.event_id, ack)),
+                Err(e) if row_specific(e.kind()) => refused.push((event.event_id, e.to_string())),
                 Err(e) => {
-                    return (Self::await_acks(pending).await.0, Some(e.into()));
+                    let (acked, more_refused, failure) = Self::await_acks(pending).await;
+                    refused.extend(more_refused);
+                    return (acked, refused, failure.or(Some(e.into())));
                 }
             }
         }
-        Self::await_acks(pending).await
+        let (acked, more_refused, failure) = Self::await_acks(pending).await;
+        refused.extend(more_refused);
+        (acked, refused, failure)
     }
 
     async fn await_acks(
         pending: Vec<(Uuid, async_nats::jetstream::context::PublishAckFuture)>,
-    ) -> (Vec<Uuid>, Option<JetStreamError>) {
+    ) -> PublishResult {
         let mut acked = Vec::with_capacity(pending.len());
+        let mut refused = Vec::new();
         for (event_id, ack) in pending {
             match ack.await {
                 Ok(_) => acked.push(event_id),
-                Err(e) => return (acked, Some(e.into())),
+                Err(e) if row_specific(e.kind()) => refused.push((event_id, e.to_string())),
+                Err(e) => return (acked, refused, Some(e.into())),
             }
         }
-        (acked, None)
+        (acked, refused, None)
     }
+}
+
+type PublishResult = (Vec<Uuid>, Vec<(Uuid, String)>, Option<JetStreamError>);
+
+/// Whether a publish error is about the message itself (retrying later will not help)
+/// rather than about the connection or the server's availability.
+fn row_specific(kind: async_nats::jetstream::context::PublishErrorKind) -> bool {
+    use async_nats::jetstream::context::PublishErrorKind as Kind;
+    matches!(
+        kind,
+        Kind::MaxPayloadExceeded | Kind::WrongLastMessageId | Kind::WrongLastSequence | Kind::Other
+    )
+}
+
+/// Restarts after an abnormal end of the relay task (a panic, or `run` returning before
+/// `stop`) back off from this to [`MAX_RESTART_BACKOFF`].
+const MIN_RESTART_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The relay's supervision as `/status` reads it. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct RelayMonitor {
+    inner: Arc<std::sync::Mutex<RelayHealth>>,
+}
+
+impl RelayMonitor {
+    pub fn snapshot(&self) -> RelayHealth {
+        self.inner.lock().expect("relay monitor lock").clone()
+    }
+
+    fn failed(&self, why: String) {
+        let mut health = self.inner.lock().expect("relay monitor lock");
+        health.restarts += 1;
+        health.last_failure = Some((std::time::Instant::now(), why));
+    }
+}
+
+/// Runs the relay made by `start` until `stop`; when its task ends abnormally (a panic, or
+/// an end before `stop`) it is logged, counted on `monitor`, and started again after a
+/// capped back-off. Generic over the task so tests can make one fail.
+pub async fn supervise<F, Fut>(
+    mut start: F,
+    stop: CancellationToken,
+    monitor: RelayMonitor,
+    metrics: Metrics,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = MIN_RESTART_BACKOFF;
+    loop {
+        let ended = tokio::spawn(start()).await;
+        let why = match ended {
+            Ok(()) if stop.is_cancelled() => break,
+            Ok(()) => "the relay stopped without being asked to".to_owned(),
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let text = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                format!(
+                    "the relay panicked: {}",
+                    crate::bounded(&text, LOG_VALUE_MAX)
+                )
+            }
+            Err(e) => format!("the relay task was cancelled: {e}"),
+        };
+        monitor.failed(why.clone());
+        metrics.relay_restarted();
+        tracing::error!(error = %why, restart_in = ?backoff, "outbox relay ended abnormally; restarting it");
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
+    }
+    tracing::info!("outbox relay supervisor stopped: shutdown requested");
 }

@@ -43,7 +43,7 @@ impl Worker {
             WorkerCommand::ProbeOne { game_id, reply } => {
                 // The caller gave up (timeout) while a tick ran: do not probe for nobody.
                 if reply.is_closed() {
-                    tracing::debug!(game_id = %super::record::bounded(&game_id), "on-demand probe dropped: the caller stopped waiting");
+                    tracing::debug!(game_id = %crate::bounded(&game_id, 200), "on-demand probe dropped: the caller stopped waiting");
                     return;
                 }
                 let result = self.probe_one(&game_id).await;
@@ -178,6 +178,13 @@ fn log_tick(result: &Result<TickReport, TickError>, interval: Duration) {
         Ok(report) => {
             if report.duration > interval {
                 tracing::warn!(duration = ?report.duration, ?interval, records = report.records, "tick took longer than the interval; the next one starts late");
+            }
+            if report.local_errors > 0 {
+                tracing::error!(
+                    local_errors = report.local_errors,
+                    probes = report.probes,
+                    "probes not attempted: the worker ran out of descriptors, ports or buffers; these engines were not judged this tick"
+                );
             }
             if !report.is_clean() {
                 tracing::warn!(failed_commits = report.failed_commits, errors = ?report.store_errors, "tick could not record everything");

@@ -31,7 +31,7 @@ use crate::store::{ListedGame, RuntimeRecord, Store};
 use crate::telemetry::Metrics;
 use games::{GameTable, Synced};
 use membership::Membership;
-use record::{PendingWrite, Recorder, SNAPSHOT_BATCH, bounded};
+use record::{PendingWrite, Recorder, SNAPSHOT_BATCH};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerSettings {
@@ -167,7 +167,7 @@ impl Worker {
                 Synced::Loaded => report.reloaded += 1,
                 Synced::NewContainer => {
                     report.new_containers += 1;
-                    tracing::info!(game_id = %bounded(&record.game_id), container_id = %bounded(record.container_id.as_deref().unwrap_or("")), "new container: the game starts clean");
+                    tracing::info!(game_id = %crate::bounded(&record.game_id, 200), container_id = %crate::bounded(record.container_id.as_deref().unwrap_or(""), 200), "new container: the game starts clean");
                 }
             }
             // Wait for this probe's start and a free permit, recording finished probes
@@ -191,7 +191,8 @@ impl Worker {
                 break;
             };
             let prober = self.prober.clone();
-            let span = tracing::info_span!("probe", game_id = %bounded(&record.game_id));
+            let span =
+                tracing::info_span!("probe", game_id = %crate::bounded(&record.game_id, 200));
             in_flight.spawn(
                 async move {
                     let outcome = prober.probe(&record.engine_endpoint).await;
@@ -239,7 +240,7 @@ impl Worker {
     /// Probes one running game now and records the outcome exactly as a tick would: the
     /// same reload from its row, hysteresis, commit rule, events and metrics. Only the run
     /// loop calls it (through [`WorkerCommand::ProbeOne`]), between ticks.
-    #[tracing::instrument(name = "probe_one", skip_all, fields(game_id = %bounded(game_id)))]
+    #[tracing::instrument(name = "probe_one", skip_all, fields(game_id = %crate::bounded(game_id, 200)))]
     pub async fn probe_one(&mut self, game_id: &str) -> Result<ProbeOneReport, ProbeOneError> {
         let ListedGame { record, stored } = self
             .store
@@ -256,7 +257,7 @@ impl Worker {
             stored.as_ref(),
             generation,
         );
-        let span = tracing::info_span!("probe", game_id = %bounded(&record.game_id));
+        let span = tracing::info_span!("probe", game_id = %crate::bounded(&record.game_id, 200));
         let outcome = self
             .prober
             .probe(&record.engine_endpoint)
@@ -314,16 +315,25 @@ impl Worker {
                 return;
             }
         };
-        report.probes += 1;
         self.metrics
             .probe_completed(outcome.outcome_label(), outcome.latency);
+        if outcome.is_local_fault() {
+            // The worker's problem, not the engine's: no hysteresis, no snapshot, no event;
+            // the tick logs the count once.
+            report.local_errors += 1;
+            if let Some(failure) = &outcome.failure {
+                tracing::debug!(game_id = %crate::bounded(&record.game_id, 200), error = %crate::bounded(&failure.message, 200), "probe not attempted: local fault");
+            }
+            return;
+        }
+        report.probes += 1;
         if outcome.is_healthy() {
             report.healthy += 1;
         } else {
             report.failed += 1;
         }
         if let Some(failure) = &outcome.failure {
-            tracing::debug!(game_id = %bounded(&record.game_id), kind = %failure.kind, status = outcome.status, error = %bounded(&failure.message), "probe failed");
+            tracing::debug!(game_id = %crate::bounded(&record.game_id, 200), kind = %failure.kind, status = outcome.status, error = %crate::bounded(&failure.message, 200), "probe failed");
         }
         let refresh = games::refresh_turn(&record.game_id, generation, refresh_fleet);
         let decision =

@@ -107,9 +107,9 @@ impl Recorder {
                 tracing::info!(
                     event_type = event.event_type().as_str(),
                     event_id = %event.event_id,
-                    game_id = %bounded(&event.game_id),
-                    container_id = %bounded(&event.container_id),
-                    details = %bounded(&serde_json::to_string(&event.details).unwrap_or_default()),
+                    game_id = %crate::bounded(&event.game_id, 200),
+                    container_id = %crate::bounded(&event.container_id, 200),
+                    details = %crate::bounded(&serde_json::to_string(&event.details).unwrap_or_default(), 200),
                     "health event recorded"
                 );
                 report.events.push(event);
@@ -119,7 +119,7 @@ impl Recorder {
                 report.conflicts += 1;
                 self.metrics.commit_conflicts(1);
                 tracing::info!(
-                    game_id = %bounded(&record.game_id),
+                    game_id = %crate::bounded(&record.game_id, 200),
                     event_type = event.event_type().as_str(),
                     reason = %why,
                     "not recorded: another writer changed the game first; it is reloaded and decided again"
@@ -129,7 +129,7 @@ impl Recorder {
                 games.settle(&record.game_id, &decision, facts, Settled::Failed);
                 report.failed_commits += 1;
                 tracing::warn!(
-                    game_id = %bounded(&record.game_id),
+                    game_id = %crate::bounded(&record.game_id, 200),
                     event_type = event.event_type().as_str(),
                     error = %ErrorChain(&e),
                     "could not commit a health event; the game is reloaded from Postgres and decided again next tick"
@@ -190,7 +190,7 @@ impl Recorder {
                     self.metrics.commit_conflicts(writes.conflicts.len());
                     tracing::info!(
                         games = writes.conflicts.len(),
-                        first = %bounded(&writes.conflicts[0]),
+                        first = %crate::bounded(&writes.conflicts[0], 200),
                         "snapshots not written: another writer changed these games first; they are reloaded and decided again"
                     );
                 }
@@ -239,20 +239,6 @@ impl Recorder {
             }
         }
     }
-}
-
-/// A value from outside (a game id, an error from an engine) cut to a length a log line
-/// can carry.
-pub fn bounded(value: &str) -> &str {
-    const LIMIT: usize = 200;
-    if value.len() <= LIMIT {
-        return value;
-    }
-    let mut end = LIMIT;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    &value[..end]
 }
 
 fn details(transition: Transition, outcome: &ProbeOutcome) -> Details {

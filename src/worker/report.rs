@@ -21,6 +21,9 @@ pub struct TickReport {
     pub probes: usize,
     pub healthy: usize,
     pub failed: usize,
+    /// Probes the worker's own machine could not attempt (DESIGN §2): not in `probes`,
+    /// `healthy` or `failed`, never counted for the engine, never an event.
+    pub local_errors: usize,
     /// Events committed during this tick, in commit order.
     pub events: Vec<HealthEvent>,
     /// Games forgotten because they are no longer running.
@@ -57,6 +60,7 @@ impl TickReport {
             probes: self.probes,
             healthy: self.healthy,
             failures: self.failed,
+            local_errors: self.local_errors,
             events: self.events.len(),
             pruned: self.pruned,
             conflicts: self.conflicts,
@@ -113,6 +117,7 @@ pub fn failed_tick_summary(error: &TickError, finished_at: DateTime<Utc>) -> Tic
         probes: 0,
         healthy: 0,
         failures: 0,
+        local_errors: 0,
         events: 0,
         pruned: 0,
         conflicts: 0,

@@ -147,6 +147,7 @@ impl TestApp {
             commands,
             probe_reply_limit: options.probe_timeout + Duration::from_secs(10),
             metrics: scrape,
+            relay: Default::default(),
         });
         let listener = http::bind("127.0.0.1:0".parse().unwrap())
             .await

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod browser;
+pub mod distinct;
 pub mod engines;
 pub mod hostile;
 pub mod metrics;
@@ -209,6 +210,7 @@ impl TestEnv {
         let target = StreamTarget {
             stream: format!("HP_{id}"),
             subject_prefix: format!("hp.{id}"),
+            duplicate_window: healthprobe::events::jetstream::DEFAULT_DEDUP_WINDOW,
         };
         ensure_stream(&js, &target)
             .await

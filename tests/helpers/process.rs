@@ -36,6 +36,17 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn spawn(env: &TestEnv, name: &str, settings: &[(&str, &str)]) -> Self {
+        Self::spawn_with_nofile(env, name, settings, None)
+    }
+
+    /// Like [`WorkerProcess::spawn`], with `RLIMIT_NOFILE` set to `nofile` (soft and hard),
+    /// as `ulimit -n` would before the exec: the worker cannot raise it.
+    pub fn spawn_with_nofile(
+        env: &TestEnv,
+        name: &str,
+        settings: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Self {
         let log = log_path(&format!("{}-{name}", env.id));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -56,8 +67,58 @@ impl WorkerProcess {
         for (key, value) in settings {
             command.env(key, value);
         }
+        if let Some(nofile) = nofile {
+            let limit = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let child = command.spawn().expect("spawn healthprobe run");
         Self { child, log }
+    }
+
+    /// The status address the worker logged once it was listening.
+    pub async fn status_addr(&self) -> String {
+        wait_for("the status address in the log", WAIT_LIMIT, || async {
+            let log = self.log_text();
+            let line = log
+                .lines()
+                .find(|l| l.contains("status endpoints listening"))?;
+            Some(
+                line.split("addr=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .to_owned(),
+            )
+        })
+        .await
+    }
+
+    /// Open descriptors and resident memory (KiB) of the process, from /proc.
+    pub fn descriptors_and_rss(&self) -> (usize, u64) {
+        let pid = self.pid();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse().ok())
+            .unwrap_or(0);
+        (fds, rss)
     }
 
     pub fn pid(&self) -> u32 {

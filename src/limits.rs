@@ -1,0 +1,126 @@
+//! The worker's descriptor budget (DESIGN §2: a fault of the worker's own machine is never
+//! an engine's failure, so the worker must not cause one).
+//!
+//! At start the soft `RLIMIT_NOFILE` is raised to the hard limit (raising the hard limit
+//! needs `CAP_SYS_RESOURCE`, which a worker does not have). From the result a fixed share
+//! is set aside for Postgres, NATS, the status port, telemetry and the probes in flight;
+//! idle keep-alive connections to engines get the rest ([`DescriptorBudget::keepalive`]).
+
+use std::io;
+
+/// The soft and hard `RLIMIT_NOFILE` before and after [`raise_nofile_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NofileLimits {
+    pub soft_before: u64,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Raises the soft descriptor limit to the hard one. Returns both, before and after; on a
+/// refusal the limits are left as they were and the error says why.
+pub fn raise_nofile_limit() -> io::Result<NofileLimits> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let soft_before: u64 = limit.rlim_cur;
+    let hard: u64 = limit.rlim_max;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(NofileLimits {
+        soft_before,
+        soft: hard,
+        hard,
+    })
+}
+
+/// The current soft descriptor limit.
+pub fn soft_nofile_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: as in `raise_nofile_limit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// Descriptors set aside for everything but probes and the status port: stdio, the
+/// runtime's epoll and wake-up descriptors, the signal pipe, the Postgres pool (6), NATS
+/// (1), the OTLP exporters (a few), migrations and the odd file. Measured at 16 in use
+/// besides the engine connections (RELIABILITY.md); four times that leaves room without
+/// starving the keep-alive pool.
+pub const FIXED_RESERVE: u64 = 64;
+
+/// Idle keep-alive connections at most, whatever the descriptor limit allows: each costs
+/// about 18 KiB of the worker's memory (hyper's buffers and connection task; measured 10,000
+/// idle connections at about 215 MB RSS against 40 MB with 575, RELIABILITY.md) plus the
+/// kernel's socket buffers. 4,096 keeps that under about 75 MB; beyond it a probe pays a
+/// connect, which on a LAN costs one round trip and no memory.
+pub const KEEPALIVE_CAP: usize = 4096;
+
+/// How the descriptors under the soft limit are shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DescriptorBudget {
+    pub soft_limit: u64,
+    /// Fixed reserve + status port (listener and its connection cap) + probes in flight.
+    pub reserved: u64,
+    /// Idle keep-alive connections to engines, at most: what is left, up to
+    /// [`KEEPALIVE_CAP`].
+    pub keepalive: usize,
+}
+
+impl DescriptorBudget {
+    /// `max_concurrency` probes may each hold a connection while in flight (plus one
+    /// closing behind it); `http_connections` is the status port's cap.
+    pub fn new(soft_limit: u64, max_concurrency: usize, http_connections: usize) -> Self {
+        let reserved = FIXED_RESERVE + 1 + http_connections as u64 + 2 * max_concurrency as u64;
+        let keepalive = soft_limit.saturating_sub(reserved);
+        Self {
+            soft_limit,
+            reserved,
+            keepalive: usize::try_from(keepalive)
+                .unwrap_or(usize::MAX)
+                .min(KEEPALIVE_CAP),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_leaves_the_rest_to_keep_alive() {
+        let budget = DescriptorBudget::new(1024, 16, 256);
+        assert_eq!(budget.reserved, 64 + 1 + 256 + 32);
+        assert_eq!(budget.keepalive, 1024 - 353);
+        assert_eq!(DescriptorBudget::new(100, 16, 256).keepalive, 0);
+        assert_eq!(
+            DescriptorBudget::new(1 << 20, 16, 256).keepalive,
+            KEEPALIVE_CAP
+        );
+    }
+
+    #[test]
+    fn raising_the_soft_limit_reaches_the_hard_one() {
+        let limits = raise_nofile_limit().expect("raising to the hard limit is always allowed");
+        assert_eq!(limits.soft, limits.hard);
+        assert!(limits.soft >= limits.soft_before);
+        assert_eq!(soft_nofile_limit().unwrap(), limits.soft);
+    }
+}
