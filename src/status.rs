@@ -143,7 +143,7 @@ impl StatusBoard {
 
     /// Records a tick that ended just now.
     pub fn tick_ended(&self, summary: TickSummary) {
-        self.live.tick_ended(&summary);
+        self.live.tick_ended(&summary.to_json());
         self.tx.send_modify(|view| {
             view.last_beat = Some(Instant::now());
             view.last_tick = Some(summary);
