@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Store, UndecodableEvent};
+use super::Store;
 use crate::events::envelope::{Details, EventType, HealthEvent};
 
 /// A row whose `game_id`, `container_id` and details together exceed this is never fetched:
@@ -286,5 +286,45 @@ mod tests {
             let bad = decode_with(ms, event_type, details).unwrap_err();
             assert!(bad.reason.contains(why), "{why}: {}", bad.reason);
         }
+    }
+}
+
+/// An outbox row that could not be decoded. It stays unpublished and is reported.
+#[derive(Debug, Clone)]
+pub struct UndecodableEvent {
+    pub event_id: Uuid,
+    pub reason: String,
+}
+
+impl Store {
+    pub async fn mark_published(&self, event_ids: &[Uuid]) -> Result<(), sqlx::Error> {
+        self.bounded(async {
+            if event_ids.is_empty() {
+                return Ok(());
+            }
+            sqlx::query(
+                "UPDATE health_events SET published_at = now() \
+                 WHERE event_id = ANY($1) AND published_at IS NULL",
+            )
+            .bind(event_ids)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn count_unpublished(&self) -> Result<i64, sqlx::Error> {
+        self.bounded(async {
+            // Set-aside rows are counted apart (`count_set_aside`): they wait for an operator.
+            sqlx::query_scalar(
+                "SELECT count(*) FROM health_events e WHERE published_at IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM health_events_set_aside a \
+                                 WHERE a.event_id = e.event_id AND a.state <> 'retry')",
+            )
+            .fetch_one(&self.pool)
+            .await
+        })
+        .await
     }
 }

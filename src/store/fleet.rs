@@ -1,0 +1,43 @@
+//! What the simulated fleet asks: it plays the runtime manager's part in demos and tests,
+//! writing `runtime_records`.
+
+use super::Store;
+
+impl Store {
+    /// Records games as running at the given endpoints (insert or update). Used by the
+    /// simulated fleet, which plays the runtime manager's part in demos and tests.
+    pub async fn register_running(&self, games: &[(String, String)]) -> Result<(), sqlx::Error> {
+        if games.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = games.iter().map(|(id, _)| id.as_str()).collect();
+        let endpoints: Vec<&str> = games.iter().map(|(_, e)| e.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO runtime_records (game_id, status, engine_endpoint, started_at, last_op_at) \
+             SELECT g, 'running', e, now(), now() FROM UNNEST($1::text[], $2::text[]) AS t(g, e) \
+             ON CONFLICT (game_id) DO UPDATE SET status = 'running', \
+               engine_endpoint = EXCLUDED.engine_endpoint, started_at = now(), \
+               stopped_at = NULL, last_op_at = now()",
+        )
+        .bind(ids)
+        .bind(endpoints)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+    }
+
+    /// Marks games as stopped (the fleet does this when it shuts down).
+    pub async fn mark_stopped(&self, game_ids: &[String]) -> Result<u64, sqlx::Error> {
+        if game_ids.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "UPDATE runtime_records SET status = 'stopped', stopped_at = now(), last_op_at = now() \
+             WHERE game_id = ANY($1) AND status = 'running'",
+        )
+        .bind(game_ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

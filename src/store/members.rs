@@ -1,0 +1,134 @@
+//! What the replicas ask: the membership table (heartbeats and leases) and the relay
+//! lock's holder (DESIGN §12).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+use super::Store;
+
+/// A replica as the membership table shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub replica_id: String,
+    pub status_addr: Option<String>,
+    pub version: String,
+    pub heartbeat_at: DateTime<Utc>,
+    pub lease_expires_at: DateTime<Utc>,
+    /// The lease has not expired (by Postgres' clock).
+    pub live: bool,
+}
+
+/// This replica's heartbeat: what it tells the others about itself.
+#[derive(Debug, Clone)]
+pub struct Heartbeat<'a> {
+    pub replica_id: &'a str,
+    pub status_addr: Option<&'a str>,
+    pub version: &'a str,
+    pub lease_ttl: Duration,
+    /// Backend pid of the connection holding the relay lock, when this replica holds it.
+    pub relay_pid: Option<i32>,
+    /// Rows of members whose lease expired this long ago are removed.
+    pub forget_after: Duration,
+}
+
+impl Store {
+    /// Renews this replica's lease and reads every member, in one statement. Postgres'
+    /// clock decides what is live, so replicas' clocks need not agree.
+    pub async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<Vec<Member>, sqlx::Error> {
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let rows = self.bounded(sqlx::query(
+            "WITH me AS ( \
+               INSERT INTO healthprobe_members \
+                 (replica_id, status_addr, version, heartbeat_at, lease_expires_at, relay_pid) \
+               VALUES ($1, $2, $3, now(), now() + $4 * interval '1 millisecond', $5) \
+               ON CONFLICT (replica_id) DO UPDATE SET status_addr = EXCLUDED.status_addr, \
+                 version = EXCLUDED.version, heartbeat_at = now(), \
+                 lease_expires_at = EXCLUDED.lease_expires_at, relay_pid = EXCLUDED.relay_pid \
+               RETURNING replica_id, status_addr, version, heartbeat_at, lease_expires_at, true AS live), \
+             forgotten AS ( \
+               DELETE FROM healthprobe_members \
+               WHERE replica_id <> $1 AND lease_expires_at < now() - $6 * interval '1 millisecond') \
+             SELECT replica_id, status_addr, version, heartbeat_at, lease_expires_at, \
+                    lease_expires_at > now() AS live \
+               FROM healthprobe_members WHERE replica_id <> $1 \
+             UNION ALL SELECT * FROM me ORDER BY replica_id",
+        )
+        .bind(beat.replica_id)
+        .bind(beat.status_addr)
+        .bind(beat.version)
+        .bind(millis(beat.lease_ttl))
+        .bind(beat.relay_pid)
+        .bind(millis(beat.forget_after))
+        .fetch_all(&self.pool))
+        .await?;
+        rows.iter().map(member).collect()
+    }
+
+    /// Every member, live or not, for `healthprobe status --members`.
+    pub async fn members(&self) -> Result<Vec<Member>, sqlx::Error> {
+        let rows = self
+            .bounded(
+                sqlx::query(
+                    "SELECT replica_id, status_addr, version, heartbeat_at, lease_expires_at, \
+                    lease_expires_at > now() AS live \
+             FROM healthprobe_members ORDER BY replica_id",
+                )
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.iter().map(member).collect()
+    }
+
+    /// Leaves the membership (SIGTERM): the others share this replica's games at their next
+    /// heartbeat instead of waiting for its lease to expire.
+    pub async fn leave(&self, replica_id: &str) -> Result<(), sqlx::Error> {
+        self.bounded(
+            sqlx::query("DELETE FROM healthprobe_members WHERE replica_id = $1")
+                .bind(replica_id)
+                .execute(&self.pool),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Ends the Postgres session of a relay holder whose lease has expired (a frozen or
+    /// cut-off process keeps its connection, and with it the advisory lock, open). Only a
+    /// backend that really holds the lock `(lock_class, lock_id)` is ended. Returns the
+    /// replica whose session was ended.
+    pub async fn end_expired_relay_holder(
+        &self,
+        lock_class: i32,
+        lock_id: i32,
+    ) -> Result<Option<String>, sqlx::Error> {
+        // The holder is chosen first, in a materialised step: in one WHERE clause Postgres
+        // may call pg_terminate_backend before it checks the lease, ending live holders.
+        self.bounded(
+            sqlx::query_scalar(
+                "WITH expired AS MATERIALIZED ( \
+               SELECT m.replica_id, m.relay_pid FROM healthprobe_members m \
+               JOIN pg_locks l ON l.pid = m.relay_pid AND l.locktype = 'advisory' AND l.granted \
+                 AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 2 \
+               WHERE m.lease_expires_at < now()) \
+             SELECT replica_id FROM expired WHERE pg_terminate_backend(relay_pid)",
+            )
+            .bind(i64::from(lock_class as u32))
+            .bind(i64::from(lock_id as u32))
+            .fetch_optional(&self.pool),
+        )
+        .await
+    }
+}
+
+fn member(row: &PgRow) -> Result<Member, sqlx::Error> {
+    Ok(Member {
+        replica_id: row.try_get(0)?,
+        status_addr: row.try_get(1)?,
+        version: row.try_get(2)?,
+        heartbeat_at: row.try_get(3)?,
+        lease_expires_at: row.try_get(4)?,
+        live: row.try_get(5)?,
+    })
+}

@@ -1,0 +1,179 @@
+//! What the status surface asks (`GET /games`, `/games/counts`, `/events`,
+//! `healthprobe status`): read models over the running records, the snapshots and the log.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::Store;
+
+/// One row of the per-game health view (`GET /games`, `healthprobe status`): a running
+/// record joined to its snapshot. A running game never probed yet has no snapshot and shows
+/// as `unknown` with empty observation fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GameView {
+    pub game_id: String,
+    pub container_id: Option<String>,
+    pub engine_endpoint: String,
+    pub status: String,
+    pub consecutive_failures: i32,
+    pub last_probe_at: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_latency_ms: Option<f64>,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub last_failure_kind: Option<String>,
+}
+
+/// One row of the event log as the status surface shows it (`GET /events`). Read as
+/// stored, not decoded into a [`HealthEvent`]: a row the relay set aside still shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent {
+    pub event_id: Uuid,
+    pub game_id: String,
+    pub container_id: String,
+    pub event_type: String,
+    /// `None` for a timestamp no client can show (`infinity`, beyond chrono's range): such
+    /// a row is read, not decoded into a panic.
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub details: serde_json::Value,
+    pub published: bool,
+}
+
+/// Which games a page of [`Store::games_page`] holds.
+#[derive(Debug, Clone, Default)]
+pub struct GamesQuery {
+    /// `health_snapshots.status`; `unknown` also matches running games without a snapshot.
+    pub status: Option<String>,
+    /// A glob on `game_id` (`*` any run, `?` one character), matched in full.
+    pub game_id_glob: Option<String>,
+    /// Keyset cursor: only games whose id sorts after this one.
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+/// Turns a glob (`*`, `?`) into a `LIKE` pattern, escaping `LIKE`'s own wildcards and the
+/// escape character so a game id containing `%` or `_` matches only itself.
+pub fn glob_to_like(glob: &str) -> String {
+    let mut like = String::with_capacity(glob.len() + 4);
+    for c in glob.chars() {
+        match c {
+            '*' => like.push('%'),
+            '?' => like.push('_'),
+            '%' | '_' | '\\' => {
+                like.push('\\');
+                like.push(c);
+            }
+            c => like.push(c),
+        }
+    }
+    like
+}
+
+impl Store {
+    /// One page of running games with their health, ordered by `game_id`. Keyset
+    /// pagination (`game_id > after`) rather than OFFSET: each page costs the same however
+    /// deep it is, and games added or removed between pages neither repeat nor shift others.
+    /// Served by the partial index on running records.
+    pub async fn games_page(&self, query: &GamesQuery) -> Result<Vec<GameView>, sqlx::Error> {
+        self.bounded(async {
+            let like = query.game_id_glob.as_deref().map(glob_to_like);
+            let rows = sqlx::query(
+                "SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
+                   COALESCE(s.status, 'unknown'), COALESCE(s.consecutive_failures, 0), \
+                   s.last_probe_at, s.last_success_at, s.last_latency_ms, s.last_status, \
+                   s.last_error, s.last_failure_kind \
+                 FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
+                 WHERE r.status = 'running' \
+                   AND ($1::text IS NULL OR r.game_id > $1) \
+                   AND ($2::text IS NULL OR r.game_id LIKE $2) \
+                   AND ($3::text IS NULL OR COALESCE(s.status, 'unknown') = $3) \
+                 ORDER BY r.game_id LIMIT $4",
+            )
+            .bind(query.after.as_deref())
+            .bind(like)
+            .bind(query.status.as_deref())
+            .bind(query.limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|row| {
+                    Ok(GameView {
+                        game_id: row.try_get(0)?,
+                        container_id: row.try_get(1)?,
+                        engine_endpoint: row.try_get(2)?,
+                        status: row.try_get(3)?,
+                        consecutive_failures: row.try_get(4)?,
+                        last_probe_at: row.try_get(5)?,
+                        last_success_at: row.try_get(6)?,
+                        last_latency_ms: row.try_get(7)?,
+                        last_status: row.try_get(8)?,
+                        last_error: row.try_get(9)?,
+                        last_failure_kind: row.try_get(10)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// How many running games are in each health status (`unknown` includes games without
+    /// a snapshot yet): the fleet page's totals. One pass over the running records.
+    pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        self.bounded(
+            sqlx::query_as(
+                "SELECT COALESCE(s.status, 'unknown') AS status, count(*) \
+                 FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
+                 WHERE r.status = 'running' GROUP BY 1",
+            )
+            .fetch_all(&self.pool),
+        )
+        .await
+    }
+
+    /// The latest `limit` events of the log, newest first, as they were recorded (details
+    /// as stored, whether the relay has published them). Served by the `seq` index.
+    pub async fn latest_events(&self, limit: i64) -> Result<Vec<LoggedEvent>, sqlx::Error> {
+        let rows = self
+            .bounded(
+                sqlx::query(
+                    "SELECT event_id, game_id, container_id, event_type, \
+                       CASE WHEN isfinite(occurred_at) \
+                         THEN floor(extract(epoch FROM occurred_at) * 1000)::int8 END, \
+                       details, published_at IS NOT NULL \
+                     FROM health_events ORDER BY seq DESC LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(LoggedEvent {
+                    event_id: row.try_get(0)?,
+                    game_id: row.try_get(1)?,
+                    container_id: row.try_get(2)?,
+                    event_type: row.try_get(3)?,
+                    occurred_at: row
+                        .try_get::<Option<i64>, _>(4)?
+                        .and_then(DateTime::from_timestamp_millis),
+                    details: row.try_get(5)?,
+                    published: row.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_to_like;
+
+    #[test]
+    fn globs_become_escaped_like_patterns() {
+        assert_eq!(glob_to_like("game-*"), "game-%");
+        assert_eq!(glob_to_like("g?me"), "g_me");
+        assert_eq!(glob_to_like("100%_done\\"), "100\\%\\_done\\\\");
+        assert_eq!(glob_to_like(""), "");
+    }
+}
