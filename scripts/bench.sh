@@ -16,7 +16,8 @@
 # reaches it. It needs root (for the namespace) and installs nginx-light, wrk and iproute2
 # from Debian's packages when missing; the Go worker is built by ../shared/peer/go/build.sh
 # (HEALTHPROBE_BENCH_GOPEER_DIR chooses another copy; without one the Go column is left
-# out). See benches/fleet.rs and benches/tick.rs for the variables.
+# out). HEALTHPROBE_BENCH_BIN measures another healthprobe binary (another branch's build)
+# in the fleet suite. See benches/fleet.rs and benches/tick.rs for the variables.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -148,7 +149,7 @@ NGINX
         in_ns env \
             HEALTHPROBE_BENCH_DATABASE_URL="$HEALTHPROBE_LOCAL_DATABASE_URL" \
             HEALTHPROBE_BENCH_NATS_URL="$HEALTHPROBE_LOCAL_NATS_URL" \
-            HEALTHPROBE_BENCH_BIN="$ROOT/target/release/healthprobe" \
+            HEALTHPROBE_BENCH_BIN="${HEALTHPROBE_BENCH_BIN:-$ROOT/target/release/healthprobe}" \
             HEALTHPROBE_BENCH_GOPEER="$gopeer" \
             HEALTHPROBE_BENCH_NGINX_PORT="$port" \
             HEALTHPROBE_BENCH_OUT="$ROOT/target/bench/fleet-$STAMP.jsonl" \
