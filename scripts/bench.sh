@@ -146,6 +146,8 @@ NGINX
     {
         echo "# healthprobe fleet benchmark, $(machine_line)"
         echo
+        echo "healthprobe binary: ${HEALTHPROBE_BENCH_BIN:-$ROOT/target/release/healthprobe}; Go worker: ${gopeer:-none}"
+        echo
         in_ns env \
             HEALTHPROBE_BENCH_DATABASE_URL="$HEALTHPROBE_LOCAL_DATABASE_URL" \
             HEALTHPROBE_BENCH_NATS_URL="$HEALTHPROBE_LOCAL_NATS_URL" \
