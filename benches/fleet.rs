@@ -29,7 +29,8 @@
 //! `HEALTHPROBE_BENCH_FLEET_NOFILE` [1024: the workers' soft descriptor limit, as a login
 //! shell or a systemd service has it], `HEALTHPROBE_BENCH_PERF` [unset; `1` records a perf
 //! profile of healthprobe's steady ticks, `target/bench/perf-fleet-*.data`; those runs'
-//! figures carry the profiler's cost]. Set by `scripts/bench.sh`:
+//! figures carry the profiler's cost], `HEALTHPROBE_BENCH_PERF_CALL_GRAPH` [`dwarf,16384`:
+//! the release build has no frame pointers]. Set by `scripts/bench.sh`:
 //! `HEALTHPROBE_BENCH_DATABASE_URL`, `HEALTHPROBE_BENCH_NATS_URL`, `HEALTHPROBE_BENCH_BIN`,
 //! `HEALTHPROBE_BENCH_GOPEER` (empty: no Go column), `HEALTHPROBE_BENCH_NGINX_PORT`,
 //! `HEALTHPROBE_BENCH_OUT` (every tick of every run as JSON lines).
