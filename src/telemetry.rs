@@ -6,6 +6,7 @@
 //! complains. The instruments can always be scraped at `GET /metrics` (Prometheus text,
 //! [`crate::scrape`]): its reader is registered either way.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -252,6 +253,17 @@ fn env_set(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
 }
 
+/// Set once by [`init`] when spans go to an OTLP exporter.
+static TRACES_EXPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported. Per-probe spans are made only then: without an exporter they
+/// serve nothing (no log line is written inside a probe at the usual levels) and cost about
+/// 5 % of the worker's CPU (a registry slot, the `game_id` formatted, enter and exit on
+/// every poll; BENCHMARKS.md).
+pub fn traces_exported() -> bool {
+    TRACES_EXPORTED.load(Ordering::Relaxed)
+}
+
 /// Whether OTLP export is wanted: an endpoint is configured and the SDK is not disabled.
 pub fn otlp_enabled() -> bool {
     !env_true("OTEL_SDK_DISABLED")
@@ -315,6 +327,7 @@ pub fn init() -> anyhow::Result<Telemetry> {
         (meters.build(), None)
     };
 
+    TRACES_EXPORTED.store(tracer_provider.is_some(), Ordering::Relaxed);
     let otel_layer = tracer_provider
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(METER_NAME)));
