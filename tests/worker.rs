@@ -607,10 +607,12 @@ async fn a_spread_paces_probe_starts_over_the_window() {
     let elapsed = started.elapsed();
     assert_eq!(report.healthy, 20);
     let paced = fleet.max_in_flight();
-    assert!(burst > 2, "the unpaced tick should burst (peak {burst})");
+    assert!(burst > 8, "the unpaced tick should burst (peak {burst})");
+    // One probe of 20 ms every 50 ms: one or two at once, a few more on a loaded machine
+    // whose probes take longer; a tick that did not pace would reach the burst's peak.
     assert!(
-        paced <= 2,
-        "peak in flight {paced} with a 1 s spread over 20 probes"
+        paced <= 4,
+        "peak in flight {paced} with a 1 s spread over 20 probes (burst {burst})"
     );
     assert!(
         elapsed >= window * 19 / 20,
