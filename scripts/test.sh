@@ -28,3 +28,10 @@ fi
 scripts/lint-deploy.sh
 
 cargo test --locked --all-targets "$@"
+
+# Containers (issue 12): base images, the image from the Dockerfile, `docker compose up` and
+# the testcontainers path, against a Docker engine (started here, as root, when none runs).
+# Whole-suite runs only (no arguments); HEALTHPROBE_SKIP_CONTAINERS=1 skips it.
+if [[ $# -eq 0 && "${HEALTHPROBE_SKIP_CONTAINERS:-}" != 1 ]]; then
+    scripts/containers-check.sh
+fi
