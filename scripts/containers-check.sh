@@ -131,7 +131,7 @@ scripts/images.sh
 phase_end images
 
 phase "building $SERVICE_IMAGE from the Dockerfile (log $WORK/build.log)"
-DOCKER_BUILDKIT=0 docker build --label org.healthprobe.image=service -t "$SERVICE_IMAGE" . >"$WORK/build.log" 2>&1 \
+DOCKER_BUILDKIT=0 docker build --force-rm --label org.healthprobe.image=service -t "$SERVICE_IMAGE" . >"$WORK/build.log" 2>&1 \
     || { tail -40 "$WORK/build.log" >&2; die "docker build failed"; }
 image_size="$(docker image inspect --format '{{.Size}}' "$SERVICE_IMAGE")"
 log "   $SERVICE_IMAGE: $(( image_size / 1000000 )) MB ($image_size bytes)"

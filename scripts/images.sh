@@ -145,13 +145,26 @@ build_rust() {
     fi
     cp /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
     mapfile -t lbl < <(labels "$RUST_IMAGE" "$version, this machine's toolchain ($toolchain), on the $DEBIAN_IMAGE above")
-    DOCKER_BUILDKIT=0 docker build -q "${lbl[@]}" -t "$RUST_IMAGE" "$ctx" >/dev/null
+    DOCKER_BUILDKIT=0 docker build --force-rm -q "${lbl[@]}" -t "$RUST_IMAGE" "$ctx" >/dev/null
     rm -rf "$ctx"
 }
 
 build_service() { # name, recipe dir, what is inside
     mapfile -t lbl < <(labels "$1" "$3")
-    DOCKER_BUILDKIT=0 docker build -q "${lbl[@]}" -t "$1" "deploy/stand-ins/$2" >/dev/null
+    DOCKER_BUILDKIT=0 docker build --force-rm -q "${lbl[@]}" -t "$1" "deploy/stand-ins/$2" >/dev/null
+}
+
+# Runs a build function for an image name, then removes the stand-in it replaced when nothing
+# uses that any more (a real image it replaced is left alone).
+rebuild() { # name, build function and its arguments
+    local name=$1 old
+    shift
+    old="$(docker image inspect --format '{{.Id}} {{index .Config.Labels "org.healthprobe.stand-in"}}' "$name" 2>/dev/null || true)"
+    "$@"
+    built+=("$name")
+    if [[ "$old" == *" $name" && "${old%% *}" != "$(docker image inspect --format '{{.Id}}' "$name")" ]]; then
+        docker image rm "${old%% *}" >/dev/null 2>&1 || log "$name: the replaced stand-in ${old:7:12} is still in use; left"
+    fi
 }
 
 docker info >/dev/null 2>&1 || die "no Docker engine answers (scripts/containers-check.sh starts one)"
@@ -160,16 +173,14 @@ mkdir -p "$WORK"
 built=()
 start=$(date +%s)
 # debian first: the others are built on it (a fresh debian stand-in means they are rebuilt).
-if ! usable "$DEBIAN_IMAGE"; then build_debian; built+=("$DEBIAN_IMAGE"); fi
+if ! usable "$DEBIAN_IMAGE"; then rebuild "$DEBIAN_IMAGE" build_debian; fi
 debian_fresh=${#built[@]}
-if (( debian_fresh )) || ! usable "$RUST_IMAGE"; then build_rust; built+=("$RUST_IMAGE"); fi
+if (( debian_fresh )) || ! usable "$RUST_IMAGE"; then rebuild "$RUST_IMAGE" build_rust; fi
 if (( debian_fresh )) || ! usable "$POSTGRES_IMAGE"; then
-    build_service "$POSTGRES_IMAGE" postgres "Debian 12 postgresql-15, official image's entrypoint contract"
-    built+=("$POSTGRES_IMAGE")
+    rebuild "$POSTGRES_IMAGE" build_service "$POSTGRES_IMAGE" postgres "Debian 12 postgresql-15, official image's entrypoint contract"
 fi
 if (( debian_fresh )) || ! usable "$NATS_IMAGE"; then
-    build_service "$NATS_IMAGE" nats "Debian 12 nats-server (2.9.x)"
-    built+=("$NATS_IMAGE")
+    rebuild "$NATS_IMAGE" build_service "$NATS_IMAGE" nats "Debian 12 nats-server (2.9.x)"
 fi
 for image in "${built[@]}"; do
     log "built stand-in $image: $(docker image inspect --format '{{index .Config.Labels "org.healthprobe.stand-in.contents"}}' "$image")"
