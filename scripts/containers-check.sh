@@ -101,6 +101,7 @@ compose_cmd() {
 
 # ---- compose -----------------------------------------------------------------------------
 COMPOSE_UP=0
+TESTS_STARTED=0
 compose_down() {
     (( COMPOSE_UP )) || return 0
     COMPOSE_UP=0
@@ -116,8 +117,11 @@ on_exit() {
         "${COMPOSE[@]}" logs --no-color --tail 30 >&2 2>&1 || true
         compose_down || true
     fi
-    # Containers of an interrupted test run: the tests' own removal runs when they end.
-    docker ps -aq --filter label=org.healthprobe.tests 2>/dev/null | xargs -r docker rm -f -v >/dev/null 2>&1 || true
+    # Containers of a test run interrupted here (the tests' own removal runs when they end;
+    # only when this script ran tests, so other runs on a shared engine are left alone).
+    if (( TESTS_STARTED )); then
+        docker ps -aq --filter label=org.healthprobe.tests 2>/dev/null | xargs -r docker rm -f -v >/dev/null 2>&1 || true
+    fi
     stop_own_dockerd
     exit "$rc"
 }
@@ -219,6 +223,7 @@ if [[ -z "${HEALTHPROBE_NATS_SERVER_BIN:-}" ]]; then
     HEALTHPROBE_NATS_SERVER_BIN="$(command -v nats-server || echo /usr/sbin/nats-server)"
     export HEALTHPROBE_NATS_SERVER_BIN
 fi
+TESTS_STARTED=1
 env -u HEALTHPROBE_TEST_DATABASE_URL -u HEALTHPROBE_TEST_NATS_URL \
     cargo test --locked "${test_args[@]}" 2>&1 | tee "$WORK/testcontainers.log"
 rc=${PIPESTATUS[0]}
