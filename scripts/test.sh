@@ -36,9 +36,19 @@ operator_view_packages=()
 if [[ ${#operator_view_packages[@]} -gt 0 ]]; then
     if [[ $(id -u) -eq 0 ]]; then
         echo "test: installing ${operator_view_packages[*]} (Debian packages) for the page and Prometheus tests" >&2
-        apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            "${operator_view_packages[@]}" >&2
+        # The prometheus package would start a system service: keep maintainer scripts from
+        # starting anything, as scripts/services.sh does.
+        created_policy=0
+        if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && created_policy=1
+        fi
+        apt-get update -qq >&2 \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                "${operator_view_packages[@]}" >&2 \
+            || { [[ $created_policy -eq 1 ]] && rm -f /usr/sbin/policy-rc.d
+                 echo "test: stopped: could not install ${operator_view_packages[*]} (apt's messages are above); install them, or set HEALTHPROBE_SKIP_BROWSER=1 / HEALTHPROBE_SKIP_PROMETHEUS=1" >&2
+                 exit 1; }
+        [[ $created_policy -eq 1 ]] && rm -f /usr/sbin/policy-rc.d
     else
         echo "test: ${operator_view_packages[*]} missing and not root: tests/page.rs and tests/prometheus.rs will say what to install" >&2
     fi
@@ -49,3 +59,10 @@ fi
 scripts/lint-deploy.sh
 
 cargo test --locked --all-targets "$@"
+
+# Containers (issue 12): base images, the image from the Dockerfile, `docker compose up` and
+# the testcontainers path, against a Docker engine (started here, as root, when none runs).
+# Whole-suite runs only (no arguments); HEALTHPROBE_SKIP_CONTAINERS=1 skips it.
+if [[ $# -eq 0 && "${HEALTHPROBE_SKIP_CONTAINERS:-}" != 1 ]]; then
+    scripts/containers-check.sh
+fi

@@ -66,8 +66,17 @@ pub fn services() -> &'static Services {
     })
 }
 
+/// Image tags of the testcontainers servers: the ones `docker-compose.yml` uses, so one
+/// pull (or one local stand-in, `scripts/images.sh`) serves both.
+const POSTGRES_TAG: &str = "15-bookworm";
+const NATS_TAG: &str = "2.10";
+/// Label on the containers started here (value: the test binary), so that what is left
+/// behind can be found: `docker ps -a --filter label=org.healthprobe.tests`.
+const CONTAINER_LABEL: &str = "org.healthprobe.tests";
+
 /// Starts Postgres and NATS (JetStream) with testcontainers on a thread of its own; the
-/// containers live as long as the test process.
+/// containers live as long as the test process and are removed when it ends (see
+/// [`remove_at_exit`]).
 fn start_containers() -> Services {
     std::thread::spawn(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -75,22 +84,32 @@ fn start_containers() -> Services {
             .build()
             .expect("runtime for testcontainers");
         runtime.block_on(async {
-            use testcontainers::runners::AsyncRunner as _;
             use testcontainers::ImageExt as _;
+            use testcontainers::runners::AsyncRunner as _;
+            let binary = std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.file_name().map(|name| name.to_string_lossy().into_owned()))
+                .unwrap_or_default();
             let postgres = testcontainers_modules::postgres::Postgres::default()
-                .with_tag("15-alpine")
+                .with_tag(POSTGRES_TAG)
+                .with_label(CONTAINER_LABEL, binary.as_str())
                 .start()
                 .await
                 .expect("HEALTHPROBE_TEST_DATABASE_URL is unset and testcontainers could not start Postgres (is a Docker engine running? scripts/test.sh starts local servers instead)");
+            remove_at_exit(postgres.id());
             let nats_cmd = testcontainers_modules::nats::NatsServerCmd::default().with_jetstream();
             let nats = testcontainers_modules::nats::Nats::default()
                 .with_cmd(&nats_cmd)
+                .with_tag(NATS_TAG)
+                .with_label(CONTAINER_LABEL, binary.as_str())
                 .start()
                 .await
                 .expect("HEALTHPROBE_TEST_NATS_URL is unset and testcontainers could not start NATS");
+            remove_at_exit(nats.id());
             let pg_port = postgres.get_host_port_ipv4(5432).await.expect("postgres port");
             let nats_port = nats.get_host_port_ipv4(4222).await.expect("nats port");
-            // Kept for the life of the process.
+            // Kept for the life of the process: statics are never dropped, so removal is
+            // left to `remove_at_exit`.
             std::mem::forget(postgres);
             std::mem::forget(nats);
             Services {
@@ -101,6 +120,44 @@ fn start_containers() -> Services {
     })
     .join()
     .expect("testcontainers thread")
+}
+
+/// Removes the container when this test process ends, however it ends (passed, failed,
+/// aborted, killed). Statics are never dropped, so testcontainers' own removal on drop
+/// cannot do it: a `docker rm` is started now, in a process group of its own (Ctrl-C in a
+/// terminal does not reach it), and blocks reading a pipe that only this process holds open
+/// (close-on-exec, so no child inherits it). The kernel closes the pipe when the process
+/// ends; the read returns and the container goes, with its anonymous volumes.
+fn remove_at_exit(container_id: &str) {
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Command, Stdio};
+    /// The pipes' write ends, held for the life of the process.
+    static HELD: std::sync::Mutex<Vec<std::process::ChildStdin>> =
+        std::sync::Mutex::new(Vec::new());
+    let spawned = Command::new("sh")
+        .args([
+            "-c",
+            "read -r _ignored; exec docker rm -f -v \"$1\"",
+            "remove-at-exit",
+            container_id,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    match spawned {
+        Ok(mut child) => {
+            if let Some(stdin) = child.stdin.take() {
+                HELD.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(stdin);
+            }
+        }
+        Err(error) => eprintln!(
+            "testcontainers: cannot arrange removal of container {container_id} at exit ({error}); remove it with `docker rm -f -v {container_id}`"
+        ),
+    }
 }
 
 /// A loopback port that nothing listens on right now (bound, read, released): for a
