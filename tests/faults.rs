@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use healthprobe::hysteresis::Thresholds;
 use healthprobe::status::StatusBoard;
 use healthprobe::worker;
-use helpers::engines::{Behavior, Fleet};
+use helpers::engines::{Behavior, Fleet, expected_events, runs};
 use helpers::process::{NatsServer, PgServer, WorkerProcess};
 use helpers::{TestEnv, wait_for};
 use tokio_util::sync::CancellationToken;
@@ -190,18 +190,6 @@ async fn postgres_outage_keeps_the_worker_alive_and_resumes_within_an_interval()
     );
 }
 
-/// Collapses served answers into runs of (healthy?, count).
-fn runs(served: &[(Instant, bool)]) -> Vec<(bool, usize)> {
-    let mut runs: Vec<(bool, usize)> = Vec::new();
-    for &(_, healthy) in served {
-        match runs.last_mut() {
-            Some((h, n)) if *h == healthy => *n += 1,
-            _ => runs.push((healthy, 1)),
-        }
-    }
-    runs
-}
-
 #[tokio::test]
 async fn sigkill_storm_loses_no_transition_and_emits_none_twice() {
     let env = TestEnv::new().await;
@@ -303,30 +291,15 @@ async fn sigkill_storm_loses_no_transition_and_emits_none_twice() {
     let stream = env.stream_events().await;
     for id in &ids {
         let served = fleet.served(id);
-        let mut expected = Vec::new();
-        let mut failing = false;
-        let game_runs = runs(&served);
-        for (index, &(healthy, count)) in game_runs.iter().enumerate() {
-            // Every engine starts healthy (offset < period), so only that first healthy run
-            // may be short; it publishes nothing either way.
-            assert!(
-                count >= thresholds.failures as usize + 3 || (index == 0 && healthy),
-                "{id}: a run of {count} answers is too short for an unambiguous model: {game_runs:?}"
-            );
-            if !healthy && !failing {
-                expected.push("probe_failed");
-                failing = true;
-            } else if healthy && failing {
-                expected.push("probe_recovered");
-                failing = false;
-            }
-        }
+        // Every engine starts healthy (offset < period), so only that first healthy run may
+        // be short.
+        let expected = expected_events(id, &served, thresholds.failures as usize + 3);
         let got: Vec<&str> = stream
             .iter()
             .filter(|e| e.game_id() == id)
             .map(|e| e.event_type())
             .collect();
-        assert_eq!(got, expected, "{id}: runs served {game_runs:?}");
+        assert_eq!(got, expected, "{id}: runs served {:?}", runs(&served));
     }
     eprintln!(
         "FIGURE sigkill_storm: {} kills (by phase: {kills_by_phase:?}), {games} flapping games, {total} events, all equal to the model, 0 lost, 0 duplicated",

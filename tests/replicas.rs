@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use healthprobe::worker::membership::owner;
-use helpers::engines::{Behavior, Fleet};
+use helpers::engines::{Behavior, Fleet, expected_events, runs};
 use helpers::process::{NatsServer, WorkerProcess};
 use helpers::proxy::CommitCutter;
 use helpers::{TestEnv, wait_for};
@@ -154,18 +154,6 @@ fn check_once_per_interval(
     );
 }
 
-/// Runs of (healthy?, count) of the answers an engine served.
-fn runs(served: &[(Instant, bool)]) -> Vec<(bool, usize)> {
-    let mut runs: Vec<(bool, usize)> = Vec::new();
-    for &(_, healthy) in served {
-        match runs.last_mut() {
-            Some((h, n)) if *h == healthy => *n += 1,
-            _ => runs.push((healthy, 1)),
-        }
-    }
-    runs
-}
-
 #[tokio::test]
 async fn a_rolling_deploy_emits_each_episode_once() {
     let env = TestEnv::new().await;
@@ -232,28 +220,14 @@ async fn a_rolling_deploy_emits_each_episode_once() {
     let stream = env.stream_events().await;
     let mut failed = 0;
     for id in &ids {
-        let game_runs = runs(&fleet.served(id));
-        let mut expected = Vec::new();
-        let mut failing = false;
-        for (index, &(healthy, count)) in game_runs.iter().enumerate() {
-            assert!(
-                count >= 4 || (index == 0 && healthy),
-                "{id}: a run of {count} answers is too short for an unambiguous model: {game_runs:?}"
-            );
-            if !healthy && !failing {
-                expected.push("probe_failed");
-                failing = true;
-            } else if healthy && failing {
-                expected.push("probe_recovered");
-                failing = false;
-            }
-        }
+        let served = fleet.served(id);
+        let expected = expected_events(id, &served, 4);
         let got: Vec<&str> = stream
             .iter()
             .filter(|e| e.game_id() == id)
             .map(|e| e.event_type())
             .collect();
-        assert_eq!(got, expected, "{id}: runs served {game_runs:?}");
+        assert_eq!(got, expected, "{id}: runs served {:?}", runs(&served));
         failed += got.iter().filter(|t| **t == "probe_failed").count();
     }
     eprintln!(

@@ -244,3 +244,40 @@ impl Fleet {
         self.state.user_agents.lock().unwrap().clone()
     }
 }
+
+/// Collapses served answers into runs of (healthy?, count).
+pub fn runs(served: &[(Instant, bool)]) -> Vec<(bool, usize)> {
+    let mut runs: Vec<(bool, usize)> = Vec::new();
+    for &(_, healthy) in served {
+        match runs.last_mut() {
+            Some((h, n)) if *h == healthy => *n += 1,
+            _ => runs.push((healthy, 1)),
+        }
+    }
+    runs
+}
+
+/// The events a correct worker emits for the answers an engine served: each failing run
+/// opens one episode (`probe_failed`), the healthy run after it closes it
+/// (`probe_recovered`). Every run but a first healthy one (which publishes nothing either
+/// way) must be at least `min_run` answers long, so that a missed tick cannot hide it;
+/// a shorter one fails the test as too short for an unambiguous model.
+pub fn expected_events(id: &str, served: &[(Instant, bool)], min_run: usize) -> Vec<&'static str> {
+    let game_runs = runs(served);
+    let mut expected = Vec::new();
+    let mut failing = false;
+    for (index, &(healthy, count)) in game_runs.iter().enumerate() {
+        assert!(
+            count >= min_run || (index == 0 && healthy),
+            "{id}: a run of {count} answers is too short for an unambiguous model: {game_runs:?}"
+        );
+        if !healthy && !failing {
+            expected.push("probe_failed");
+            failing = true;
+        } else if healthy && failing {
+            expected.push("probe_recovered");
+            failing = false;
+        }
+    }
+    expected
+}
