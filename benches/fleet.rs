@@ -551,10 +551,12 @@ async fn prepare_database(
 /// Each run starts as a first start would: no snapshot rows, no events.
 async fn reset_database(url: &str) -> anyhow::Result<()> {
     let mut conn = sqlx::postgres::PgConnection::connect(url).await?;
-    sqlx::raw_sql("TRUNCATE health_snapshots, health_events")
+    sqlx::raw_sql("TRUNCATE health_snapshots, health_events CASCADE")
         .execute(&mut conn)
         .await
-        .context("emptying health_snapshots and health_events")?;
+        .context(
+            "emptying health_snapshots and health_events (and the set-aside rows naming them)",
+        )?;
     Ok(())
 }
 

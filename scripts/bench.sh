@@ -5,6 +5,8 @@
 #   scripts/bench.sh            both suites below (the full grids: about 30 minutes)
 #   scripts/bench.sh fleet      the worker as users run it, beside the Go worker, against
 #                               nginx, at one address and at distinct addresses
+#   scripts/bench.sh stack      the HTTP stack alone (benches/stack.rs) against the fleet
+#                               suite's nginx, without the workers
 #   scripts/bench.sh tick       the worker's tick() in a child process against the
 #                               simulated fleet, over a grid of concurrencies
 #
@@ -17,15 +19,17 @@
 # from Debian's packages when missing; the Go worker is built by ../shared/peer/go/build.sh
 # (HEALTHPROBE_BENCH_GOPEER_DIR chooses another copy; without one the Go column is left
 # out). HEALTHPROBE_BENCH_BIN measures another healthprobe binary (another branch's build)
-# in the fleet suite. See benches/fleet.rs and benches/tick.rs for the variables.
+# in the fleet suite; after its runs the fleet suite measures the HTTP stack alone against the
+# same nginx (benches/stack.rs; HEALTHPROBE_BENCH_STACK=0 leaves it out). See
+# benches/fleet.rs, benches/stack.rs and benches/tick.rs for the variables.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 SUITE="${1:-all}"
 case "$SUITE" in
-    all | fleet | tick) ;;
-    *) echo "bench: unknown suite '$SUITE' (all, fleet or tick)" >&2; exit 2 ;;
+    all | fleet | tick | stack) ;;
+    *) echo "bench: unknown suite '$SUITE' (all, fleet, stack or tick)" >&2; exit 2 ;;
 esac
 
 # Installs Debian packages that are missing, without letting their maintainer scripts start
@@ -95,6 +99,12 @@ run_fleet_suite() (
     harness="$(cargo bench --locked --bench fleet --no-run --message-format=json 2>/dev/null \
         | grep '"name":"fleet"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)"
     [[ -x "$harness" ]] || { echo "bench: could not build benches/fleet.rs (cargo bench --bench fleet --no-run)" >&2; exit 1; }
+    local stack=""
+    if [[ ${HEALTHPROBE_BENCH_STACK:-1} != 0 ]]; then
+        stack="$(cargo bench --locked --bench stack --no-run --message-format=json 2>/dev/null \
+            | grep '"name":"stack"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)"
+        [[ -x "$stack" ]] || { echo "bench: could not build benches/stack.rs (cargo bench --bench stack --no-run)" >&2; exit 1; }
+    fi
 
     local ns="hpbench-$$" nginx_dir="$ROOT/target/bench/nginx" services_dir="$ROOT/target/bench/services"
     local port="${HEALTHPROBE_BENCH_NGINX_PORT:-8080}"
@@ -155,13 +165,18 @@ NGINX
             HEALTHPROBE_BENCH_GOPEER="$gopeer" \
             HEALTHPROBE_BENCH_NGINX_PORT="$port" \
             HEALTHPROBE_BENCH_OUT="$ROOT/target/bench/fleet-$STAMP.jsonl" \
-            "$harness" --bench
+            ${ONLY_STACK:+true} "$harness" --bench
+        if [[ -n $stack ]]; then
+            # The HTTP stack alone against the same nginx (benches/stack.rs).
+            in_ns env HEALTHPROBE_BENCH_STACK_URL="http://127.0.0.1:$port" "$stack" --bench
+        fi
     } | tee "$out"
     echo "bench: results in $out (every tick of every run in target/bench/fleet-$STAMP.jsonl)" >&2
 )
 
 case "$SUITE" in
     fleet) run_fleet_suite ;;
+    stack) ONLY_STACK=1 HEALTHPROBE_BENCH_STACK=1 run_fleet_suite ;;
     tick) run_tick_suite ;;
     all) run_fleet_suite; run_tick_suite ;;
 esac

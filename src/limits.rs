@@ -66,12 +66,13 @@ pub fn soft_nofile_limit() -> io::Result<u64> {
 /// starving the keep-alive pool.
 pub const FIXED_RESERVE: u64 = 64;
 
-/// Idle keep-alive connections at most, whatever the descriptor limit allows: each costs
-/// about 18 KiB of the worker's memory (hyper's buffers and connection task; measured 10,000
-/// idle connections at about 215 MB RSS against 40 MB with 575, RELIABILITY.md) plus the
-/// kernel's socket buffers. 4,096 keeps that under about 75 MB; beyond it a probe pays a
-/// connect, which on a LAN costs one round trip and no memory.
-pub const KEEPALIVE_CAP: usize = 4096;
+/// Idle keep-alive connections at most, whatever the descriptor limit allows. Each costs
+/// 18.7 KiB of the worker's memory (hyper's 8 KiB read and 8 KiB write buffers, which
+/// reqwest gives no way to shrink, and the connection task; `scripts/bench.sh stack`) plus
+/// the kernel's socket buffers. 1,536 keeps them under about 28 MiB, so 10,000 engines at
+/// distinct addresses peak at about 70 MiB RSS (BENCHMARKS.md); beyond it a probe pays a
+/// connect (about 50 µs more CPU on loopback, one round trip on a LAN) and no memory.
+pub const KEEPALIVE_CAP: usize = 1536;
 
 /// How the descriptors under the soft limit are shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

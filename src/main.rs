@@ -164,8 +164,8 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
     tracing::info!(
         soft_limit = budget.soft_limit,
         reserved = budget.reserved,
-        keepalive_engines = budget.keepalive,
-        "descriptor budget: engines beyond the keep-alive share are probed with a connection closed after use"
+        keepalive_connections = budget.keepalive,
+        "descriptor budget: probes beyond the kept-alive connections use a connection closed after use"
     );
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

@@ -167,58 +167,121 @@ pub struct Prober {
     timeout: Duration,
 }
 
-/// Which engines get a kept-alive connection: at most `budget` of them, first come, and
-/// each keeps its place while it is probed (so the set is stable from tick to tick). An
-/// engine not probed for the pool's idle timeout has lost its connection anyway and gives
-/// its place up. reqwest and hyper only bound idle connections per host, so this is what
-/// bounds them in all: idle connections ≤ admitted engines ≤ budget.
+/// How many kept-alive connections each engine address may hold: slots handed out by
+/// demand, at most `budget` in all. An address gets one slot per probe of it in flight at
+/// once, up to the budget, and keeps its slots while it is probed, so the set is stable
+/// from tick to tick: engines at distinct addresses hold one each, games sharing one address
+/// (one engine process or gateway for many games) hold as many as are probed at once. An
+/// address not probed for the pool's idle timeout has lost its connections anyway and gives
+/// its slots up. reqwest and hyper only bound idle connections per host, so this is what
+/// bounds them in all: a probe goes over a kept-alive connection only while its address has
+/// fewer probes in flight than slots, so each address holds at most its slots (and
+/// `budget` per host in the pool guards against hyper's connect races).
 struct KeepAlive {
     budget: usize,
     idle_timeout: Duration,
-    admitted: Mutex<Admitted>,
+    table: Mutex<SlotTable>,
 }
 
-struct Admitted {
-    last_used: HashMap<String, Instant>,
+struct SlotTable {
+    /// By a hash of scheme, host and port: a collision only makes two addresses share
+    /// slots, and a `u64` costs no allocation per probe.
+    addresses: HashMap<u64, AddressSlots>,
+    /// The sum of every address's `slots`.
+    slots: usize,
     last_purge: Instant,
 }
 
-/// A full admission table is swept for engines gone quiet at most this often, so a fleet
+struct AddressSlots {
+    slots: usize,
+    in_flight: usize,
+    last_used: Instant,
+}
+
+/// A full slot table is swept for addresses gone quiet at most this often, so a fleet
 /// beyond the budget costs one sweep per second rather than one per probe.
 const PURGE_EVERY: Duration = Duration::from_secs(1);
 
+/// A probe's hold on one of its address's slots, given back when the probe ends (or is
+/// dropped half-way).
+struct SlotHold<'a> {
+    keep_alive: &'a KeepAlive,
+    key: u64,
+}
+
+impl Drop for SlotHold<'_> {
+    fn drop(&mut self) {
+        let mut table = self.keep_alive.lock();
+        if let Some(address) = table.addresses.get_mut(&self.key) {
+            address.in_flight = address.in_flight.saturating_sub(1);
+        }
+    }
+}
+
 impl KeepAlive {
-    fn admits(&self, url: &Url) -> bool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotTable> {
+        // A std mutex: held for a map lookup, never across an await. A panic while it is
+        // held leaves a table that is still consistent enough to use.
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn key(url: &Url) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        url.scheme().hash(&mut hasher);
+        url.host_str().hash(&mut hasher);
+        url.port_or_known_default().hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// A slot for a probe of `url` now, or `None`: that probe connects, asks and closes.
+    fn hold(&self, url: &Url) -> Option<SlotHold<'_>> {
         if self.budget == 0 {
-            return false;
+            return None;
         }
-        let key = format!(
-            "{}://{}:{}",
-            url.scheme(),
-            url.host_str().unwrap_or(""),
-            url.port_or_known_default().unwrap_or(0)
-        );
+        let key = Self::key(url);
         let now = Instant::now();
-        // A std mutex: held for a map lookup, never across an await.
-        let mut admitted = self.admitted.lock().expect("keep-alive table lock");
-        if let Some(last) = admitted.last_used.get_mut(&key) {
-            *last = now;
-            return true;
-        }
-        if admitted.last_used.len() >= self.budget
-            && now.duration_since(admitted.last_purge) >= PURGE_EVERY
-        {
+        let mut table = self.lock();
+        let table = &mut *table;
+        if table.slots >= self.budget && now.duration_since(table.last_purge) >= PURGE_EVERY {
             let idle_timeout = self.idle_timeout;
-            admitted
-                .last_used
-                .retain(|_, last| now.duration_since(*last) < idle_timeout);
-            admitted.last_purge = now;
+            let mut freed = 0;
+            table.addresses.retain(|_, address| {
+                let keep =
+                    address.in_flight > 0 || now.duration_since(address.last_used) < idle_timeout;
+                if !keep {
+                    freed += address.slots;
+                }
+                keep
+            });
+            table.slots -= freed;
+            table.last_purge = now;
         }
-        if admitted.last_used.len() < self.budget {
-            admitted.last_used.insert(key, now);
-            return true;
+        let has_room = table.slots < self.budget;
+        let address = match table.addresses.get_mut(&key) {
+            Some(address) => address,
+            None if has_room => table.addresses.entry(key).or_insert(AddressSlots {
+                slots: 0,
+                in_flight: 0,
+                last_used: now,
+            }),
+            None => return None,
+        };
+        address.last_used = now;
+        if address.in_flight >= address.slots {
+            if !has_room {
+                return None;
+            }
+            address.slots += 1;
+            table.slots += 1;
         }
-        false
+        address.in_flight += 1;
+        Some(SlotHold {
+            keep_alive: self,
+            key,
+        })
     }
 }
 
@@ -250,7 +313,7 @@ impl Prober {
         };
         let client = builder()
             .pool_idle_timeout(idle_timeout)
-            .pool_max_idle_per_host(1)
+            .pool_max_idle_per_host(budget)
             .build()?;
         let closing = builder().pool_max_idle_per_host(0).build()?;
         Ok(Self {
@@ -259,8 +322,9 @@ impl Prober {
             keepalive: Arc::new(KeepAlive {
                 budget,
                 idle_timeout,
-                admitted: Mutex::new(Admitted {
-                    last_used: HashMap::new(),
+                table: Mutex::new(SlotTable {
+                    addresses: HashMap::new(),
+                    slots: 0,
                     last_purge: Instant::now(),
                 }),
             }),
@@ -268,14 +332,10 @@ impl Prober {
         })
     }
 
-    /// Engines currently admitted to keep-alive (for tests and measurements).
-    pub fn keepalive_engines(&self) -> usize {
-        self.keepalive
-            .admitted
-            .lock()
-            .expect("keep-alive table lock")
-            .last_used
-            .len()
+    /// Kept-alive connection slots currently handed out, over every engine address (for
+    /// tests and measurements): the bound on idle connections.
+    pub fn keepalive_slots(&self) -> usize {
+        self.keepalive.lock().slots
     }
 
     pub fn timeout(&self) -> Duration {
@@ -286,16 +346,7 @@ impl Prober {
     pub async fn probe(&self, endpoint: &str) -> ProbeOutcome {
         let started = Instant::now();
         let result = match healthz_url(endpoint) {
-            Ok(url) => match tokio::time::timeout(self.timeout, self.fetch(url)).await {
-                Ok(result) => result,
-                Err(_) => Err((
-                    0,
-                    ProbeFailure {
-                        kind: FailureKind::Timeout,
-                        message: format!("no complete answer within {:?}", self.timeout),
-                    },
-                )),
-            },
+            Ok(url) => self.fetch(url).await,
             Err(failure) => Err((0, failure)),
         };
         let latency = started.elapsed();
@@ -318,24 +369,29 @@ impl Prober {
 
     /// Sends the request and reads at most [`BODY_LIMIT`] bytes of the body. The body is
     /// read even on a non-200 status so that a small answer leaves the connection reusable.
+    ///
+    /// One timer bounds it all: reqwest's total timeout (`ClientBuilder::timeout`) runs from
+    /// the connect to the body's end, so a trickling engine is cut at `timeout` as well.
     async fn fetch(&self, url: Url) -> Result<u16, (u16, ProbeFailure)> {
-        let request = if self.keepalive.admits(&url) {
+        let slot = self.keepalive.hold(&url);
+        let request = if slot.is_some() {
             self.client.get(url)
         } else {
             self.closing
                 .get(url)
                 .header(reqwest::header::CONNECTION, "close")
         };
-        let mut response = request.send().await.map_err(|e| (0, classify(&e)))?;
+        let mut response = request.send().await.map_err(|e| (0, self.classify(&e)))?;
         let status = response.status().as_u16();
         let mut read = 0usize;
         while read < BODY_LIMIT {
             match response.chunk().await {
                 Ok(Some(chunk)) => read += chunk.len(),
                 Ok(None) => break,
-                Err(e) => return Err((status, classify(&e))),
+                Err(e) => return Err((status, self.classify(&e))),
             }
         }
+        drop(slot);
         if status == 200 {
             Ok(status)
         } else {
@@ -347,6 +403,20 @@ impl Prober {
                 },
             ))
         }
+    }
+}
+
+impl Prober {
+    /// [`classify`], with reqwest's total timeout said as what it is.
+    fn classify(&self, error: &reqwest::Error) -> ProbeFailure {
+        let failure = classify(error);
+        if failure.kind == FailureKind::Timeout && error.is_timeout() {
+            return ProbeFailure {
+                kind: FailureKind::Timeout,
+                message: format!("no complete answer within {:?}", self.timeout),
+            };
+        }
+        failure
     }
 }
 
@@ -537,6 +607,84 @@ mod tests {
             None,
             "never in a snapshot"
         );
+    }
+
+    fn slots(budget: usize) -> KeepAlive {
+        KeepAlive {
+            budget,
+            idle_timeout: Duration::from_secs(90),
+            table: Mutex::new(SlotTable {
+                addresses: HashMap::new(),
+                slots: 0,
+                last_purge: Instant::now(),
+            }),
+        }
+    }
+
+    #[test]
+    fn one_address_gets_a_slot_per_probe_in_flight_and_keeps_them() {
+        let keep_alive = slots(100);
+        let url = healthz_url("http://127.0.0.1:8080/e/1").unwrap();
+        let other_game = healthz_url("http://127.0.0.1:8080/e/2").unwrap();
+        let holds: Vec<_> = (0..3)
+            .map(|_| keep_alive.hold(&url).expect("room"))
+            .collect();
+        assert!(keep_alive.hold(&other_game).is_some(), "same address");
+        assert_eq!(keep_alive.lock().slots, 4, "one per probe in flight");
+        drop(holds);
+        // Sequential probes reuse the slots the address already holds.
+        for _ in 0..10 {
+            assert!(keep_alive.hold(&url).is_some());
+        }
+        assert_eq!(keep_alive.lock().slots, 4);
+        assert_eq!(keep_alive.lock().addresses.len(), 1);
+    }
+
+    #[test]
+    fn slots_never_exceed_the_budget() {
+        let keep_alive = slots(3);
+        let urls: Vec<Url> = (0..5)
+            .map(|i| healthz_url(&format!("http://127.0.0.{}:80", i + 1)).unwrap())
+            .collect();
+        let admitted: Vec<bool> = urls.iter().map(|u| keep_alive.hold(u).is_some()).collect();
+        assert_eq!(admitted, [true, true, true, false, false]);
+        // A held address cannot grow past the budget either.
+        let first = keep_alive.hold(&urls[0]).expect("its slot is free again");
+        assert!(
+            keep_alive.hold(&urls[0]).is_none(),
+            "no room for a second slot"
+        );
+        drop(first);
+        assert_eq!(keep_alive.lock().slots, 3);
+        assert!(slots(0).hold(&urls[0]).is_none(), "budget 0: never");
+    }
+
+    #[test]
+    fn quiet_addresses_give_their_slots_up() {
+        let keep_alive = slots(2);
+        let a = healthz_url("http://127.0.0.1:80").unwrap();
+        let b = healthz_url("http://127.0.0.2:80").unwrap();
+        let c = healthz_url("http://127.0.0.3:80").unwrap();
+        let held_b = keep_alive.hold(&b).unwrap();
+        drop(keep_alive.hold(&a).unwrap());
+        assert!(keep_alive.hold(&c).is_none(), "full");
+        {
+            let mut table = keep_alive.lock();
+            let long_ago = Instant::now() - Duration::from_secs(600);
+            table.last_purge = long_ago;
+            for address in table.addresses.values_mut() {
+                address.last_used = long_ago;
+            }
+        }
+        assert!(keep_alive.hold(&c).is_some(), "a's slot was freed");
+        assert!(
+            keep_alive
+                .lock()
+                .addresses
+                .contains_key(&KeepAlive::key(&b)),
+            "b is in flight: it keeps its slot however long ago it started"
+        );
+        drop(held_b);
     }
 
     #[test]

@@ -76,7 +76,10 @@ async fn fifteen_hundred_distinct_engines_under_ulimit_1024_never_fail() {
     );
     assert!(peak.0 <= DEFAULT_NOFILE as usize, "{peak:?}");
     let log = worker.log_text();
-    assert!(log.contains("keepalive_engines="), "budget logged: {log}");
+    assert!(
+        log.contains("keepalive_connections="),
+        "budget logged: {log}"
+    );
     assert!(!log.contains("local_errors="), "no local fault: {log}");
     assert_eq!(
         count(&env, "SELECT count(*) FROM health_events").await,

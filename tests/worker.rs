@@ -357,6 +357,38 @@ async fn connections_are_reused_and_the_user_agent_is_sent() {
     );
 }
 
+/// Games that share one engine address (one engine process or gateway for many games) keep
+/// one connection per probe in flight across ticks, not one in all: hyper's pool would
+/// otherwise close every connection but one after each probe and reconnect the next tick.
+#[tokio::test]
+async fn games_sharing_one_address_keep_a_connection_per_probe_in_flight() {
+    const GAMES: usize = 48;
+    const CONCURRENCY: usize = 8;
+    const TICKS: usize = 4;
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    for i in 0..GAMES {
+        let id = format!("shared-{i:02}");
+        env.add_running(&id, &fleet.set(&id, Behavior::Healthy), None)
+            .await;
+    }
+    let mut worker = env.worker(thresholds(3, 1), CONCURRENCY, TIMEOUT);
+    for _ in 0..TICKS {
+        let report = worker.tick(&CancellationToken::new()).await.unwrap();
+        assert_eq!(report.healthy, GAMES);
+    }
+    assert_eq!(fleet.total_requests(), GAMES * TICKS);
+    // At most CONCURRENCY connections are busy at once; a few more may come from hyper
+    // connecting while another connection comes back. Reconnecting per probe would be
+    // about GAMES * TICKS.
+    let connections = fleet.connections();
+    assert!(
+        connections <= CONCURRENCY + 4,
+        "{connections} connections for {} probes of one address at concurrency {CONCURRENCY}",
+        GAMES * TICKS
+    );
+}
+
 #[tokio::test]
 async fn a_restart_resumes_from_snapshots_without_re_emitting() {
     let env = TestEnv::new().await;
