@@ -66,8 +66,20 @@ ensure_engine() {
     export DEBIAN_FRONTEND=noninteractive
     if ! command -v dockerd >/dev/null; then
         log "installing Debian's docker.io"
-        { apt-get install -y -qq docker.io || { apt-get update -qq && apt-get install -y -qq docker.io; }; } \
-            >"$WORK/apt-docker.log" 2>&1 || no_engine "docker.io could not be installed (see $WORK/apt-docker.log)"
+        # Three tries, 15 s apart, refreshing the package lists before the later ones: a
+        # mirror that fails for a moment once failed a whole CI run here. On failure apt's
+        # last lines go to stderr, since a CI machine's log file is gone with the machine.
+        local attempt installed=0
+        for attempt in 1 2 3; do
+            if { [[ $attempt -eq 1 ]] || apt-get update -qq; } && apt-get install -y -qq docker.io; then
+                installed=1; break
+            fi
+            [[ $attempt -lt 3 ]] && { log "apt-get install docker.io failed (try $attempt of 3); again in 15 s"; sleep 15; }
+        done >>"$WORK/apt-docker.log" 2>&1
+        if [[ $installed -eq 0 ]]; then
+            tail -25 "$WORK/apt-docker.log" | sed 's/^/containers: apt: /' >&2
+            no_engine "docker.io could not be installed (apt's last lines above; all of it in $WORK/apt-docker.log)"
+        fi
     fi
     log "starting a Docker engine (log $WORK/dockerd.log)"
     setsid dockerd >"$WORK/dockerd.log" 2>&1 &
