@@ -17,8 +17,9 @@ use reqwest::{Client, Url, redirect};
 /// gigabytes costs us nothing.
 pub const BODY_LIMIT: usize = 4 * 1024;
 
-/// Idle keep-alive connections (to engines admitted to keep-alive) are kept at least this long, so a connection opened in one
-/// tick is reused in the next one at the default 15 s interval.
+/// Idle keep-alive connections (those within the budget's slots) are kept at least this
+/// long, so a connection opened in one tick is reused in the next one at the default 15 s
+/// interval.
 const MIN_POOL_IDLE: Duration = Duration::from_secs(90);
 
 pub const USER_AGENT: &str = concat!("healthprobe/", env!("CARGO_PKG_VERSION"));
@@ -158,7 +159,7 @@ fn shorten(text: &str) -> String {
 /// Probes engines. Cheap to clone: the connection pools are shared.
 #[derive(Clone)]
 pub struct Prober {
-    /// Keeps one idle connection per engine, for the engines [`KeepAlive`] admits.
+    /// Keeps idle connections, as many per address as [`KeepAlive`] gives it slots.
     client: Client,
     /// Keeps none: each probe's connection is closed after use (`Connection: close`, so the
     /// engine closes first and holds the TIME_WAIT, not us).
@@ -293,8 +294,8 @@ impl Prober {
         Self::with_keepalive_budget(timeout, interval, usize::MAX)
     }
 
-    /// Like [`Prober::new`], keeping idle connections to at most `budget` engines; probes of
-    /// the others connect, ask, and close.
+    /// Like [`Prober::new`], keeping at most `budget` idle connections in all; a probe
+    /// that gets no slot connects, asks, and closes.
     pub fn with_keepalive_budget(
         timeout: Duration,
         interval: Duration,
