@@ -106,6 +106,10 @@ run_fleet_suite() (
         [[ -x "$stack" ]] || { echo "bench: could not build benches/stack.rs (cargo bench --bench stack --no-run)" >&2; exit 1; }
     fi
 
+    # Postgres and NATS are started inside the namespace, which has only loopback: install
+    # them here, where apt reaches the package registry.
+    scripts/services.sh install \
+        || { echo "bench: stopped: Postgres and NATS could not be installed (the reason is above)" >&2; exit 1; }
     local ns="hpbench-$$" nginx_dir="$ROOT/target/bench/nginx" services_dir="$ROOT/target/bench/services"
     local port="${HEALTHPROBE_BENCH_NGINX_PORT:-8080}"
     in_ns() { ip netns exec "$ns" "$@"; }

@@ -2,6 +2,8 @@
 # Local Postgres and NATS (JetStream) for running and testing healthprobe.
 #
 #   scripts/services.sh start   install (Debian packages) when missing, start, print env
+#   scripts/services.sh install install (Debian packages) when missing, start nothing
+#                               (for callers that start them where apt has no network)
 #   scripts/services.sh stop    stop what `start` started
 #   scripts/services.sh env     print the variables for the running services
 #
@@ -175,7 +177,8 @@ stop_all() {
 
 case "${1:-}" in
     start) ensure_installed; start_postgres; start_nats; print_env ;;
+    install) ensure_installed ;;
     stop) stop_all ;;
     env) print_env ;;
-    *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+    *) echo "usage: $0 start|install|stop|env" >&2; exit 2 ;;
 esac
