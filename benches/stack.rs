@@ -70,18 +70,6 @@ fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> 
     }
 }
 
-/// Idle connections beyond 1,024 need the soft descriptor limit raised (to the hard one).
-fn raise_descriptor_limit() {
-    // SAFETY: getrlimit/setrlimit on a struct we own.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 fn cpu_time() -> Duration {
     // SAFETY: getrusage writes into the zeroed struct we own.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -345,7 +333,8 @@ fn main() -> anyhow::Result<()> {
             Some("minimal") => Client::Minimal,
             _ => Client::Prober,
         };
-        raise_descriptor_limit();
+        // Idle connections beyond 1,024 need the soft descriptor limit raised.
+        healthprobe::limits::raise_nofile_limit().context("raising the descriptor limit")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;

@@ -333,12 +333,6 @@ impl Prober {
         })
     }
 
-    /// Kept-alive connection slots currently handed out, over every engine address (for
-    /// tests and measurements): the bound on idle connections.
-    pub fn keepalive_slots(&self) -> usize {
-        self.keepalive.lock().slots
-    }
-
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
