@@ -58,10 +58,8 @@ mod tests {
     use crate::events::envelope::EventType;
     use crate::telemetry::{METER_NAME, Metrics};
 
-    /// The names the README lists, from the service's own instruments: an update of the
-    /// exporter that renamed anything fails here.
-    #[test]
-    fn the_service_instruments_get_the_documented_prometheus_names() {
+    /// Every instrument recorded once, rendered.
+    fn render_all() -> String {
         let (scrape, reader) = Scrape::new().expect("exporter");
         let provider = SdkMeterProvider::builder()
             .with_resource(
@@ -72,15 +70,33 @@ mod tests {
             .with_reader(reader)
             .build();
         let metrics = Metrics::new(&provider.meter(METER_NAME));
-        metrics.probe_completed("ok", std::time::Duration::from_millis(3));
-        metrics.probe_completed("ok", std::time::Duration::from_millis(700));
-        metrics.probe_completed("timeout", std::time::Duration::from_secs(2));
+        metrics.probe_completed("ok", 200, std::time::Duration::from_millis(3));
+        metrics.probe_completed("ok", 200, std::time::Duration::from_millis(700));
+        metrics.probe_completed("timeout", 0, std::time::Duration::from_secs(2));
+        metrics.probe_completed("status", 503, std::time::Duration::from_millis(4));
         metrics.event_emitted(EventType::ProbeFailed);
         metrics.tick_completed(std::time::Duration::from_millis(40), false);
         metrics.running_records(3);
         metrics.outbox_pending(1);
         metrics.publish_failed();
-        let text = scrape.render().expect("render");
+        metrics.owned_games(3);
+        metrics.membership_changed();
+        metrics.commit_conflicts(1);
+        metrics.relay_held(true);
+        metrics.outbox_set_aside();
+        metrics.relay_restarted();
+        metrics.build_info("9.9.9", "replica-a");
+        metrics.games_by_status([("healthy", 2), ("failing", 1)]);
+        metrics.outbox_set_aside_rows(2);
+        metrics.mass_failure_holding(true);
+        scrape.render().expect("render")
+    }
+
+    /// The names the README lists, from the service's own instruments: an update of the
+    /// exporter that renamed anything fails here.
+    #[test]
+    fn the_service_instruments_get_the_documented_prometheus_names() {
+        let text = render_all();
         let scope = "otel_scope_name=\"healthprobe\"";
         for line in [
             "target_info{service_name=\"healthprobe\"} 1".to_owned(),
@@ -89,22 +105,103 @@ mod tests {
             format!("healthprobe_probes_total{{outcome=\"timeout\",{scope}}} 1"),
             "# TYPE rtmanager_health_events_total counter".into(),
             format!("rtmanager_health_events_total{{event_type=\"probe_failed\",{scope}}} 1"),
+            "# TYPE healthprobe_events_total counter".into(),
+            format!("healthprobe_events_total{{event_type=\"probe_failed\",{scope}}} 1"),
             "# TYPE healthprobe_probe_duration_seconds histogram".into(),
-            // Seconds buckets: 3 ms falls under 5 ms, 0.7 s under 1 s, 2 s under 2.5 s.
-            format!("healthprobe_probe_duration_seconds_bucket{{{scope},le=\"0.005\"}} 1"),
-            format!("healthprobe_probe_duration_seconds_bucket{{{scope},le=\"1\"}} 2"),
-            format!("healthprobe_probe_duration_seconds_bucket{{{scope},le=\"2.5\"}} 3"),
-            format!("healthprobe_probe_duration_seconds_bucket{{{scope},le=\"+Inf\"}} 3"),
-            format!("healthprobe_probe_duration_seconds_count{{{scope}}} 3"),
+            // Seconds buckets: 3 ms falls under 5 ms, 0.7 s under 1 s, 2 s under 2.5 s;
+            // OpenTelemetry's HTTP client attributes split the series.
+            format!(
+                "healthprobe_probe_duration_seconds_bucket{{http_request_method=\"GET\",http_response_status_code=\"200\",{scope},le=\"0.005\"}} 1"
+            ),
+            format!(
+                "healthprobe_probe_duration_seconds_bucket{{http_request_method=\"GET\",http_response_status_code=\"200\",{scope},le=\"1\"}} 2"
+            ),
+            format!(
+                "healthprobe_probe_duration_seconds_count{{http_request_method=\"GET\",http_response_status_code=\"200\",{scope}}} 2"
+            ),
+            format!(
+                "healthprobe_probe_duration_seconds_bucket{{error_type=\"timeout\",http_request_method=\"GET\",{scope},le=\"2.5\"}} 1"
+            ),
+            format!(
+                "healthprobe_probe_duration_seconds_count{{error_type=\"503\",http_request_method=\"GET\",http_response_status_code=\"503\",{scope}}} 1"
+            ),
             "# TYPE healthprobe_tick_duration_seconds histogram".into(),
             format!("healthprobe_tick_errors_total{{{scope}}} 1"),
             format!("healthprobe_running_records{{{scope}}} 3"),
             format!("healthprobe_outbox_pending{{{scope}}} 1"),
             format!("healthprobe_publish_errors_total{{{scope}}} 1"),
+            "# TYPE healthprobe_build_info gauge".into(),
+            format!(
+                "healthprobe_build_info{{replica_id=\"replica-a\",target_arch=\"{}\",target_os=\"{}\",version=\"9.9.9\",{scope}}} 1",
+                std::env::consts::ARCH,
+                std::env::consts::OS
+            ),
+            format!("healthprobe_games{{status=\"healthy\",{scope}}} 2"),
+            format!("healthprobe_games{{status=\"failing\",{scope}}} 1"),
+            format!("healthprobe_games{{status=\"suspect\",{scope}}} 0"),
+            format!("healthprobe_games{{status=\"unknown\",{scope}}} 0"),
+            format!("healthprobe_outbox_set_aside_rows{{{scope}}} 2"),
+            format!("healthprobe_mass_failure_holding{{{scope}}} 1"),
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+
+    /// One namespace: every family is `healthprobe_…`, but the seed's compatibility name and
+    /// the exporter's own `target_info`.
+    #[test]
+    fn every_metric_is_in_the_healthprobe_namespace() {
+        let text = render_all();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert!(families.len() > 15, "{families:?}");
+        for family in families {
+            assert!(
+                family.starts_with("healthprobe_")
+                    || family == "rtmanager_health_events_total"
+                    || family == "target_info",
+                "{family} is outside the healthprobe_ namespace"
+            );
+        }
+    }
+
+    /// Every metric that deploy/prometheus/alerts.yml reads is one the service exports: a
+    /// renamed instrument cannot leave an alert that never fires.
+    #[test]
+    fn the_alert_rules_read_metrics_the_service_exports() {
+        let text = render_all();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let rules = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml"),
+        )
+        .expect("deploy/prometheus/alerts.yml");
+        let mut used: Vec<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("healthprobe_"))
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        assert!(used.len() >= 6, "{used:?}");
+        for name in used {
+            let exported = families.iter().any(|family| {
+                name == *family
+                    || ["_count", "_sum", "_bucket"]
+                        .iter()
+                        .any(|suffix| name.strip_suffix(suffix) == Some(family))
+            });
+            assert!(
+                exported,
+                "alerts.yml reads {name}, which /metrics does not export: {families:?}"
             );
         }
     }

@@ -43,10 +43,24 @@ const TICK_BUCKETS: [f64; 12] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Running-game statuses reported by `healthprobe.games` (the `health_snapshots` statuses,
+/// `unknown` for games not probed yet), so every one appears even at zero and an alert's
+/// ratio never divides by a missing series.
+pub const GAME_STATUSES: [&str; 4] = ["healthy", "suspect", "failing", "unknown"];
+
 /// The service's instruments. Cheap to clone.
+///
+/// Every name is in the `healthprobe.` namespace (Prometheus: `healthprobe_…`) but one:
+/// `rtmanager.health_events`, the seed's counter, kept beside `healthprobe.events` so the
+/// dashboards built on it go on working.
 #[derive(Clone)]
 pub struct Metrics {
     health_events: Counter<u64>,
+    events: Counter<u64>,
+    build_info: Gauge<u64>,
+    games: Gauge<u64>,
+    outbox_set_aside_rows: Gauge<u64>,
+    mass_failure_holding: Gauge<u64>,
     probes: Counter<u64>,
     probe_duration: Histogram<f64>,
     tick_duration: Histogram<f64>,
@@ -67,7 +81,35 @@ impl Metrics {
         Self {
             health_events: meter
                 .u64_counter("rtmanager.health_events")
+                .with_description(
+                    "Health events emitted (compatibility name of healthprobe.events, kept from 0.1.0)",
+                )
+                .build(),
+            events: meter
+                .u64_counter("healthprobe.events")
                 .with_description("Health events emitted (committed to the event log)")
+                .build(),
+            build_info: meter
+                .u64_gauge("healthprobe.build_info")
+                .with_description("Always 1; the attributes say which healthprobe runs")
+                .build(),
+            games: meter
+                .u64_gauge("healthprobe.games")
+                .with_description(
+                    "Running games this replica probes, by status (healthy, suspect, failing, unknown); summed over the replicas: the fleet",
+                )
+                .build(),
+            outbox_set_aside_rows: meter
+                .u64_gauge("healthprobe.outbox.set_aside_rows")
+                .with_description(
+                    "Outbox rows set aside and waiting for an operator (retry or discard), as of the last scrape",
+                )
+                .build(),
+            mass_failure_holding: meter
+                .u64_gauge("healthprobe.mass_failure.holding")
+                .with_description(
+                    "1 while this replica holds its transitions because most of its engines fail at once, else 0",
+                )
                 .build(),
             probes: meter
                 .u64_counter("healthprobe.probes")
@@ -142,13 +184,75 @@ impl Metrics {
     }
 
     pub fn event_emitted(&self, event_type: EventType) {
-        self.health_events
-            .add(1, &[KeyValue::new("event_type", event_type.as_str())]);
+        let attributes = [KeyValue::new("event_type", event_type.as_str())];
+        self.health_events.add(1, &attributes);
+        self.events.add(1, &attributes);
     }
 
-    pub fn probe_completed(&self, outcome: &'static str, duration: Duration) {
+    /// One probe done: `outcome` is `ok` or the failure kind, `status` the HTTP status
+    /// received (0 when none was).
+    ///
+    /// The duration carries the OpenTelemetry HTTP client attributes that fit a probe:
+    /// `http.request.method`, `http.response.status_code` when an answer came, and
+    /// `error.type` when the probe failed: the status code for an unexpected status, as the
+    /// semantic conventions say, the failure kind (`timeout`, `connect`, `tls`, …)
+    /// otherwise. All of low cardinality; the engine's address is deliberately not one.
+    pub fn probe_completed(&self, outcome: &'static str, status: u16, duration: Duration) {
         self.probes.add(1, &[KeyValue::new("outcome", outcome)]);
-        self.probe_duration.record(duration.as_secs_f64(), &[]);
+        let mut attributes = Vec::with_capacity(3);
+        attributes.push(KeyValue::new("http.request.method", "GET"));
+        if status != 0 {
+            attributes.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+        }
+        match outcome {
+            "ok" => {}
+            "status" if status != 0 => {
+                attributes.push(KeyValue::new("error.type", status.to_string()));
+            }
+            kind => attributes.push(KeyValue::new("error.type", kind)),
+        }
+        self.probe_duration
+            .record(duration.as_secs_f64(), &attributes);
+    }
+
+    /// `healthprobe.build_info` = 1 with the version and what it was built for; recorded
+    /// once at start.
+    pub fn build_info(&self, version: &'static str, replica_id: &str) {
+        self.build_info.record(
+            1,
+            &[
+                KeyValue::new("version", version),
+                KeyValue::new("replica_id", replica_id.to_owned()),
+                KeyValue::new("target_arch", std::env::consts::ARCH),
+                KeyValue::new("target_os", std::env::consts::OS),
+            ],
+        );
+    }
+
+    /// Running games by status; statuses missing from `counts` are recorded as 0.
+    pub fn games_by_status<'a>(&self, counts: impl IntoIterator<Item = (&'a str, u64)>) {
+        let counts: Vec<(&str, u64)> = counts.into_iter().collect();
+        for status in GAME_STATUSES {
+            let count = counts
+                .iter()
+                .filter(|(s, _)| *s == status)
+                .map(|(_, n)| n)
+                .sum();
+            self.games.record(count, &[KeyValue::new("status", status)]);
+        }
+    }
+
+    pub fn outbox_set_aside_rows(&self, count: u64) {
+        self.outbox_set_aside_rows.record(count, &[]);
+    }
+
+    /// Whether this replica holds transitions because of a mass failure (its own fault more
+    /// likely than the fleet's).
+    pub fn mass_failure_holding(&self, holding: bool) {
+        self.mass_failure_holding.record(u64::from(holding), &[]);
     }
 
     pub fn tick_completed(&self, duration: Duration, clean: bool) {

@@ -125,11 +125,15 @@ async fn a_prometheus_server_scrapes_the_probe_counters_from_metrics() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("prometheus-{}", env.id));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("prometheus.yml");
+    // The alert rules the repository ships, evaluated by the real server on the real metrics.
+    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml");
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: healthprobe\n    static_configs:\n      - targets: ['{worker_addr}']\n"
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - '{}'\n\
+             scrape_configs:\n  - job_name: healthprobe\n    static_configs:\n      - targets: ['{worker_addr}']\n",
+            rules.display()
         ),
     )
     .unwrap();
@@ -198,9 +202,82 @@ async fn a_prometheus_server_scrapes_the_probe_counters_from_metrics() {
         events.iter().any(|(t, v)| t == "probe_failed" && *v >= 1.0),
         "{events:?}"
     );
+    let events = query(&client, &base, "healthprobe_events_total", "event_type").await;
+    assert!(
+        events.iter().any(|(t, v)| t == "probe_failed" && *v >= 1.0),
+        "the healthprobe_ name beside the compatibility one: {events:?}"
+    );
+    // Running games by status: two healthy, one failing (threshold 1).
+    let games = wait_for(
+        "healthprobe_games: 2 healthy, 1 failing",
+        PROMETHEUS_LIMIT,
+        || async {
+            let games = query(&client, &base, "healthprobe_games", "status").await;
+            let of = |s: &str| games.iter().find(|(status, _)| status == s).map(|g| g.1);
+            (of("healthy") == Some(2.0) && of("failing") == Some(1.0)).then_some(games)
+        },
+    )
+    .await;
+    assert_eq!(games.len(), 4, "every status has its series: {games:?}");
+    // The probe duration with the OpenTelemetry HTTP client attributes.
+    let by_code = query(
+        &client,
+        &base,
+        "sum by (http_response_status_code) (healthprobe_probe_duration_seconds_count)",
+        "http_response_status_code",
+    )
+    .await;
+    assert!(
+        by_code.iter().any(|(c, v)| c == "200" && *v > 0.0)
+            && by_code.iter().any(|(c, v)| c == "503" && *v > 0.0),
+        "{by_code:?}"
+    );
+    let by_error = query(
+        &client,
+        &base,
+        "sum by (error_type) (healthprobe_probe_duration_seconds_count{error_type!=\"\"})",
+        "error_type",
+    )
+    .await;
+    assert_eq!(
+        by_error.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>(),
+        ["503"],
+        "only the failing engine's probes carry an error type"
+    );
+    // Every shipped alert rule evaluates without error against these metrics.
+    let rules = wait_for(
+        "Prometheus to evaluate deploy/prometheus/alerts.yml",
+        PROMETHEUS_LIMIT,
+        || async {
+            let response = client
+                .get(format!("{base}/api/v1/rules"))
+                .send()
+                .await
+                .ok()?;
+            let body: Value = serde_json::from_slice(&response.bytes().await.ok()?).ok()?;
+            let rules: Vec<(String, String, String)> = body["data"]["groups"]
+                .as_array()?
+                .iter()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                .map(|r| {
+                    let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+                    (text("name"), text("health"), text("lastError"))
+                })
+                .collect();
+            (!rules.is_empty() && rules.iter().all(|(_, health, _)| health != "unknown"))
+                .then_some(rules)
+        },
+    )
+    .await;
+    assert!(rules.len() >= 8, "{rules:?}");
+    for (name, health, error) in &rules {
+        assert_eq!(health, "ok", "rule {name}: {error}");
+    }
     eprintln!(
-        "prometheus read back healthprobe_probes_total ok={} status={}",
-        counters.0, counters.1
+        "prometheus read back healthprobe_probes_total ok={} status={}; {} alert rules evaluated",
+        counters.0,
+        counters.1,
+        rules.len()
     );
 
     server.kill().await.ok();

@@ -170,6 +170,23 @@ impl GameTable {
         self.games.is_empty()
     }
 
+    /// How many games of the table are in each status: the `healthprobe.games` gauge.
+    pub fn status_counts(&self) -> [(&'static str, u64); 4] {
+        let mut counts = [
+            (hysteresis::HealthStatus::Healthy, 0),
+            (hysteresis::HealthStatus::Suspect, 0),
+            (hysteresis::HealthStatus::Failing, 0),
+            (hysteresis::HealthStatus::Unknown, 0),
+        ];
+        for game in self.games.values() {
+            let status = game.health.status();
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
+                slot.1 += 1;
+            }
+        }
+        counts.map(|(status, count)| (status.as_str(), count))
+    }
+
     pub fn get(&self, game_id: &str) -> Option<&Game> {
         self.games.get(game_id)
     }

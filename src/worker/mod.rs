@@ -222,6 +222,7 @@ impl Worker {
                 .await;
             self.metrics.running_records(report.records);
             self.metrics.owned_games(report.owned);
+            self.metrics.games_by_status(self.games.status_counts());
             self.last_owned = report.owned;
         }
         report.duration = started.elapsed();
@@ -315,7 +316,7 @@ impl Worker {
             }
         };
         self.metrics
-            .probe_completed(outcome.outcome_label(), outcome.latency);
+            .probe_completed(outcome.outcome_label(), outcome.status, outcome.latency);
         if outcome.is_local_fault() {
             // The worker's problem, not the engine's: no hysteresis, no snapshot, no event;
             // the tick logs the count once.
