@@ -231,6 +231,28 @@ pub struct RunArgs {
     pub http_max_connections: usize,
     #[command(flatten)]
     pub replica: ReplicaArgs,
+    #[command(flatten)]
+    pub storm: StormArgs,
+}
+
+/// The mass-failure hold (DESIGN §15).
+#[derive(Debug, Clone, Args)]
+pub struct StormArgs {
+    /// How long `probe_failed` is held when most of a replica's engines fail at once
+    /// (at least half and at least 10) before the failure is taken as real (default:
+    /// 2 × RTMANAGER_PROBE_INTERVAL).
+    #[arg(long, env = "HEALTHPROBE_MASS_FAILURE_HOLD",
+          value_parser = positive_duration("HEALTHPROBE_MASS_FAILURE_HOLD"))]
+    pub mass_failure_hold: Option<Duration>,
+}
+
+impl RunArgs {
+    /// `HEALTHPROBE_MASS_FAILURE_HOLD`, or its default: two intervals.
+    pub fn mass_failure_hold(&self) -> Duration {
+        self.storm
+            .mass_failure_hold
+            .unwrap_or(self.probe.probe_interval * 2)
+    }
 }
 
 /// Several replicas (DESIGN §12). One replica alone needs none of this.

@@ -24,6 +24,7 @@ use healthprobe::probe::Prober;
 use healthprobe::status::StatusBoard;
 use healthprobe::store::{GamesQuery, SetAsideSelection, Store};
 use healthprobe::telemetry::{self, Metrics};
+use healthprobe::worker::hold::MassFailureSettings;
 use healthprobe::worker::membership::{self, Heartbeats, MembershipSettings};
 use healthprobe::worker::{self, Worker, WorkerSettings};
 use healthprobe::{ErrorChain, install_crypto_provider};
@@ -263,7 +264,11 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
         metrics.clone(),
         relay_pid,
     );
-    let heartbeats = heartbeats.with_board(board.clone());
+    let (replica_health, replica_health_rx) =
+        tokio::sync::watch::channel(membership::ReplicaHealth::default());
+    let heartbeats = heartbeats
+        .with_board(board.clone())
+        .with_replica_health(replica_health_rx);
     let mut worker = Worker::new(
         store.clone(),
         prober,
@@ -275,7 +280,11 @@ async fn run(args: RunArgs, telemetry: &telemetry::Telemetry) -> anyhow::Result<
         metrics,
         outbox_wake,
     )
-    .with_membership(membership_rx);
+    .with_membership(membership_rx)
+    // DESIGN §15: a tick holds the schedule at most one interval; hung engines yield.
+    .with_tick_budget(args.probe.probe_interval)
+    .with_mass_failure_hold(MassFailureSettings::new(args.mass_failure_hold()))
+    .with_replica_health(replica_health);
 
     // The HTTP surface reads the board and sends commands; the run loop owns the worker.
     let (commands, command_rx) = worker::command_channel();

@@ -74,6 +74,7 @@ pub struct Metrics {
     relay_held: Gauge<u64>,
     outbox_set_aside: Counter<u64>,
     relay_restarts: Counter<u64>,
+    mass_failure_held: Counter<u64>,
 }
 
 impl Metrics {
@@ -175,7 +176,16 @@ impl Metrics {
                     "Abnormal ends of the outbox relay task, each followed by a restart",
                 )
                 .build(),
+            mass_failure_held: meter
+                .u64_counter("healthprobe.mass_failure.held")
+                .with_description("probe_failed transitions held by the mass-failure hold")
+                .build(),
         }
+    }
+
+    /// One `probe_failed` held by the mass-failure hold.
+    pub fn mass_failure_held(&self) {
+        self.mass_failure_held.add(1, &[]);
     }
 
     /// Instruments that record nowhere; for tools and tests that do not look at metrics.

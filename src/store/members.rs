@@ -19,6 +19,13 @@ pub struct Member {
     pub lease_expires_at: DateTime<Utc>,
     /// The lease has not expired (by Postgres' clock).
     pub live: bool,
+    /// The member's last tick: games it owned, and of those, games not seen healthy
+    /// (failed or not attempted). `None` from versions before 0.6.0 or before its first tick.
+    pub owned_games: Option<i32>,
+    pub failing_games: Option<i32>,
+    /// Stepped out of the membership: its own probes fail where the others' do not
+    /// (DESIGN §15); it owns no game until they succeed again.
+    pub degraded: bool,
 }
 
 /// This replica's heartbeat: what it tells the others about itself.
@@ -32,6 +39,10 @@ pub struct Heartbeat<'a> {
     pub relay_pid: Option<i32>,
     /// Rows of members whose lease expired this long ago are removed.
     pub forget_after: Duration,
+    /// This replica's last tick, told to the others (the mass-failure hold compares).
+    pub owned_games: Option<i32>,
+    pub failing_games: Option<i32>,
+    pub degraded: bool,
 }
 
 impl Store {
@@ -42,17 +53,21 @@ impl Store {
         let rows = self.bounded(sqlx::query(
             "WITH me AS ( \
                INSERT INTO healthprobe_members \
-                 (replica_id, status_addr, version, heartbeat_at, lease_expires_at, relay_pid) \
-               VALUES ($1, $2, $3, now(), now() + $4 * interval '1 millisecond', $5) \
+                 (replica_id, status_addr, version, heartbeat_at, lease_expires_at, relay_pid, \
+                  owned_games, failing_games, degraded) \
+               VALUES ($1, $2, $3, now(), now() + $4 * interval '1 millisecond', $5, $7, $8, $9) \
                ON CONFLICT (replica_id) DO UPDATE SET status_addr = EXCLUDED.status_addr, \
                  version = EXCLUDED.version, heartbeat_at = now(), \
-                 lease_expires_at = EXCLUDED.lease_expires_at, relay_pid = EXCLUDED.relay_pid \
-               RETURNING replica_id, status_addr, version, heartbeat_at, lease_expires_at, true AS live), \
+                 lease_expires_at = EXCLUDED.lease_expires_at, relay_pid = EXCLUDED.relay_pid, \
+                 owned_games = EXCLUDED.owned_games, failing_games = EXCLUDED.failing_games, \
+                 degraded = EXCLUDED.degraded \
+               RETURNING replica_id, status_addr, version, heartbeat_at, lease_expires_at, true AS live, \
+                 owned_games, failing_games, degraded), \
              forgotten AS ( \
                DELETE FROM healthprobe_members \
                WHERE replica_id <> $1 AND lease_expires_at < now() - $6 * interval '1 millisecond') \
              SELECT replica_id, status_addr, version, heartbeat_at, lease_expires_at, \
-                    lease_expires_at > now() AS live \
+                    lease_expires_at > now() AS live, owned_games, failing_games, degraded \
                FROM healthprobe_members WHERE replica_id <> $1 \
              UNION ALL SELECT * FROM me ORDER BY replica_id",
         )
@@ -62,6 +77,9 @@ impl Store {
         .bind(millis(beat.lease_ttl))
         .bind(beat.relay_pid)
         .bind(millis(beat.forget_after))
+        .bind(beat.owned_games)
+        .bind(beat.failing_games)
+        .bind(beat.degraded)
         .fetch_all(&self.pool))
         .await?;
         rows.iter().map(member).collect()
@@ -73,7 +91,7 @@ impl Store {
             .bounded(
                 sqlx::query(
                     "SELECT replica_id, status_addr, version, heartbeat_at, lease_expires_at, \
-                    lease_expires_at > now() AS live \
+                    lease_expires_at > now() AS live, owned_games, failing_games, degraded \
              FROM healthprobe_members ORDER BY replica_id",
                 )
                 .fetch_all(&self.pool),
@@ -130,5 +148,8 @@ fn member(row: &PgRow) -> Result<Member, sqlx::Error> {
         heartbeat_at: row.try_get(3)?,
         lease_expires_at: row.try_get(4)?,
         live: row.try_get(5)?,
+        owned_games: row.try_get(6)?,
+        failing_games: row.try_get(7)?,
+        degraded: row.try_get(8)?,
     })
 }

@@ -131,6 +131,14 @@ pub async fn run(
             Some(command) = commands.recv() => worker.handle(command).await,
         }
     };
+    let last = worker.finish_in_flight().await;
+    if last.probes + last.local_errors > 0 {
+        tracing::info!(
+            probes = last.probes,
+            events = last.events.len(),
+            "probes still in flight at shutdown finished and were recorded"
+        );
+    }
     tracing::info!(reason, "worker stopped");
 }
 

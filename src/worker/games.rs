@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use crate::hysteresis::{self, GameHealth, Observation, Thresholds, Transition};
+use crate::hysteresis::{self, GameHealth, HealthStatus, Observation, Thresholds, Transition};
 use crate::probe::{FailureKind, ProbeOutcome};
 use crate::store::StoredSnapshot;
 
@@ -93,6 +93,23 @@ pub struct Game {
     written: Written,
     /// Generation of the last tick that listed this game as running and owned here.
     seen: u64,
+    /// Generation of the last tick that started a probe of this game: among games of one
+    /// [`Rank`], the one waiting longest goes first, so a tick cut short by its budget
+    /// leaves different games behind each time.
+    dispatched: u64,
+}
+
+/// The order in which a tick starts its probes (HAProxy's `downinter` idea: known-failing
+/// servers yield first). Games whose last probe succeeded keep their interval whatever
+/// the others cost; then games never probed; then suspect ones (failing, below the
+/// threshold); then games with a published failure, still probed so their recovery is seen,
+/// with whatever capacity is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rank {
+    Healthy,
+    Unknown,
+    Suspect,
+    Failing,
 }
 
 /// How [`GameTable::sync`] aligned a game with its row.
@@ -119,6 +136,25 @@ pub struct Decision {
     /// Whether the row must be written (a transition, a change of meaning, or the game's
     /// refresh turn); when false memory moves on alone.
     pub write: bool,
+}
+
+impl Decision {
+    /// The decision with its `probe_failed` held back (DESIGN §15, the mass-failure hold):
+    /// the failures are counted and written, the failure is not published, so the first
+    /// probe after the hold publishes it if the engine still fails, and a blip shorter than
+    /// the hold ends silently. Other decisions are unchanged.
+    pub fn held(mut self) -> Self {
+        if matches!(self.transition, Some(Transition::Failed { .. })) {
+            self.transition = None;
+            self.next.failure_published = false;
+        }
+        self
+    }
+
+    /// Whether this decision publishes a failure.
+    pub fn publishes_failure(&self) -> bool {
+        matches!(self.transition, Some(Transition::Failed { .. }))
+    }
 }
 
 /// The parts of a probe's outcome that its snapshot row records and that decide whether
@@ -292,6 +328,61 @@ impl GameTable {
         }
     }
 
+    /// Where the game's next probe goes in a tick's order (after [`Self::sync`]).
+    pub fn rank(&self, game_id: &str) -> Rank {
+        match self.games.get(game_id).map(|g| g.health.status()) {
+            Some(HealthStatus::Healthy) => Rank::Healthy,
+            None | Some(HealthStatus::Unknown) => Rank::Unknown,
+            Some(HealthStatus::Suspect) => Rank::Suspect,
+            Some(HealthStatus::Failing) => Rank::Failing,
+        }
+    }
+
+    /// The generation of the last tick that started a probe of the game (0: none).
+    pub fn last_dispatched(&self, game_id: &str) -> u64 {
+        self.games.get(game_id).map_or(0, |g| g.dispatched)
+    }
+
+    /// Notes that a probe of the game started in the tick of `generation`.
+    pub fn dispatched(&mut self, game_id: &str, generation: u64) {
+        if let Some(game) = self.games.get_mut(game_id) {
+            game.dispatched = generation;
+        }
+    }
+
+    /// Whether an outcome for `container_id` still belongs to the game as held now: a probe
+    /// that finished after its game was pruned, handed to another replica or replaced by a
+    /// new container is dropped, never recorded.
+    pub fn expects(&self, game_id: &str, container_id: Option<&str>) -> bool {
+        self.games
+            .get(game_id)
+            .is_some_and(|g| g.container_id.as_deref() == container_id)
+    }
+
+    /// Games seen by the tick of `generation` whose last probe failed (suspect, held, or
+    /// with a published failure): the numerator of the mass-failure share.
+    pub fn failing_seen_in(&self, generation: u64) -> usize {
+        self.games
+            .values()
+            .filter(|g| g.seen == generation && g.health.consecutive_failures > 0)
+            .count()
+    }
+
+    /// Forgets the failures counted for games whose failure is not published: the checker's
+    /// own fault made them, so they say nothing about the engines (DESIGN §15). Memory only:
+    /// each game's next probe rewrites its row, conditionally on the version it holds.
+    /// Returns the games forgiven.
+    pub fn forgive_unpublished_failures(&mut self) -> usize {
+        let mut forgiven = 0;
+        for game in self.games.values_mut() {
+            if !game.health.failure_published && game.health.consecutive_failures > 0 {
+                game.health = GameHealth::default();
+                forgiven += 1;
+            }
+        }
+        forgiven
+    }
+
     /// Forgets a game without touching its row: it is running but another replica owns it
     /// now, and that replica starts from the row.
     pub fn release(&mut self, game_id: &str) -> bool {
@@ -324,6 +415,7 @@ impl Game {
                 container_id: stored.container_id.clone(),
                 written: Written::of(stored),
                 seen: generation,
+                dispatched: 0,
             },
             None => Self {
                 health: GameHealth::default(),
@@ -331,6 +423,7 @@ impl Game {
                 container_id: None,
                 written: Written::UNKNOWN,
                 seen: generation,
+                dispatched: 0,
             },
         }
     }

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::hold::{MassFailureSettings, Peers};
 use crate::ErrorChain;
 use crate::status::{MembersView, StatusBoard};
 use crate::store::{Heartbeat, Member, Store};
@@ -86,14 +87,43 @@ impl Membership {
         }
     }
 
+    /// Whether this replica owns the game. A degraded replica (DESIGN §15) stepped out:
+    /// the others leave it out of their live set, and it computes its share as if it were
+    /// in (the games it probes as a sample while out, and takes back when it returns).
     pub fn owns(&self, game_id: &str) -> bool {
         self.live.len() <= 1 || owner(game_id, &self.live) == Some(self.replica_id.as_str())
     }
 
+    /// What the other live replicas published about their own engines, for the hold.
+    pub fn peers(&self, settings: &MassFailureSettings) -> Peers {
+        let mut seen = false;
+        for m in self.members.iter() {
+            if m.replica_id == self.replica_id || !m.live || m.degraded {
+                continue;
+            }
+            let (Some(owned), Some(failing)) = (m.owned_games, m.failing_games) else {
+                continue;
+            };
+            if owned <= 0 {
+                continue;
+            }
+            seen = true;
+            if settings.share_is_fine(failing.max(0) as usize, owned as usize) {
+                return Peers::SomeFine;
+            }
+        }
+        if seen {
+            Peers::AllFailing
+        } else {
+            Peers::Alone
+        }
+    }
+
     fn from_rows(replica_id: &str, rows: Vec<Member>) -> Self {
+        // Degraded members stepped out: their games go to the others.
         let mut live: Vec<String> = rows
             .iter()
-            .filter(|m| m.live)
+            .filter(|m| m.live && !m.degraded)
             .map(|m| m.replica_id.clone())
             .collect();
         if !live.iter().any(|id| id == replica_id) {
@@ -111,6 +141,17 @@ impl Membership {
             last_heartbeat,
         }
     }
+}
+
+/// This replica's last tick as the others read it in its membership row (DESIGN §15).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaHealth {
+    /// Games owned (or sampled, while degraded) by the last tick, and of those, games not
+    /// seen healthy; `None` before the first tick.
+    pub owned_games: Option<i32>,
+    pub failing_games: Option<i32>,
+    /// Stepped out: owns no game until its own probes succeed again.
+    pub degraded: bool,
 }
 
 /// Who this replica is and how long its lease lasts.
@@ -138,6 +179,8 @@ pub struct Heartbeats {
     relay_pid: Arc<AtomicI32>,
     tx: watch::Sender<Membership>,
     board: Option<StatusBoard>,
+    /// The worker's last tick, published with each heartbeat.
+    health: watch::Receiver<ReplicaHealth>,
 }
 
 impl Heartbeats {
@@ -156,9 +199,17 @@ impl Heartbeats {
                 relay_pid,
                 tx,
                 board: None,
+                health: watch::channel(ReplicaHealth::default()).1,
             },
             rx,
         )
+    }
+
+    /// Publishes the worker's figures (see [`super::Worker::with_replica_health`]) with each
+    /// heartbeat, and beats at once when the replica steps out or comes back.
+    pub fn with_replica_health(mut self, health: watch::Receiver<ReplicaHealth>) -> Self {
+        self.health = health;
+        self
     }
 
     /// Shows the members on the status board after every heartbeat.
@@ -170,6 +221,7 @@ impl Heartbeats {
     /// One heartbeat: renew, read, publish. Returns the membership it published.
     pub async fn beat(&self) -> Result<Membership, sqlx::Error> {
         let pid = self.relay_pid.load(Ordering::Relaxed);
+        let health = *self.health.borrow();
         let rows = self
             .store
             .heartbeat(&Heartbeat {
@@ -179,6 +231,9 @@ impl Heartbeats {
                 lease_ttl: self.settings.lease_ttl,
                 relay_pid: (pid != 0).then_some(pid),
                 forget_after: self.settings.lease_ttl * FORGET_AFTER_LEASES,
+                owned_games: health.owned_games,
+                failing_games: health.failing_games,
+                degraded: health.degraded,
             })
             .await?;
         let rows = self.reap_dead_local_members(rows).await?;
@@ -239,15 +294,30 @@ impl Heartbeats {
 
     /// Heartbeats every lease/3 until `stop`, then leaves the membership so the others take
     /// this replica's games at their next heartbeat rather than after the lease.
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
         let mut ticker = tokio::time::interval(self.settings.heartbeat_every());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut degraded = self.health.borrow().degraded;
+        let mut health_open = true;
         loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
                 _ = ticker.tick() => {}
+                changed = self.health.changed(), if health_open => {
+                    if changed.is_err() {
+                        health_open = false; // the worker is gone; heartbeats go on
+                        continue;
+                    }
+                    // Stepping out or back in is told at once; figures wait for the beat.
+                    let now_degraded = self.health.borrow_and_update().degraded;
+                    if now_degraded == degraded {
+                        continue;
+                    }
+                    degraded = now_degraded;
+                    ticker.reset();
+                }
             }
             match self.beat().await {
                 Ok(_) if failing => {

@@ -9,10 +9,13 @@
 
 pub mod driver;
 pub mod games;
+pub mod hold;
 pub mod membership;
+pub mod on_demand;
 pub mod record;
 pub mod report;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,14 +26,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 pub use driver::{COMMAND_QUEUE, WorkerCommand, command_channel, run};
-pub use report::{ProbeOneError, ProbeOneReport, TickError, TickReport};
+pub use report::{HoldReport, ProbeOneError, ProbeOneReport, TickError, TickReport};
 
 use crate::hysteresis::{GameHealth, Thresholds};
 use crate::probe::{ProbeOutcome, Prober};
 use crate::store::{ListedGame, RuntimeRecord, Store};
 use crate::telemetry::Metrics;
-use games::{GameTable, Synced};
-use membership::Membership;
+use games::{GameTable, Rank, Synced};
+use hold::{Action, HoldState, MassFailure, MassFailureSettings, TickShare};
+use membership::{Membership, ReplicaHealth};
+use on_demand::HoldFlags;
 use record::{PendingWrite, Recorder, SNAPSHOT_BATCH};
 
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +61,32 @@ pub struct Worker {
     /// Games owned by the last complete tick: the estimate that sizes the spread slots and
     /// the snapshot refresh turns.
     last_owned: usize,
+    /// `max_concurrency` probe slots, shared by every tick: a probe still running from an
+    /// earlier tick keeps its slot.
+    slots: Arc<Semaphore>,
+    /// Probes started and not yet recorded, possibly from earlier ticks.
+    in_flight: JoinSet<(RuntimeRecord, ProbeOutcome)>,
+    /// The game of each probe in flight, by task, and the games with a probe in flight.
+    probing_tasks: HashMap<tokio::task::Id, String>,
+    probing: HashSet<String>,
+    /// How long a tick may hold the schedule (`None`: until every probe it started ended).
+    tick_budget: Option<Duration>,
+    /// The mass-failure hold (DESIGN §15); `None`: off (tests that drive ticks by hand).
+    mass_failure: Option<MassFailure>,
+    /// Stepped out of the membership: the others see their engines fine and this replica's
+    /// fail. It probes a sample of its share without recording until they succeed again.
+    degraded: bool,
+    /// This replica's figures for the others (its membership row).
+    replica_health: Option<watch::Sender<ReplicaHealth>>,
+    /// The hold as on-demand probes read it.
+    hold_flags: Arc<HoldFlags>,
+    /// `probe_failed` decided in this tick, waiting for its end to know whether it is a
+    /// mass failure (only with the hold on).
+    pending_failed: Vec<(RuntimeRecord, games::Decision, ProbeOutcome)>,
 }
+
+/// Games a degraded replica probes per tick to learn that its own probes succeed again.
+const DEGRADED_SAMPLE: usize = 20;
 
 impl Worker {
     /// A worker alone: it owns every game until [`Self::with_membership`] says otherwise.
@@ -78,7 +108,50 @@ impl Worker {
             membership: alone,
             generation: 0,
             last_owned: 0,
+            slots: Arc::new(Semaphore::new(settings.max_concurrency)),
+            in_flight: JoinSet::new(),
+            probing_tasks: HashMap::new(),
+            probing: HashSet::new(),
+            tick_budget: None,
+            mass_failure: None,
+            degraded: false,
+            replica_health: None,
+            hold_flags: Arc::new(HoldFlags::default()),
+            pending_failed: Vec::new(),
         }
+    }
+
+    /// Shares the hold with on-demand probes ([`on_demand::OnDemand`]), which hold
+    /// `probe_failed` as the ticks do and are refused while this replica is degraded.
+    pub fn with_hold_flags(mut self, flags: Arc<HoldFlags>) -> Self {
+        self.hold_flags = flags;
+        self
+    }
+
+    /// Turns the mass-failure hold on (DESIGN §15; [`hold`]).
+    pub fn with_mass_failure_hold(mut self, settings: MassFailureSettings) -> Self {
+        self.mass_failure = Some(MassFailure::new(settings));
+        self
+    }
+
+    /// Publishes each tick's figures for the membership heartbeat to tell the others.
+    pub fn with_replica_health(mut self, health: watch::Sender<ReplicaHealth>) -> Self {
+        self.replica_health = Some(health);
+        self
+    }
+
+    /// Whether this replica stepped out of the membership (its probes fail, others' don't).
+    pub fn is_degraded(&self) -> bool {
+        self.degraded
+    }
+
+    /// Bounds how long a tick holds the schedule (the service passes its interval): past
+    /// the budget, a tick starts no more probes of games that are not healthy and stops
+    /// waiting for probes in flight; those finish beside the next tick, which records them.
+    /// Without it (tests that drive ticks by hand) a tick records every probe it started.
+    pub fn with_tick_budget(mut self, budget: Duration) -> Self {
+        self.tick_budget = Some(budget);
+        self
     }
 
     /// Shares the games with the other live replicas, as the heartbeat task publishes them.
@@ -113,16 +186,26 @@ impl Worker {
 
     /// One tick. `stop` ends it early: no new probes start, the ones in flight finish (each
     /// bounded by the probe timeout) and are recorded.
+    ///
+    /// Order (DESIGN §15, nothing holds the schedule hostage): games whose last probe
+    /// succeeded start as they are listed; games never probed, suspect ones and then
+    /// known-failing ones follow, each group longest-waiting first. With a budget
+    /// ([`Self::with_tick_budget`], the interval in the service) the tick starts no probe of
+    /// those later groups past its budget and does not wait past it for probes still in
+    /// flight: they finish beside the next tick and are recorded by it, and a game whose
+    /// probe is in flight is not probed again. So a hung engine costs its timeout and a
+    /// slot, and the healthy games' next turn comes at the next interval.
     #[tracing::instrument(name = "tick", skip_all, fields(generation = self.generation + 1))]
     pub async fn tick(&mut self, stop: &CancellationToken) -> Result<TickReport, TickError> {
         let started = Instant::now();
         self.generation += 1;
         let generation = self.generation;
         let membership = self.membership.borrow().clone();
+        if self.degraded {
+            return self.sample_tick(&membership, stop, started).await;
+        }
         let mut report = TickReport::default();
         let mut batch = Vec::new();
-        let semaphore = Arc::new(Semaphore::new(self.settings.max_concurrency));
-        let mut in_flight: JoinSet<(RuntimeRecord, ProbeOutcome)> = JoinSet::new();
         let store = self.store.clone();
         let mut listed = store.running_games();
         let mut list_error = None;
@@ -137,7 +220,18 @@ impl Worker {
             window / expected as u32
         };
         let tick_start = tokio::time::Instant::from_std(started);
+        let deadline = self.tick_budget.map(|budget| tick_start + budget);
         let refresh_fleet = expected;
+        let mut dispatched = 0usize;
+        // Games that wait for the healthy ones: (rank, last tick that probed them, record).
+        let mut later: Vec<(Rank, u64, RuntimeRecord)> = Vec::new();
+
+        // What finished since the last tick, first.
+        while let Some(done) = self.in_flight.try_join_next_with_id() {
+            let done = self.finished(done);
+            self.apply(done, generation, refresh_fleet, &mut report, &mut batch)
+                .await;
+        }
 
         loop {
             let game = match listed.next().await {
@@ -155,7 +249,6 @@ impl Worker {
                 self.games.release(&record.game_id);
                 continue;
             }
-            let start_at = tick_start + (slot * report.owned as u32).min(window);
             report.owned += 1;
             match self.games.sync(
                 &record.game_id,
@@ -170,52 +263,89 @@ impl Worker {
                     tracing::info!(game_id = %crate::bounded(&record.game_id, 200), container_id = %crate::bounded(record.container_id.as_deref().unwrap_or(""), 200), "new container: the game starts clean");
                 }
             }
-            // Wait for this probe's start and a free permit, recording finished probes
-            // meanwhile.
-            let permit = loop {
-                let due = tokio::time::Instant::now() >= start_at;
-                tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => break None,
-                    Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                        self.apply(done, generation, refresh_fleet, &mut report, &mut batch).await;
-                    }
-                    _ = tokio::time::sleep_until(start_at), if !due => {}
-                    permit = semaphore.clone().acquire_owned(), if due => {
-                        break Some(permit.expect("the semaphore is never closed"));
-                    }
-                }
-            };
-            let Some(permit) = permit else {
-                report.interrupted = true;
+            if self.probing.contains(&record.game_id) {
+                // Its probe from an earlier tick is still running (a hung engine).
+                report.still_in_flight += 1;
+                continue;
+            }
+            let rank = self.games.rank(&record.game_id);
+            if rank != Rank::Healthy {
+                let waited = self.games.last_dispatched(&record.game_id);
+                later.push((rank, waited, record));
+                continue;
+            }
+            let start_at = tick_start + (slot * dispatched as u32).min(window);
+            if !self
+                .dispatch(
+                    record,
+                    start_at,
+                    None,
+                    stop,
+                    generation,
+                    &mut report,
+                    &mut batch,
+                )
+                .await
+            {
                 break;
-            };
-            let prober = self.prober.clone();
-            let span = probe_span(&record.game_id);
-            in_flight.spawn(
-                async move {
-                    let outcome = prober.probe(&record.engine_endpoint).await;
-                    drop(permit);
-                    (record, outcome)
+            }
+            dispatched += 1;
+        }
+        drop(listed);
+        later.sort_by_key(|(rank, waited, _)| (*rank, *waited));
+        let mut later = later.into_iter();
+        if !report.interrupted {
+            for (_, _, record) in later.by_ref() {
+                let start_at = tick_start + (slot * dispatched as u32).min(window);
+                if !self
+                    .dispatch(
+                        record,
+                        start_at,
+                        deadline,
+                        stop,
+                        generation,
+                        &mut report,
+                        &mut batch,
+                    )
+                    .await
+                {
+                    break;
                 }
-                .instrument(span),
-            );
-            if batch.len() >= SNAPSHOT_BATCH {
-                self.recorder
-                    .flush(&mut self.games, &mut batch, &mut report)
+                dispatched += 1;
+            }
+        }
+        // Not started: their turn comes first among their group next tick.
+        report.deferred = later.len();
+        // Probes in flight: all of them on shutdown; up to the budget otherwise.
+        loop {
+            if self.in_flight.is_empty() {
+                break;
+            }
+            let past_budget =
+                !report.interrupted && deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if past_budget {
+                break;
+            }
+            let done = match deadline {
+                Some(deadline) if !report.interrupted => tokio::select! {
+                    done = self.in_flight.join_next_with_id() => done,
+                    _ = tokio::time::sleep_until(deadline) => None,
+                },
+                _ => self.in_flight.join_next_with_id().await,
+            };
+            if let Some(done) = done {
+                let done = self.finished(done);
+                self.apply(done, generation, refresh_fleet, &mut report, &mut batch)
                     .await;
             }
         }
-        drop(listed);
-        while let Some(done) = in_flight.join_next().await {
-            self.apply(done, generation, refresh_fleet, &mut report, &mut batch)
-                .await;
-        }
+        report.in_flight = self.in_flight.len();
         self.recorder
             .flush(&mut self.games, &mut batch, &mut report)
             .await;
 
         // Prune only after a complete list: a partial one would forget running games.
+        let mut action = Action::Nothing;
         if list_error.is_none() && !report.interrupted {
             self.recorder
                 .prune(&mut self.games, generation, &mut report)
@@ -224,7 +354,28 @@ impl Worker {
             self.metrics.owned_games(report.owned);
             self.metrics.games_by_status(self.games.status_counts());
             self.last_owned = report.owned;
+            let share = TickShare {
+                owned: report.owned,
+                failing: self.games.failing_seen_in(generation),
+                local_errors: report.local_errors,
+            };
+            let pending_new = self
+                .pending_failed
+                .iter()
+                .filter(|(record, _, _)| {
+                    self.games
+                        .get(&record.game_id)
+                        .is_some_and(|g| g.health.consecutive_failures == 0)
+                })
+                .count();
+            let share = TickShare {
+                failing: share.failing + pending_new,
+                ..share
+            };
+            action = self.judge_mass_failure(share, &membership);
         }
+        self.settle_pending_failures(action, &mut report).await;
+        report.hold = self.hold_report();
         report.duration = started.elapsed();
         let clean = list_error.is_none() && report.is_clean();
         self.metrics.tick_completed(report.duration, clean);
@@ -235,6 +386,101 @@ impl Worker {
             }),
             None => Ok(report),
         }
+    }
+
+    /// Waits for the probes still in flight from earlier ticks (each bounded by the probe
+    /// timeout) and records them: the run loop calls it when it stops, so a probe that
+    /// outlived its tick is not lost at shutdown.
+    pub async fn finish_in_flight(&mut self) -> TickReport {
+        let mut report = TickReport::default();
+        let mut batch = Vec::new();
+        let generation = self.generation;
+        let refresh_fleet = self.fleet_estimate();
+        while let Some(done) = self.in_flight.join_next_with_id().await {
+            let done = self.finished(done);
+            self.apply(done, generation, refresh_fleet, &mut report, &mut batch)
+                .await;
+        }
+        self.recorder
+            .flush(&mut self.games, &mut batch, &mut report)
+            .await;
+        self.settle_pending_failures(Action::Nothing, &mut report)
+            .await;
+        report
+    }
+
+    /// Starts one probe at `start_at` once a slot is free, recording finished probes
+    /// meanwhile. Returns false when it did not start it: `stop` (the tick is interrupted)
+    /// or the `deadline` passed first.
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch(
+        &mut self,
+        record: RuntimeRecord,
+        start_at: tokio::time::Instant,
+        deadline: Option<tokio::time::Instant>,
+        stop: &CancellationToken,
+        generation: u64,
+        report: &mut TickReport,
+        batch: &mut Vec<PendingWrite>,
+    ) -> bool {
+        let refresh_fleet = self.fleet_estimate();
+        let permit = loop {
+            let now = tokio::time::Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return false;
+            }
+            let due = now >= start_at;
+            let far = deadline.unwrap_or(start_at + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    report.interrupted = true;
+                    return false;
+                }
+                Some(done) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => {
+                    let done = self.finished(done);
+                    self.apply(done, generation, refresh_fleet, report, batch).await;
+                }
+                _ = tokio::time::sleep_until(start_at), if !due => {}
+                _ = tokio::time::sleep_until(far), if due && deadline.is_some() => {}
+                permit = self.slots.clone().acquire_owned(), if due => {
+                    break permit.expect("the semaphore is never closed");
+                }
+            }
+        };
+        let prober = self.prober.clone();
+        let span = probe_span(&record.game_id);
+        self.games.dispatched(&record.game_id, generation);
+        self.probing.insert(record.game_id.clone());
+        let game_id = record.game_id.clone();
+        let task = self.in_flight.spawn(
+            async move {
+                let outcome = prober.probe(&record.engine_endpoint).await;
+                drop(permit);
+                (record, outcome)
+            }
+            .instrument(span),
+        );
+        self.probing_tasks.insert(task.id(), game_id);
+        if batch.len() >= SNAPSHOT_BATCH {
+            self.recorder.flush(&mut self.games, batch, report).await;
+        }
+        true
+    }
+
+    /// Clears the bookkeeping of a probe that ended (normally or not).
+    fn finished(
+        &mut self,
+        done: Result<(tokio::task::Id, (RuntimeRecord, ProbeOutcome)), tokio::task::JoinError>,
+    ) -> Result<(RuntimeRecord, ProbeOutcome), tokio::task::JoinError> {
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        if let Some(game_id) = self.probing_tasks.remove(&id) {
+            self.probing.remove(&game_id);
+        }
+        done.map(|(_, done)| done)
     }
 
     /// Probes one running game now and records the outcome exactly as a tick would: the
@@ -317,6 +563,14 @@ impl Worker {
         };
         self.metrics
             .probe_completed(outcome.outcome_label(), outcome.status, outcome.latency);
+        if !self
+            .games
+            .expects(&record.game_id, record.container_id.as_deref())
+        {
+            // Finished after its game was pruned, handed over or given a new container.
+            report.dropped += 1;
+            return;
+        }
         if outcome.is_local_fault() {
             // The worker's problem, not the engine's: no hysteresis, no snapshot, no event;
             // the tick logs the count once.
@@ -336,12 +590,228 @@ impl Worker {
             tracing::debug!(game_id = %crate::bounded(&record.game_id, 200), kind = %failure.kind, status = outcome.status, error = %crate::bounded(&failure.message, 200), "probe failed");
         }
         let refresh = games::refresh_turn(&record.game_id, generation, refresh_fleet);
-        let decision =
+        let mut decision =
             self.games
                 .decide(&record.game_id, &outcome, self.settings.thresholds, refresh);
+        if decision.publishes_failure() {
+            match &self.mass_failure {
+                Some(mass) if mass.holding() => {
+                    // DESIGN §15: counted and written, not published while the hold lasts.
+                    decision = decision.held();
+                    report.held += 1;
+                    self.metrics.mass_failure_held();
+                    tracing::debug!(game_id = %crate::bounded(&record.game_id, 200), "probe_failed held: mass failure");
+                }
+                Some(_) => {
+                    // Whether this tick is a mass failure is known at its end: the failure
+                    // waits for it (at most one tick), so the first tick of a storm is held
+                    // too, whatever the failures threshold.
+                    self.pending_failed.push((record, decision, outcome));
+                    return;
+                }
+                None => {}
+            }
+        }
         self.recorder
             .record(&mut self.games, &record, decision, &outcome, report, batch)
             .await;
+    }
+}
+
+impl Worker {
+    /// Records the `probe_failed` that waited for the tick's end: held if the hold is on
+    /// (or the checker's fault just cleared), dropped if this replica steps out, as they
+    /// were otherwise. Then forgives what the checker's fault made, if it cleared.
+    async fn settle_pending_failures(&mut self, action: Action, report: &mut TickReport) {
+        let pending = std::mem::take(&mut self.pending_failed);
+        if action == Action::StepOut {
+            // Everything goes: the others start from the rows.
+            self.games = GameTable::new();
+            return;
+        }
+        let hold = action == Action::Dropped
+            || self.mass_failure.as_ref().is_some_and(MassFailure::holding);
+        let mut batch = Vec::new();
+        for (record, decision, outcome) in pending {
+            if !self
+                .games
+                .expects(&record.game_id, record.container_id.as_deref())
+            {
+                report.dropped += 1;
+                continue;
+            }
+            let decision = if hold {
+                report.held += 1;
+                self.metrics.mass_failure_held();
+                decision.held()
+            } else {
+                decision
+            };
+            self.recorder
+                .record(
+                    &mut self.games,
+                    &record,
+                    decision,
+                    &outcome,
+                    report,
+                    &mut batch,
+                )
+                .await;
+        }
+        self.recorder
+            .flush(&mut self.games, &mut batch, report)
+            .await;
+        if action == Action::Dropped {
+            let forgiven = self.games.forgive_unpublished_failures();
+            tracing::warn!(
+                forgiven,
+                "the checker's own fault cleared: failures seen during the hold are dropped, engines judged afresh"
+            );
+        }
+    }
+
+    /// Folds the tick into the mass-failure hold (DESIGN §15): logs, metric, figures for
+    /// the other replicas. The caller acts on the returned action.
+    fn judge_mass_failure(&mut self, share: TickShare, membership: &Membership) -> Action {
+        let Some(mass) = self.mass_failure.as_mut() else {
+            self.publish_health(share.owned, share.not_ok());
+            return Action::Nothing;
+        };
+        let peers = membership.peers(&mass.settings);
+        let hold = mass.settings.hold;
+        let action = mass.observe(share, peers, Instant::now());
+        match action {
+            Action::Nothing => {}
+            Action::Started => tracing::warn!(
+                owned = share.owned,
+                failing = share.failing,
+                local_errors = share.local_errors,
+                ?hold,
+                "mass failure: most engines failed at once, more likely the checker than the fleet; probe_failed held"
+            ),
+            Action::Released => tracing::warn!(
+                owned = share.owned,
+                failing = share.failing,
+                ?hold,
+                "mass failure lasted the hold with no local fault and no replica seeing otherwise: the failures are real; probe_failed published again"
+            ),
+            Action::Dropped => {}
+            Action::Cleared => tracing::info!(
+                failing = share.failing,
+                "mass failure over: probe_failed no longer held"
+            ),
+            Action::StepOut => {
+                tracing::error!(
+                    owned = share.owned,
+                    failing = share.failing,
+                    local_errors = share.local_errors,
+                    "this replica's probes fail where the other replicas' do not: stepping out of the membership until they succeed again; its games go to the others, nothing is recorded meanwhile"
+                );
+                self.degraded = true;
+            }
+        }
+        let holding = self.mass_failure.as_ref().is_some_and(MassFailure::holding);
+        self.metrics.mass_failure_holding(holding);
+        self.publish_health(share.owned, share.not_ok());
+        action
+    }
+
+    fn publish_health(&self, owned: usize, failing: usize) {
+        let holding = self.mass_failure.as_ref().is_some_and(MassFailure::holding);
+        self.hold_flags.set(holding, self.degraded);
+        if let Some(health) = &self.replica_health {
+            let clamp = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+            health.send_replace(ReplicaHealth {
+                owned_games: Some(clamp(owned)),
+                failing_games: Some(clamp(failing)),
+                degraded: self.degraded,
+            });
+        }
+    }
+
+    /// The hold as the status surface shows it.
+    fn hold_report(&self) -> HoldReport {
+        if self.degraded {
+            return HoldReport::Degraded;
+        }
+        match self.mass_failure.as_ref().map(MassFailure::state) {
+            None | Some(HoldState::Clear) => HoldReport::Clear,
+            Some(HoldState::Holding { since, local_fault }) => HoldReport::Holding {
+                for_: since.elapsed(),
+                local_fault,
+            },
+            Some(HoldState::Released { since }) => HoldReport::Released {
+                for_: since.elapsed(),
+            },
+        }
+    }
+
+    /// A degraded replica's tick: probe a sample of the games it would own, record nothing,
+    /// and come back when most of the sample succeeds.
+    async fn sample_tick(
+        &mut self,
+        membership: &Membership,
+        stop: &CancellationToken,
+        started: Instant,
+    ) -> Result<TickReport, TickError> {
+        let mut report = TickReport::default();
+        let mut sample = Vec::new();
+        {
+            let mut listed = self.store.running_games();
+            while let Some(game) = listed.next().await {
+                let game = game.map_err(|source| TickError::List {
+                    listed: report.records,
+                    source,
+                })?;
+                report.records += 1;
+                if sample.len() < DEGRADED_SAMPLE && membership.owns(&game.record.game_id) {
+                    sample.push(game.record);
+                }
+            }
+        }
+        let mut probes = JoinSet::new();
+        for record in sample {
+            let prober = self.prober.clone();
+            let slots = self.slots.clone();
+            probes.spawn(async move {
+                let _permit = slots.acquire_owned().await;
+                prober.probe(&record.engine_endpoint).await
+            });
+        }
+        let (mut ok, mut not_ok) = (0usize, 0usize);
+        loop {
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => { report.interrupted = true; break }
+                outcome = probes.join_next() => outcome,
+            };
+            match outcome {
+                None => break,
+                Some(Ok(outcome)) if outcome.is_healthy() => ok += 1,
+                Some(_) => not_ok += 1,
+            }
+        }
+        report.sampled = ok + not_ok;
+        report.sample_failing = not_ok;
+        let back = self
+            .mass_failure
+            .as_ref()
+            .is_none_or(|m| m.settings.share_is_fine(not_ok, ok + not_ok));
+        if back && !report.interrupted {
+            tracing::info!(
+                sampled = ok + not_ok,
+                failing = not_ok,
+                "this replica's probes succeed again: rejoining the membership"
+            );
+            self.degraded = false;
+            if let Some(mass) = self.mass_failure.as_mut() {
+                mass.reset();
+            }
+        }
+        self.metrics.mass_failure_holding(false);
+        self.publish_health(ok + not_ok, not_ok);
+        report.hold = self.hold_report();
+        report.duration = started.elapsed();
+        Ok(report)
     }
 }
 

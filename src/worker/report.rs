@@ -42,6 +42,22 @@ pub struct TickReport {
     pub store_errors: Vec<String>,
     /// Stopped early by shutdown: probes in flight finished, no new ones were started.
     pub interrupted: bool,
+    /// Games not probed this tick because its budget ran out (games that are not healthy
+    /// yield to the healthy ones); they go first among their kind next tick.
+    pub deferred: usize,
+    /// Games skipped because their probe from an earlier tick is still running.
+    pub still_in_flight: usize,
+    /// Probes still running when the tick ended: recorded by a later tick.
+    pub in_flight: usize,
+    /// Outcomes dropped because their game was pruned, handed over or replaced meanwhile.
+    pub dropped: usize,
+    /// `probe_failed` held by the mass-failure hold this tick (DESIGN §15).
+    pub held: usize,
+    /// The hold after this tick.
+    pub hold: HoldReport,
+    /// While degraded: games probed as a sample (nothing recorded), and of those, failing.
+    pub sampled: usize,
+    pub sample_failing: usize,
     pub duration: Duration,
 }
 
@@ -74,6 +90,20 @@ impl TickReport {
             }),
         }
     }
+}
+
+/// The mass-failure hold after a tick (DESIGN §15), as the status surface shows it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum HoldReport {
+    #[default]
+    Clear,
+    /// `probe_failed` held for `for_`; `local_fault`: the checker's own fault showed
+    /// meanwhile, so the hold lasts as long as it does.
+    Holding { for_: Duration, local_fault: bool },
+    /// The condition lasted the hold: failures are published.
+    Released { for_: Duration },
+    /// Stepped out of the membership: this replica's probes fail where the others' do not.
+    Degraded,
 }
 
 #[derive(Debug, Error)]
