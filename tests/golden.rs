@@ -179,6 +179,9 @@ async fn members(env: &TestEnv) -> Vec<healthprobe::store::Member> {
         lease_ttl,
         relay_pid: None,
         forget_after: Duration::from_secs(3600),
+        owned_games: None,
+        failing_games: None,
+        degraded: false,
     };
     env.store
         .heartbeat(&beat("replica-b", Duration::from_millis(1)))
