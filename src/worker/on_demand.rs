@@ -166,7 +166,7 @@ impl Inner {
             .ok_or_else(|| ProbeOneError::NotRunning(game_id.to_owned()))?;
         let outcome = self.prober.probe(&record.engine_endpoint).await;
         self.metrics
-            .probe_completed(outcome.outcome_label(), outcome.latency);
+            .probe_completed(outcome.outcome_label(), outcome.status, outcome.latency);
         if outcome.is_local_fault() {
             return Err(ProbeOneError::NotRecorded(format!(
                 "the worker could not attempt the probe (its own fault, not the engine's): {}",
