@@ -54,3 +54,78 @@ fn the_licence_file_is_the_one_cargo_toml_names() {
     );
     assert!(licence.contains("END OF TERMS AND CONDITIONS"));
 }
+
+/// The outputs README.md shows are captured from a version (`scripts/readme-examples.sh`);
+/// they must be this one's.
+#[test]
+fn the_readme_examples_come_from_the_crate_version() {
+    let readme = read("README.md");
+    let blocks: Vec<&str> = readme
+        .split("<!-- captured: ")
+        .skip(1)
+        .map(|rest| rest.split("<!-- /captured -->").next().unwrap_or_default())
+        .collect();
+    assert!(blocks.len() >= 4, "README.md has captured examples");
+    let mut versions = Vec::new();
+    for block in &blocks {
+        let name = block.split(' ').next().unwrap_or_default();
+        assert!(
+            block.lines().count() > 3,
+            "captured example {name} is empty: run scripts/readme-examples.sh"
+        );
+        // `healthprobe 0.6.0: OK`, `version="0.6.0"`, the members table's VERSION column.
+        for line in block.lines() {
+            for word in line.split(|c: char| c.is_whitespace() || c == '"' || c == ':') {
+                let parts: Vec<&str> = word.split('.').collect();
+                if parts.len() == 3
+                    && parts
+                        .iter()
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    // Addresses have four parts and times carry no dots in this form.
+                    versions.push((name.to_owned(), word.to_owned()));
+                }
+            }
+        }
+    }
+    assert!(!versions.is_empty(), "the captured examples show a version");
+    for (name, version) in versions {
+        assert_eq!(
+            version, CRATE_VERSION,
+            "README.md's example {name} shows version {version}, Cargo.toml says {CRATE_VERSION}: run scripts/readme-examples.sh"
+        );
+    }
+}
+
+/// README.md is a user's document: short, and every link stays inside the repository.
+#[test]
+fn the_readme_is_short_and_self_contained() {
+    let readme = read("README.md");
+    let lines = readme.lines().count();
+    assert!(lines <= 300, "README.md has {lines} lines (at most 300)");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for target in readme
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+    {
+        if target.starts_with("http") || target.starts_with('#') {
+            continue;
+        }
+        let path = target.split('#').next().unwrap_or_default();
+        assert!(
+            !path.contains(".."),
+            "README.md links outside the repository: {target}"
+        );
+        assert!(
+            root.join(path).exists(),
+            "README.md links to {target}, which does not exist"
+        );
+    }
+    for word in ["../", "DESIGN", "issue "] {
+        assert!(
+            !readme.contains(word),
+            "README.md mentions {word:?}: outside the repository"
+        );
+    }
+}
