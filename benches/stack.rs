@@ -189,7 +189,10 @@ async fn run_client(
                 }
                 while counters[phase].fetch_add(1, Ordering::Relaxed) < limit {
                     let ok = match client {
-                        Client::Prober => prober.probe(&endpoint).await.is_healthy(),
+                        Client::Prober => prober
+                            .probe(&endpoint, prober.default_spec())
+                            .await
+                            .is_healthy(),
                         Client::Reqwest => match reqwest.get(&url).send().await {
                             Ok(response) => {
                                 let status = response.status().as_u16();
@@ -269,7 +272,9 @@ async fn idle_cost(
             kept.push(lane);
         }
         _ => {
-            prober.probe(&format!("http://{}", addresses[0])).await;
+            prober
+                .probe(&format!("http://{}", addresses[0]), prober.default_spec())
+                .await;
         }
     }
     let before = rss_kib()?;
@@ -287,7 +292,9 @@ async fn idle_cost(
                     Ok(Some(lane))
                 }
                 _ => {
-                    let outcome = prober.probe(&format!("http://{address}")).await;
+                    let outcome = prober
+                        .probe(&format!("http://{address}"), prober.default_spec())
+                        .await;
                     anyhow::ensure!(outcome.is_healthy(), "{:?}", outcome.failure);
                     Ok(None)
                 }

@@ -33,6 +33,8 @@ operator_view_packages=()
 [[ -x /usr/bin/chromium ]] || operator_view_packages+=(chromium)
 [[ -x /usr/bin/chromedriver ]] || operator_view_packages+=(chromium-driver)
 [[ -x /usr/bin/prometheus ]] || operator_view_packages+=(prometheus)
+# tests/prober.rs makes its https engines' certificates with the openssl command.
+command -v openssl >/dev/null || operator_view_packages+=(openssl)
 if [[ ${#operator_view_packages[@]} -gt 0 ]]; then
     if [[ $(id -u) -eq 0 ]]; then
         echo "test: installing ${operator_view_packages[*]} (Debian packages) for the page and Prometheus tests" >&2

@@ -455,7 +455,9 @@ impl Worker {
         let game_id = record.game_id.clone();
         let task = self.in_flight.spawn(
             async move {
-                let outcome = prober.probe(&record.engine_endpoint).await;
+                let outcome = prober
+                    .probe(&record.engine_endpoint, prober.default_spec())
+                    .await;
                 drop(permit);
                 (record, outcome)
             }
@@ -506,7 +508,7 @@ impl Worker {
         let span = probe_span(&record.game_id);
         let outcome = self
             .prober
-            .probe(&record.engine_endpoint)
+            .probe(&record.engine_endpoint, self.prober.default_spec())
             .instrument(span)
             .await;
         let mut report = TickReport::default();
@@ -775,7 +777,9 @@ impl Worker {
             let slots = self.slots.clone();
             probes.spawn(async move {
                 let _permit = slots.acquire_owned().await;
-                prober.probe(&record.engine_endpoint).await
+                prober
+                    .probe(&record.engine_endpoint, prober.default_spec())
+                    .await
             });
         }
         let (mut ok, mut not_ok) = (0usize, 0usize);

@@ -164,7 +164,10 @@ impl Inner {
             .await
             .map_err(ProbeOneError::Lookup)?
             .ok_or_else(|| ProbeOneError::NotRunning(game_id.to_owned()))?;
-        let outcome = self.prober.probe(&record.engine_endpoint).await;
+        let outcome = self
+            .prober
+            .probe(&record.engine_endpoint, self.prober.default_spec())
+            .await;
         self.metrics
             .probe_completed(outcome.outcome_label(), outcome.status, outcome.latency);
         if outcome.is_local_fault() {

@@ -1,16 +1,26 @@
-//! One HTTP probe of one engine: `GET {endpoint}/healthz` → [`ProbeOutcome`] (DESIGN §2).
+//! One HTTP probe of one engine: `GET {endpoint}{path}` → [`ProbeOutcome`] (DESIGN §2,
+//! §16). What is asked (path, accepted statuses, headers, time bound) is a [`ProbeSpec`];
+//! [`ProbeSpec::default`] is the seed's probe of `/healthz`.
 //!
 //! This module knows HTTP and nothing else. It never fails: every problem, including an
 //! endpoint that does not parse, becomes a classified failed outcome.
 
+pub mod spec;
+pub mod tls;
+
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use reqwest::{Client, Url, redirect};
+
+pub use spec::{ExpectedStatuses, ProbeHeaders, ProbeSpec};
+pub use tls::TlsSetupError;
 
 /// At most this much of a response body is read; the rest is discarded with the connection.
 /// Enough for any sensible health document, small enough that a hostile engine streaming
@@ -111,8 +121,15 @@ impl ProbeOutcome {
     }
 }
 
-/// Builds the probe URL: `endpoint` with trailing `/` trimmed, plus `/healthz`.
+/// Builds the probe URL of the default spec: `endpoint` with trailing `/` trimmed, plus
+/// `/healthz`.
 pub fn healthz_url(endpoint: &str) -> Result<Url, ProbeFailure> {
+    probe_url(endpoint, spec::DEFAULT_PATH)
+}
+
+/// Builds the probe URL: `endpoint` with trailing `/` trimmed, plus `path` (which may carry
+/// a query string; the endpoint's own query is dropped).
+pub fn probe_url(endpoint: &str, path: &str) -> Result<Url, ProbeFailure> {
     let invalid = |why: String| ProbeFailure {
         kind: FailureKind::InvalidEndpoint,
         message: why,
@@ -138,8 +155,18 @@ pub fn healthz_url(endpoint: &str) -> Result<Url, ProbeFailure> {
             shorten(endpoint)
         )));
     }
-    let path = format!("{}/healthz", url.path().trim_end_matches('/'));
-    url.set_path(&path);
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    let joined = format!(
+        "{}/{}",
+        url.path().trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
+    url.set_path(&joined);
+    url.set_query(query);
+    url.set_fragment(None);
     Ok(url)
 }
 
@@ -165,7 +192,78 @@ pub struct Prober {
     /// engine closes first and holds the TIME_WAIT, not us).
     closing: Client,
     keepalive: Arc<KeepAlive>,
+    /// The seed's probe with the configured timeout: what [`Prober::default_spec`] lends.
+    default_spec: Arc<ProbeSpec>,
+}
+
+/// Why a [`Prober`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ProberError {
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("building the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Builds a [`Prober`]: [`Prober::builder`].
+#[derive(Debug, Clone)]
+pub struct ProberBuilder {
     timeout: Duration,
+    interval: Duration,
+    keepalive_budget: usize,
+    ca_bundle: Option<PathBuf>,
+}
+
+impl ProberBuilder {
+    /// Keep at most `budget` idle connections in all; a probe that gets no slot connects,
+    /// asks, and closes. Unbounded unless set (tests, tools).
+    pub fn keepalive_budget(mut self, budget: usize) -> Self {
+        self.keepalive_budget = budget;
+        self
+    }
+
+    /// Trust the certificates of this PEM file for `https` engines, beside the system's
+    /// roots (`HEALTHPROBE_PROBE_CA`). Certificates are always verified.
+    pub fn ca_bundle(mut self, path: Option<PathBuf>) -> Self {
+        self.ca_bundle = path;
+        self
+    }
+
+    pub fn build(self) -> Result<Prober, ProberError> {
+        let tls = tls::client_config(self.ca_bundle.as_deref())?;
+        let idle_timeout = MIN_POOL_IDLE.max(self.interval * 2);
+        let builder = || {
+            Client::builder()
+                .user_agent(USER_AGENT)
+                .redirect(redirect::Policy::none())
+                .tcp_nodelay(true)
+                .no_proxy()
+                .http1_only()
+                .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
+        };
+        let client = builder()
+            .pool_idle_timeout(idle_timeout)
+            .pool_max_idle_per_host(self.keepalive_budget)
+            .build()?;
+        let closing = builder().pool_max_idle_per_host(0).build()?;
+        Ok(Prober {
+            client,
+            closing,
+            keepalive: Arc::new(KeepAlive {
+                budget: self.keepalive_budget,
+                idle_timeout,
+                table: Mutex::new(SlotTable {
+                    addresses: HashMap::new(),
+                    slots: 0,
+                    last_purge: Instant::now(),
+                }),
+            }),
+            default_spec: Arc::new(ProbeSpec {
+                timeout: self.timeout,
+                ..ProbeSpec::default()
+            }),
+        })
+    }
 }
 
 /// How many kept-alive connections each engine address may hold: slots handed out by
@@ -287,61 +385,49 @@ impl KeepAlive {
 }
 
 impl Prober {
-    /// `timeout` bounds one probe end to end; `interval` sizes the keep-alive pool. Idle
-    /// connections are not bounded in number (tests, tools); the worker uses
-    /// [`Prober::with_keepalive_budget`].
-    pub fn new(timeout: Duration, interval: Duration) -> Result<Self, reqwest::Error> {
-        Self::with_keepalive_budget(timeout, interval, usize::MAX)
+    /// `timeout` bounds the default spec's probe end to end; `interval` sizes the
+    /// keep-alive pool.
+    pub fn builder(timeout: Duration, interval: Duration) -> ProberBuilder {
+        ProberBuilder {
+            timeout,
+            interval,
+            keepalive_budget: usize::MAX,
+            ca_bundle: None,
+        }
     }
 
-    /// Like [`Prober::new`], keeping at most `budget` idle connections in all; a probe
-    /// that gets no slot connects, asks, and closes.
+    /// A prober with the system's roots and unbounded idle connections (tests, tools).
+    pub fn new(timeout: Duration, interval: Duration) -> Result<Self, ProberError> {
+        Self::builder(timeout, interval).build()
+    }
+
+    /// Like [`Prober::new`], keeping at most `budget` idle connections in all.
     pub fn with_keepalive_budget(
         timeout: Duration,
         interval: Duration,
         budget: usize,
-    ) -> Result<Self, reqwest::Error> {
-        crate::install_crypto_provider();
-        let idle_timeout = MIN_POOL_IDLE.max(interval * 2);
-        let builder = || {
-            Client::builder()
-                .user_agent(USER_AGENT)
-                .redirect(redirect::Policy::none())
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .tcp_nodelay(true)
-                .no_proxy()
-        };
-        let client = builder()
-            .pool_idle_timeout(idle_timeout)
-            .pool_max_idle_per_host(budget)
-            .build()?;
-        let closing = builder().pool_max_idle_per_host(0).build()?;
-        Ok(Self {
-            client,
-            closing,
-            keepalive: Arc::new(KeepAlive {
-                budget,
-                idle_timeout,
-                table: Mutex::new(SlotTable {
-                    addresses: HashMap::new(),
-                    slots: 0,
-                    last_purge: Instant::now(),
-                }),
-            }),
-            timeout,
-        })
+    ) -> Result<Self, ProberError> {
+        Self::builder(timeout, interval)
+            .keepalive_budget(budget)
+            .build()
     }
 
+    /// The timeout of the default spec.
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.default_spec.timeout
     }
 
-    /// Probes one engine. Never panics, never returns an error: failures are outcomes.
-    pub async fn probe(&self, endpoint: &str) -> ProbeOutcome {
+    /// The seed's probe (`/healthz`, `200`, no headers) with the configured timeout.
+    pub fn default_spec(&self) -> &ProbeSpec {
+        &self.default_spec
+    }
+
+    /// Probes one engine as `spec` says. Never panics, never returns an error: failures
+    /// are outcomes.
+    pub async fn probe(&self, endpoint: &str, spec: &ProbeSpec) -> ProbeOutcome {
         let started = Instant::now();
-        let result = match healthz_url(endpoint) {
-            Ok(url) => self.fetch(url).await,
+        let result = match probe_url(endpoint, &spec.path) {
+            Ok(url) => self.fetch(url, spec).await,
             Err(failure) => Err((0, failure)),
         };
         let latency = started.elapsed();
@@ -363,31 +449,39 @@ impl Prober {
     }
 
     /// Sends the request and reads at most [`BODY_LIMIT`] bytes of the body. The body is
-    /// read even on a non-200 status so that a small answer leaves the connection reusable.
+    /// read even on an unexpected status so that a small answer leaves the connection
+    /// reusable.
     ///
-    /// One timer bounds it all: reqwest's total timeout (`ClientBuilder::timeout`) runs from
-    /// the connect to the body's end, so a trickling engine is cut at `timeout` as well.
-    async fn fetch(&self, url: Url) -> Result<u16, (u16, ProbeFailure)> {
+    /// One timer bounds it all: reqwest's per-request timeout runs from the connect to the
+    /// body's end, so a trickling engine is cut at `spec.timeout` as well.
+    async fn fetch(&self, url: Url, spec: &ProbeSpec) -> Result<u16, (u16, ProbeFailure)> {
         let slot = self.keepalive.hold(&url);
-        let request = if slot.is_some() {
-            self.client.get(url)
+        let mut request = if slot.is_some() {
+            self.client.get(url.clone())
         } else {
             self.closing
-                .get(url)
+                .get(url.clone())
                 .header(reqwest::header::CONNECTION, "close")
         };
-        let mut response = request.send().await.map_err(|e| (0, self.classify(&e)))?;
+        request = request.timeout(spec.timeout);
+        for (name, value) in spec.headers.iter() {
+            request = request.header(name, value);
+        }
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return Err((0, classify(&error, &url, spec.timeout).await)),
+        };
         let status = response.status().as_u16();
         let mut read = 0usize;
         while read < BODY_LIMIT {
             match response.chunk().await {
                 Ok(Some(chunk)) => read += chunk.len(),
                 Ok(None) => break,
-                Err(e) => return Err((status, self.classify(&e))),
+                Err(error) => return Err((status, classify(&error, &url, spec.timeout).await)),
             }
         }
         drop(slot);
-        if status == 200 {
+        if spec.expect.accepts(status) {
             Ok(status)
         } else {
             Err((
@@ -401,22 +495,74 @@ impl Prober {
     }
 }
 
-impl Prober {
-    /// [`classify`], with reqwest's total timeout said as what it is.
-    fn classify(&self, error: &reqwest::Error) -> ProbeFailure {
-        let failure = classify(error);
-        if failure.kind == FailureKind::Timeout && error.is_timeout() {
-            return ProbeFailure {
-                kind: FailureKind::Timeout,
-                message: format!("no complete answer within {:?}", self.timeout),
-            };
-        }
-        failure
+/// [`classify_error`], with reqwest's timeout said as what it is and an unreachable host
+/// told apart by whose routing refused it.
+async fn classify(error: &reqwest::Error, url: &Url, timeout: Duration) -> ProbeFailure {
+    let failure = classify_error(error);
+    if failure.kind == FailureKind::Timeout && error.is_timeout() {
+        return ProbeFailure {
+            kind: FailureKind::Timeout,
+            message: format!("no complete answer within {timeout:?}"),
+        };
     }
+    if failure.kind == FailureKind::Connect
+        && has_errno(error, libc::EHOSTUNREACH)
+        && own_route_refuses(url).await
+    {
+        return ProbeFailure {
+            kind: FailureKind::LocalError,
+            message: format!(
+                "the worker could not attempt the probe (errno {}, no route on the worker's side): {}",
+                libc::EHOSTUNREACH,
+                failure.message
+            ),
+        };
+    }
+    failure
+}
+
+/// Whether the worker's own routing table refuses `url`'s address: a UDP `connect` does
+/// the kernel's route lookup and nothing else (no packet is sent), so it fails exactly when
+/// the refusal is ours (no route, an `unreachable` route) and succeeds when the
+/// `EHOSTUNREACH` came from the network (no neighbour answer, an ICMP from a router),
+/// which is the engine's failure. Runs only on that rare error, once per probe.
+async fn own_route_refuses(url: &Url) -> bool {
+    let port = url.port_or_known_default().unwrap_or(80);
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    let address: Option<IpAddr> = match literal.parse() {
+        Ok(ip) => Some(ip),
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .ok()
+            .and_then(|mut found| found.next())
+            .map(|socket| socket.ip()),
+    };
+    address.is_some_and(|ip| route_refuses(ip, port))
+}
+
+/// See [`own_route_refuses`].
+pub fn route_refuses(ip: IpAddr, port: u16) -> bool {
+    let local: IpAddr = if ip.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let Ok(socket) = std::net::UdpSocket::bind((local, 0)) else {
+        return false;
+    };
+    socket.connect((ip, port)).is_err_and(|e| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES | libc::EINVAL)
+        )
+    })
 }
 
 /// Maps a reqwest error (and its cause chain) to a failure kind and a readable sentence.
-fn classify(error: &reqwest::Error) -> ProbeFailure {
+fn classify_error(error: &reqwest::Error) -> ProbeFailure {
     let chain = error_chain(error);
     let kind = if let Some(errno) = local_errno(error) {
         return ProbeFailure {
@@ -482,15 +628,23 @@ fn error_chain(error: &reqwest::Error) -> String {
     parts.join(": ")
 }
 
-/// `errno` values that say the worker's own machine ran out of something, not that the
-/// engine is unreachable: descriptors (per process, system-wide), ephemeral ports or local
-/// addresses, kernel buffers or memory.
-const LOCAL_ERRNOS: [i32; 5] = [
+/// `errno` values that say the worker's own machine could not attempt the probe, not that
+/// the engine is unreachable: descriptors (per process, system-wide), ephemeral ports or
+/// local addresses, kernel buffers or memory, and `ENETUNREACH`: no route to the engine's
+/// network in the worker's own routing table (its interface is down, its routes are gone;
+/// the kernel answers `connect` with it before anything is sent). A remote router can in
+/// principle answer an ICMP "network unreachable" that Linux reports the same way; routers
+/// rarely send it, and a network path gone is still the checker's side of the storm
+/// (DESIGN §15), not the engine's. `EHOSTUNREACH` is local only when the worker's own
+/// routing refuses the address ([`route_refuses`]): otherwise it is a neighbour that does
+/// not answer, which is the engine's failure.
+const LOCAL_ERRNOS: [i32; 6] = [
     libc::EMFILE,
     libc::ENFILE,
     libc::EADDRNOTAVAIL,
     libc::ENOBUFS,
     libc::ENOMEM,
+    libc::ENETUNREACH,
 ];
 
 /// The first `io::Error` in the chain whose OS error is one of [`LOCAL_ERRNOS`].
@@ -510,6 +664,24 @@ pub fn local_errno(error: &(dyn StdError + 'static)) -> Option<i32> {
         source = cause.source();
     }
     None
+}
+
+fn has_errno(error: &(dyn StdError + 'static), errno: i32) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error() == Some(errno) {
+                return true;
+            }
+            if let Some(inner) = io.get_ref()
+                && has_errno(inner, errno)
+            {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn has_source<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
@@ -545,6 +717,20 @@ fn has_io_kind(error: &(dyn StdError + 'static), kind: std::io::ErrorKind) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_paths_are_appended_with_their_query() {
+        assert_eq!(
+            probe_url("http://h:1/base/?old=1", "/ready?full=1")
+                .unwrap()
+                .as_str(),
+            "http://h:1/base/ready?full=1"
+        );
+        assert_eq!(
+            probe_url("http://h:1", "/").unwrap().as_str(),
+            "http://h:1/"
+        );
+    }
 
     #[test]
     fn url_trims_trailing_slashes() {
@@ -597,6 +783,19 @@ mod tests {
         assert_eq!(local_errno(&wrapped), Some(libc::ENOBUFS));
         let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
         assert_eq!(local_errno(&refused), None);
+        let no_route = std::io::Error::from_raw_os_error(libc::ENETUNREACH);
+        assert_eq!(local_errno(&no_route), Some(libc::ENETUNREACH));
+        // EHOSTUNREACH alone says nothing of whose routing refused: it needs the check.
+        let unreachable = std::io::Error::from_raw_os_error(libc::EHOSTUNREACH);
+        assert_eq!(local_errno(&unreachable), None);
+        assert!(has_errno(
+            &std::io::Error::other(unreachable),
+            libc::EHOSTUNREACH
+        ));
+        assert!(
+            !route_refuses([127, 0, 0, 1].into(), 80),
+            "loopback is routed"
+        );
         assert_eq!(
             FailureKind::parse("local_error"),
             None,
