@@ -99,6 +99,36 @@ impl DescriptorBudget {
                 .min(KEEPALIVE_CAP),
         }
     }
+
+    /// Raises the descriptor limit as far as allowed and shares it out, logging both: the
+    /// start-up policy of `healthprobe run`. A refusal keeps the soft limit (or 1024 when it
+    /// cannot even be read) and is logged, never fatal.
+    pub fn at_start(max_concurrency: usize, http_connections: usize) -> Self {
+        let soft_limit = match raise_nofile_limit() {
+            Ok(nofile) => {
+                tracing::info!(
+                    soft_before = nofile.soft_before,
+                    soft = nofile.soft,
+                    hard = nofile.hard,
+                    "descriptor limit (RLIMIT_NOFILE) raised to the hard limit"
+                );
+                nofile.soft
+            }
+            Err(e) => {
+                let soft = soft_nofile_limit().unwrap_or(1024);
+                tracing::warn!(error = %e, soft, "cannot raise the descriptor limit; keeping the soft one");
+                soft
+            }
+        };
+        let budget = Self::new(soft_limit, max_concurrency, http_connections);
+        tracing::info!(
+            soft_limit = budget.soft_limit,
+            reserved = budget.reserved,
+            keepalive_connections = budget.keepalive,
+            "descriptor budget: probes beyond the kept-alive connections use a connection closed after use"
+        );
+        budget
+    }
 }
 
 #[cfg(test)]

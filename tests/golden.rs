@@ -342,9 +342,7 @@ async fn status_surface_and_operator_commands_match_the_golden_files() {
     let collapse = Regex::new(" {2,}").unwrap();
     check(
         "cli_status.txt",
-        &collapse
-            .replace_all(&normalise(&command(&env, &["status"]).await), "  ")
-            .into_owned(),
+        &collapse.replace_all(&normalise(&command(&env, &["status"]).await), "  "),
     );
     check(
         "cli_status.json",
@@ -352,18 +350,16 @@ async fn status_surface_and_operator_commands_match_the_golden_files() {
     );
     check(
         "cli_status_filtered.txt",
-        &collapse
-            .replace_all(
-                &normalise(
-                    &command(
-                        &env,
-                        &["status", "--status", "failing", "--game-id", "g-s*"],
-                    )
-                    .await,
-                ),
-                "  ",
-            )
-            .into_owned(),
+        &collapse.replace_all(
+            &normalise(
+                &command(
+                    &env,
+                    &["status", "--status", "failing", "--game-id", "g-s*"],
+                )
+                .await,
+            ),
+            "  ",
+        ),
     );
     check(
         "cli_members.txt",
