@@ -261,8 +261,11 @@ async fn metrics_serve_the_instruments_in_the_prometheus_text_format() {
         "# TYPE rtmanager_health_events_total counter",
         "rtmanager_health_events_total{event_type=\"probe_failed\",otel_scope_name=\"healthprobe\"} 1",
         "# TYPE healthprobe_probe_duration_seconds histogram",
-        "healthprobe_probe_duration_seconds_count{otel_scope_name=\"healthprobe\"} 2",
-        "healthprobe_probe_duration_seconds_bucket{otel_scope_name=\"healthprobe\",le=\"+Inf\"} 2",
+        // One series per answer, with the OpenTelemetry HTTP client attributes: the
+        // healthy probe (200) and the failing one (503, its status as the error type).
+        "healthprobe_probe_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"200\",otel_scope_name=\"healthprobe\"} 1",
+        "healthprobe_probe_duration_seconds_count{error_type=\"503\",http_request_method=\"GET\",http_response_status_code=\"503\",otel_scope_name=\"healthprobe\"} 1",
+        "healthprobe_probe_duration_seconds_bucket{http_request_method=\"GET\",http_response_status_code=\"200\",otel_scope_name=\"healthprobe\",le=\"+Inf\"} 1",
         "# TYPE healthprobe_tick_duration_seconds histogram",
         "# TYPE healthprobe_running_records gauge",
         "healthprobe_running_records{otel_scope_name=\"healthprobe\"} 2",
