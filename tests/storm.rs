@@ -119,3 +119,202 @@ async fn hung_engines_hold_neither_the_schedule_nor_liveness() {
         secs(worst)
     );
 }
+
+/// `count` engines named `{prefix}-NN`, all healthy, registered as running games.
+async fn healthy_fleet(env: &TestEnv, fleet: &Fleet, prefix: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let id = format!("{prefix}-{i:02}");
+        env.add_running(&id, &fleet.set(&id, Behavior::Healthy), None)
+            .await;
+        ids.push(id);
+    }
+    ids
+}
+
+async fn all_probed(fleet: &Fleet, ids: &[String], times: usize) {
+    wait_for("every engine probed", Duration::from_secs(30), || async {
+        ids.iter()
+            .all(|id| fleet.requests(id) >= times)
+            .then_some(())
+    })
+    .await;
+}
+
+/// Every engine fails at once, for real, and the worker is alone: the hold delays the
+/// failures by at most the hold, then each game gets its own `probe_failed`, and its
+/// `probe_recovered` when it comes back. Nothing twice, `/healthz` 200 throughout.
+#[tokio::test]
+async fn a_real_fleet_wide_outage_alone_is_reported_after_the_hold() {
+    const GAMES: usize = 20;
+    const HOLD: Duration = Duration::from_secs(2);
+    let interval = Duration::from_millis(500);
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    let ids = healthy_fleet(&env, &fleet, "outage", GAMES).await;
+    let worker = WorkerProcess::spawn(
+        &env,
+        "storm-outage",
+        &[
+            ("RTMANAGER_PROBE_INTERVAL", "500ms"),
+            ("RTMANAGER_PROBE_TIMEOUT", "300ms"),
+            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
+            ("HEALTHPROBE_MASS_FAILURE_HOLD", "2s"),
+        ],
+    );
+    let addr = worker.status_addr().await;
+    let liveness = LivenessWatch::start(&addr);
+    all_probed(&fleet, &ids, 2).await;
+    let outage = Instant::now();
+    for id in &ids {
+        fleet.set(id, Behavior::Status(503));
+    }
+    let failed_by = wait_for(
+        "a probe_failed per game",
+        Duration::from_secs(30),
+        || async {
+            let events = env.logged_events().await;
+            (events.len() >= GAMES).then(Instant::now)
+        },
+    )
+    .await;
+    let first_failed = env.logged_events().await;
+    let late = failed_by.duration_since(outage);
+    for id in &ids {
+        fleet.set(id, Behavior::Healthy);
+    }
+    wait_for(
+        "a probe_recovered per game",
+        Duration::from_secs(30),
+        || async { (env.logged_events().await.len() >= 2 * GAMES).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(4 * interval).await;
+    let (answers, not_ok) = liveness.finish().await;
+    let events = env.logged_events().await;
+    let worst = ids
+        .iter()
+        .map(|id| worst_gap(&probes_of(&fleet, id)))
+        .max()
+        .unwrap();
+    let log = worker.log_text();
+    eprintln!(
+        "FIGURE storm-outage: events {} emitted / {} deserved; all probe_failed {} after the outage began (threshold 2 x 500 ms, hold {}); /healthz {not_ok} of {answers} not 200; worst gap between probes of a game {}",
+        events.len(),
+        2 * GAMES,
+        secs(late),
+        secs(HOLD),
+        secs(worst)
+    );
+    assert!(
+        log.contains("mass failure: most engines failed at once"),
+        "the hold was logged"
+    );
+    assert!(
+        log.contains("the failures are real"),
+        "the release was logged"
+    );
+    assert!(
+        first_failed
+            .iter()
+            .all(|(kind, _, _)| kind == "probe_failed"),
+        "{first_failed:?}"
+    );
+    for id in &ids {
+        let mine: Vec<&str> = events
+            .iter()
+            .filter(|(_, game, _)| game == id)
+            .map(|(kind, _, _)| kind.as_str())
+            .collect();
+        assert_eq!(
+            mine,
+            ["probe_failed", "probe_recovered"],
+            "{id}: {events:?}"
+        );
+    }
+    assert!(
+        late >= HOLD,
+        "released after the hold, not before: {late:?}"
+    );
+    assert!(
+        late <= HOLD + 2 * interval + 4 * interval,
+        "late by at most the hold (and the ticks that see the failure): {late:?}"
+    );
+    assert_eq!(
+        not_ok, 0,
+        "/healthz answered non-200 {not_ok} times of {answers}"
+    );
+    assert!(
+        worst <= 2 * interval + Duration::from_millis(300),
+        "{worst:?}"
+    );
+}
+
+/// The checker's view of every engine fails for less than the hold (threshold 1, so without
+/// the hold each game would get a `probe_failed` and a `probe_recovered`): no event at all.
+#[tokio::test]
+async fn a_blip_shorter_than_the_hold_yields_no_event() {
+    const GAMES: usize = 20;
+    let interval = Duration::from_millis(500);
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    let ids = healthy_fleet(&env, &fleet, "blip", GAMES).await;
+    let worker = WorkerProcess::spawn(
+        &env,
+        "storm-blip",
+        &[
+            ("RTMANAGER_PROBE_INTERVAL", "500ms"),
+            ("RTMANAGER_PROBE_TIMEOUT", "300ms"),
+            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
+            ("HEALTHPROBE_MASS_FAILURE_HOLD", "3s"),
+        ],
+    );
+    let addr = worker.status_addr().await;
+    let liveness = LivenessWatch::start(&addr);
+    all_probed(&fleet, &ids, 2).await;
+    let before: Vec<usize> = ids.iter().map(|id| fleet.requests(id)).collect();
+    for id in &ids {
+        fleet.set(id, Behavior::Status(503));
+    }
+    // Every engine answers 503 at least twice (two ticks), then comes back.
+    wait_for(
+        "two failed probes of every engine",
+        Duration::from_secs(10),
+        || async {
+            ids.iter()
+                .zip(&before)
+                .all(|(id, &n)| fleet.requests(id) >= n + 2)
+                .then_some(())
+        },
+    )
+    .await;
+    for id in &ids {
+        fleet.set(id, Behavior::Healthy);
+    }
+    all_probed(&fleet, &ids, before.iter().max().unwrap() + 5).await;
+    tokio::time::sleep(4 * interval).await;
+    let (answers, not_ok) = liveness.finish().await;
+    let events = env.logged_events().await;
+    let failed_answers: usize = ids
+        .iter()
+        .map(|id| fleet.served(id).iter().filter(|(_, ok)| !ok).count())
+        .sum();
+    let log = worker.log_text();
+    eprintln!(
+        "FIGURE storm-blip: events {} emitted / 0 deserved ({failed_answers} failed answers served during the blip, threshold 1, hold 3 s); /healthz {not_ok} of {answers} not 200",
+        events.len()
+    );
+    assert!(
+        failed_answers >= 2 * GAMES,
+        "the blip was seen: {failed_answers}"
+    );
+    assert!(
+        log.contains("mass failure: most engines failed at once"),
+        "the hold was logged"
+    );
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(
+        not_ok, 0,
+        "/healthz answered non-200 {not_ok} times of {answers}"
+    );
+}
