@@ -157,7 +157,7 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
         timeout = ?args.probe.probe_timeout,
         failures_threshold = args.probe.failures_threshold,
         recovery_threshold = args.probe.recovery_threshold,
-        max_concurrency = args.probe.max_concurrency,
+        max_concurrency = budget.max_concurrency,
         stream = %args.nats.stream,
         subject_prefix = %args.nats.subject_prefix,
         "healthprobe starting"
@@ -256,7 +256,7 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
         prober,
         WorkerSettings {
             thresholds: args.probe.thresholds(),
-            max_concurrency: args.probe.max_concurrency,
+            max_concurrency: budget.max_concurrency,
             spread_window: args.probe.spread_window(),
         },
         metrics,

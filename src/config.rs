@@ -178,10 +178,10 @@ pub struct ProbeArgs {
     #[arg(long, env = "RTMANAGER_PROBE_RECOVERY_THRESHOLD", default_value = "1",
           value_parser = positive_u32("RTMANAGER_PROBE_RECOVERY_THRESHOLD"))]
     pub recovery_threshold: u32,
-    /// Probes in flight at most.
-    #[arg(long, env = "RTMANAGER_PROBE_MAX_CONCURRENCY", default_value = "16",
-          value_parser = concurrency)]
-    pub max_concurrency: usize,
+    /// Probes in flight at most (default: what the descriptor limit allows, 16 to 256;
+    /// see `limits::default_concurrency`).
+    #[arg(long, env = "RTMANAGER_PROBE_MAX_CONCURRENCY", value_parser = concurrency)]
+    pub max_concurrency: Option<usize>,
     /// Fraction of the interval over which one tick's probe starts are spread evenly
     /// (0 = all at once).
     #[arg(long, env = "RTMANAGER_PROBE_SPREAD", default_value = "0", value_parser = spread)]
@@ -454,7 +454,6 @@ mod tests {
                 "RTMANAGER_PROBE_RECOVERY_THRESHOLD",
                 "1",
             ),
-            ("max-concurrency", "RTMANAGER_PROBE_MAX_CONCURRENCY", "16"),
             ("http-addr", "HEALTHPROBE_HTTP_ADDR", "127.0.0.1:8097"),
             ("stream", "HEALTHPROBE_STREAM", "RUNTIME_HEALTH"),
             (
@@ -485,10 +484,8 @@ mod tests {
             positive_duration("X")(&declared_default("probe-interval")).unwrap(),
             Duration::from_secs(15)
         );
-        assert_eq!(
-            concurrency(&declared_default("max-concurrency")).unwrap(),
-            16
-        );
+        // No fixed default: the descriptor budget decides (DESIGN §15).
+        assert_eq!(run_args(&[]).unwrap().probe.max_concurrency, None);
         // Replicas: none configured, lease tied to the interval.
         let run = run_args(&["--probe-interval", "15s"]).unwrap();
         if std::env::var_os("HEALTHPROBE_LEASE_TTL").is_none() {

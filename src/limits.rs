@@ -74,6 +74,19 @@ pub const FIXED_RESERVE: u64 = 64;
 /// connect (about 50 µs more CPU on loopback, one round trip on a LAN) and no memory.
 pub const KEEPALIVE_CAP: usize = 1536;
 
+/// The default `RTMANAGER_PROBE_MAX_CONCURRENCY` (DESIGN §15): a quarter of the
+/// descriptors left after the fixed reserve and the status port (each probe in flight may
+/// hold two; the rest stays for kept-alive connections), between 16 (the seed's default)
+/// and 256. Hung engines cost a slot for their timeout each, so slots are what lets the
+/// healthy games keep their interval through a storm: 256 slots absorb 1,000 hung engines
+/// at a 2 s timeout in 8 s of each 15 s tick, for about 5 MB of connection buffers.
+pub fn default_concurrency(soft_limit: u64, http_connections: usize) -> usize {
+    let spare = soft_limit.saturating_sub(FIXED_RESERVE + 1 + http_connections as u64);
+    usize::try_from(spare / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 256)
+}
+
 /// How the descriptors under the soft limit are shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DescriptorBudget {
@@ -83,6 +96,8 @@ pub struct DescriptorBudget {
     /// Idle keep-alive connections to engines, at most: what is left, up to
     /// [`KEEPALIVE_CAP`].
     pub keepalive: usize,
+    /// Probes in flight at most: as configured, or [`default_concurrency`].
+    pub max_concurrency: usize,
 }
 
 impl DescriptorBudget {
@@ -97,13 +112,15 @@ impl DescriptorBudget {
             keepalive: usize::try_from(keepalive)
                 .unwrap_or(usize::MAX)
                 .min(KEEPALIVE_CAP),
+            max_concurrency,
         }
     }
 
     /// Raises the descriptor limit as far as allowed and shares it out, logging both: the
     /// start-up policy of `healthprobe run`. A refusal keeps the soft limit (or 1024 when it
     /// cannot even be read) and is logged, never fatal.
-    pub fn at_start(max_concurrency: usize, http_connections: usize) -> Self {
+    /// `max_concurrency` unset: [`default_concurrency`] for the limit reached.
+    pub fn at_start(max_concurrency: Option<usize>, http_connections: usize) -> Self {
         let soft_limit = match raise_nofile_limit() {
             Ok(nofile) => {
                 tracing::info!(
@@ -120,8 +137,11 @@ impl DescriptorBudget {
                 soft
             }
         };
+        let max_concurrency =
+            max_concurrency.unwrap_or_else(|| default_concurrency(soft_limit, http_connections));
         let budget = Self::new(soft_limit, max_concurrency, http_connections);
         tracing::info!(
+            max_concurrency,
             soft_limit = budget.soft_limit,
             reserved = budget.reserved,
             keepalive_connections = budget.keepalive,
@@ -145,6 +165,15 @@ mod tests {
             DescriptorBudget::new(1 << 20, 16, 256).keepalive,
             KEEPALIVE_CAP
         );
+    }
+
+    #[test]
+    fn the_default_concurrency_follows_the_descriptor_limit() {
+        assert_eq!(default_concurrency(1024, 256), (1024 - 321) / 4);
+        assert_eq!(default_concurrency(1 << 20, 256), 256);
+        assert_eq!(default_concurrency(256, 256), 16, "never below the seed's");
+        let c = default_concurrency(1024, 256);
+        assert!(DescriptorBudget::new(1024, c, 256).keepalive >= 300);
     }
 
     #[test]

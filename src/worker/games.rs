@@ -429,6 +429,13 @@ impl Game {
     }
 }
 
+/// A key that orders games differently in every tick (ties among games that waited as
+/// long), the same for a game within one tick.
+pub fn shuffle_key(game_id: &str, generation: u64) -> u64 {
+    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one((game_id, generation))
+}
+
 /// Whether a tick of `generation`, in a fleet of about `fleet` games, refreshes the game's
 /// unchanged snapshot row: every tick up to [`SNAPSHOT_REFRESH_BUDGET`] games, in turns
 /// beyond it (each game once every `ceil(fleet / budget)` ticks).

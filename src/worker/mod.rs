@@ -71,6 +71,8 @@ pub struct Worker {
     probing: HashSet<String>,
     /// How long a tick may hold the schedule (`None`: until every probe it started ended).
     tick_budget: Option<Duration>,
+    /// The last tick's budget ran out before every healthy game was started.
+    backlog: bool,
     /// The mass-failure hold (DESIGN §15); `None`: off (tests that drive ticks by hand).
     mass_failure: Option<MassFailure>,
     /// Stepped out of the membership: the others see their engines fine and this replica's
@@ -113,6 +115,7 @@ impl Worker {
             probing_tasks: HashMap::new(),
             probing: HashSet::new(),
             tick_budget: None,
+            backlog: false,
             mass_failure: None,
             degraded: false,
             replica_health: None,
@@ -223,6 +226,9 @@ impl Worker {
         let deadline = self.tick_budget.map(|budget| tick_start + budget);
         let refresh_fleet = expected;
         let mut dispatched = 0usize;
+        // The last tick left healthy games behind: this one orders every game by how long
+        // it waited (memory for the list, only while overloaded).
+        let backlog = std::mem::take(&mut self.backlog);
         // Games that wait for the healthy ones: (rank, last tick that probed them, record).
         let mut later: Vec<(Rank, u64, RuntimeRecord)> = Vec::new();
 
@@ -269,9 +275,16 @@ impl Worker {
                 continue;
             }
             let rank = self.games.rank(&record.game_id);
-            if rank != Rank::Healthy {
+            if rank != Rank::Healthy || backlog {
                 let waited = self.games.last_dispatched(&record.game_id);
                 later.push((rank, waited, record));
+                continue;
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                // Even healthy games wait for the next tick once the budget is spent
+                // (slots held by engines that just hung); they go first then.
+                report.deferred += 1;
+                self.backlog = true;
                 continue;
             }
             let start_at = tick_start + (slot * dispatched as u32).min(window);
@@ -279,7 +292,7 @@ impl Worker {
                 .dispatch(
                     record,
                     start_at,
-                    None,
+                    deadline,
                     stop,
                     generation,
                     &mut report,
@@ -287,12 +300,25 @@ impl Worker {
                 )
                 .await
             {
-                break;
+                if report.interrupted {
+                    break;
+                }
+                report.deferred += 1;
+                self.backlog = true;
+                continue;
             }
             dispatched += 1;
         }
         drop(listed);
-        later.sort_by_key(|(rank, waited, _)| (*rank, *waited));
+        // Longest-waiting first within a rank; ties in an order that changes every tick, so
+        // no game is always last.
+        later.sort_by_cached_key(|(rank, waited, record)| {
+            (
+                *rank,
+                *waited,
+                games::shuffle_key(&record.game_id, generation),
+            )
+        });
         let mut later = later.into_iter();
         if !report.interrupted {
             for (_, _, record) in later.by_ref() {
@@ -309,13 +335,20 @@ impl Worker {
                     )
                     .await
                 {
+                    if !report.interrupted {
+                        report.deferred += 1;
+                    }
                     break;
                 }
                 dispatched += 1;
             }
         }
         // Not started: their turn comes first among their group next tick.
-        report.deferred = later.len();
+        let rest: Vec<_> = later.collect();
+        report.deferred += rest.len();
+        if rest.iter().any(|(rank, _, _)| *rank == Rank::Healthy) {
+            self.backlog = true;
+        }
         // Probes in flight: all of them on shutdown; up to the budget otherwise.
         loop {
             if self.in_flight.is_empty() {
