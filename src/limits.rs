@@ -66,13 +66,14 @@ pub fn soft_nofile_limit() -> io::Result<u64> {
 /// starving the keep-alive pool.
 pub const FIXED_RESERVE: u64 = 64;
 
-/// Idle keep-alive connections at most, whatever the descriptor limit allows. Each costs
-/// 18.7 KiB of the worker's memory (hyper's 8 KiB read and 8 KiB write buffers, which
-/// reqwest gives no way to shrink, and the connection task; `scripts/bench.sh stack`) plus
-/// the kernel's socket buffers. 1,536 keeps them under about 28 MiB, so 10,000 engines at
-/// distinct addresses peak at about 70 MiB RSS (BENCHMARKS.md); beyond it a probe pays a
-/// connect (about 50 µs more CPU on loopback, one round trip on a LAN) and no memory.
-pub const KEEPALIVE_CAP: usize = 1536;
+/// Idle keep-alive connections at most, whatever the descriptor limit allows. The prober
+/// keeps only the socket of an idle connection (its HTTP state and buffers are made per
+/// probe), well under 1 KiB of the worker's memory each (`scripts/bench.sh stack`), plus
+/// the kernel's socket buffers, which are not the worker's RSS. 16,384 keeps every engine
+/// of a 10,000-engine fleet at distinct addresses alive within a few MiB; beyond it a
+/// probe pays a connect (tens of µs of CPU on loopback, one round trip on a LAN) and no
+/// memory.
+pub const KEEPALIVE_CAP: usize = 16_384;
 
 /// The default `RTMANAGER_PROBE_MAX_CONCURRENCY` (DESIGN §15): a quarter of the
 /// descriptors left after the fixed reserve and the status port (each probe in flight may

@@ -419,3 +419,330 @@ async fn a_bad_ca_bundle_stops_the_build_naming_the_file() {
     );
     assert!(error.to_string().contains("empty.pem"), "{error}");
 }
+
+/// How a scripted engine answers each request on a connection (`index` counts requests on
+/// that connection from 0). Test-side HTTP written by hand, to make the cases a real
+/// server would not make on demand.
+#[derive(Clone, Copy, Debug)]
+enum Script {
+    /// `Content-Length`, kept alive.
+    KeepAlive,
+    /// A chunked body in three chunks, kept alive.
+    Chunked,
+    /// `Connection: close`, then closes.
+    Close,
+    /// Answers kept alive, then half-closes (FIN) while the prober holds it idle.
+    HalfCloseAfterAnswer,
+    /// Answers the first request of a connection; on the second, closes without a word
+    /// (as an engine whose idle timeout fires just as the request arrives).
+    DropSecondRequest,
+    /// 200 with a 64 KiB body, kept alive.
+    BigBody,
+}
+
+struct ScriptedEngine {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    half_closed: Arc<AtomicUsize>,
+}
+
+impl ScriptedEngine {
+    async fn start(script: Script) -> Self {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let half_closed = Arc::new(AtomicUsize::new(0));
+        let (conns, reqs, halves) = (connections.clone(), requests.clone(), half_closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (reqs, halves) = (reqs.clone(), halves.clone());
+                tokio::spawn(tokio::time::timeout(Duration::from_secs(30), async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    for index in 0.. {
+                        head.clear();
+                        while !head.ends_with(b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                            if head.len() > 64 * 1024 {
+                                return;
+                            }
+                        }
+                        if matches!(script, Script::DropSecondRequest) && index == 1 {
+                            return; // closes without answering
+                        }
+                        reqs.fetch_add(1, Ordering::SeqCst);
+                        let answer: Vec<u8> = match script {
+                            Script::KeepAlive
+                            | Script::HalfCloseAfterAnswer
+                            | Script::DropSecondRequest => {
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+                            }
+                            Script::Chunked => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                                2\r\nok\r\n1\r\n,\r\n5\r\nfine!\r\n0\r\n\r\n"
+                                .to_vec(),
+                            Script::Close => {
+                                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+                                    .to_vec()
+                            }
+                            Script::BigBody => {
+                                let mut answer =
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n".to_vec();
+                                answer.resize(answer.len() + 65536, b'x');
+                                answer
+                            }
+                        };
+                        if stream.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                        match script {
+                            Script::Close => return,
+                            Script::HalfCloseAfterAnswer => {
+                                let _ = stream.shutdown().await;
+                                halves.fetch_add(1, Ordering::SeqCst);
+                                // Hold the half-closed socket until the prober closes it.
+                                let _ = stream.read(&mut buf).await;
+                                return;
+                            }
+                            _ => {}
+                        }
+                    }
+                }));
+            }
+        });
+        Self {
+            addr,
+            connections,
+            requests,
+            half_closed,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// Probes `engine` `count` times in a row with one prober; every probe must be healthy.
+async fn probe_in_a_row(engine: &ScriptedEngine, count: usize) {
+    let prober = Prober::new(TIMEOUT, INTERVAL).unwrap();
+    for i in 0..count {
+        let outcome = prober
+            .probe(&format!("http://{}", engine.addr), prober.default_spec())
+            .await;
+        assert!(outcome.is_healthy(), "probe {i}: {outcome:?}");
+        assert_eq!(outcome.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn kept_alive_answers_reuse_one_connection_chunked_or_not() {
+    for script in [Script::KeepAlive, Script::Chunked] {
+        let engine = ScriptedEngine::start(script).await;
+        probe_in_a_row(&engine, 5).await;
+        assert_eq!(
+            engine.connections(),
+            1,
+            "{script:?}: one connection for 5 probes"
+        );
+        assert_eq!(engine.requests.load(Ordering::SeqCst), 5);
+    }
+}
+
+#[tokio::test]
+async fn connection_close_and_a_body_over_the_cap_are_not_reused() {
+    for script in [Script::Close, Script::BigBody] {
+        let engine = ScriptedEngine::start(script).await;
+        probe_in_a_row(&engine, 3).await;
+        assert_eq!(
+            engine.connections(),
+            3,
+            "{script:?}: a fresh connection each time"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stale_kept_alive_connection_is_replaced_not_counted() {
+    // The engine half-closes after each answer: the pool sees it before sending.
+    let engine = ScriptedEngine::start(Script::HalfCloseAfterAnswer).await;
+    let prober = Prober::new(TIMEOUT, INTERVAL).unwrap();
+    for i in 0..3 {
+        let outcome = prober
+            .probe(&format!("http://{}", engine.addr), prober.default_spec())
+            .await;
+        assert!(outcome.is_healthy(), "probe {i}: {outcome:?}");
+        // The engine has half-closed before the next probe, as it would between two ticks.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while engine.half_closed.load(Ordering::SeqCst) <= i {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the engine did not half-close within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    assert_eq!(engine.connections(), 3);
+
+    // The engine closes a reused connection as the request arrives: the request goes
+    // again, once, on a fresh connection, and the probe is healthy.
+    let engine = ScriptedEngine::start(Script::DropSecondRequest).await;
+    probe_in_a_row(&engine, 3).await;
+    assert_eq!(
+        engine.connections(),
+        3,
+        "probe 1 opens, probes 2 and 3 find their connection dropped and open a fresh one"
+    );
+    assert_eq!(engine.requests.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn names_resolve_through_the_system_resolver() {
+    let (addr, _) = engine().await;
+    let prober = Prober::new(TIMEOUT, INTERVAL).unwrap();
+    let outcome = prober
+        .probe(
+            &format!("http://localhost:{}", addr.port()),
+            prober.default_spec(),
+        )
+        .await;
+    assert!(outcome.is_healthy(), "{outcome:?}");
+    // A 64-character label is refused by the local resolver without a DNS query.
+    let outcome = prober
+        .probe(
+            &format!("http://{}.invalid", "x".repeat(64)),
+            prober.default_spec(),
+        )
+        .await;
+    assert_failed(&outcome, FailureKind::Connect, 0);
+    assert!(
+        outcome
+            .failure
+            .unwrap()
+            .message
+            .contains("could not resolve"),
+        "the message says what failed"
+    );
+}
+
+/// A network namespace of the test's own (`ip netns`), removed when dropped.
+struct Namespace {
+    name: String,
+}
+
+impl Namespace {
+    fn new(tag: &str) -> Self {
+        let name = format!("hp-{tag}-{}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .output();
+        let namespace = Self { name };
+        namespace.ip(&["netns", "add", &namespace.name]);
+        namespace
+    }
+
+    /// Runs `ip` with `args` (inside the namespace unless they name `netns` themselves).
+    fn ip(&self, args: &[&str]) {
+        let mut command = std::process::Command::new("ip");
+        if args.first() != Some(&"netns") {
+            command.args(["netns", "exec", &self.name, "ip"]);
+        }
+        let output = command
+            .args(args)
+            .output()
+            .expect("the ip command (package iproute2)");
+        assert!(
+            output.status.success(),
+            "ip {args:?} (this test needs root for a network namespace): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Probes each endpoint from inside the namespace (a thread that joined it, with a
+    /// runtime of its own, so every socket the prober makes lives there).
+    fn probe(&self, endpoints: &[&str], timeout: Duration) -> Vec<ProbeOutcome> {
+        let path = format!("/var/run/netns/{}", self.name);
+        let endpoints: Vec<String> = endpoints.iter().map(|e| (*e).to_owned()).collect();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd as _;
+            let file = std::fs::File::open(&path).expect("the namespace's file");
+            // SAFETY: a valid namespace descriptor; joining affects this thread only.
+            let joined = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let prober = Prober::new(timeout, INTERVAL).unwrap();
+                let mut outcomes = Vec::new();
+                for endpoint in &endpoints {
+                    outcomes.push(prober.probe(endpoint, prober.default_spec()).await);
+                }
+                outcomes
+            })
+        })
+        .join()
+        .expect("the probing thread")
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn no_route_on_the_worker_side_is_a_local_fault_not_the_engines() {
+    let namespace = Namespace::new("route");
+    namespace.ip(&["link", "set", "lo", "up"]);
+    // An `unreachable` route: the worker's own routing refuses these addresses.
+    namespace.ip(&["route", "add", "unreachable", "10.99.0.0/16"]);
+    // A link whose far end never answers: the neighbour lookup fails, which is the
+    // engine's side (its host is gone), not the worker's.
+    namespace.ip(&[
+        "link", "add", "hpv0", "type", "veth", "peer", "name", "hpv1",
+    ]);
+    namespace.ip(&["addr", "add", "10.97.0.1/24", "dev", "hpv0"]);
+    namespace.ip(&["link", "set", "hpv0", "up"]);
+    let outcomes = namespace.probe(
+        &[
+            // No route at all (the namespace has no default route): ENETUNREACH.
+            "http://10.98.0.1:80",
+            "http://10.99.0.1:80",
+            "http://10.97.0.2:80",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_failed(&outcomes[0], FailureKind::LocalError, 0);
+    assert!(outcomes[0].is_local_fault());
+    assert_failed(&outcomes[1], FailureKind::LocalError, 0);
+    assert!(
+        outcomes[1]
+            .failure
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("no route on the worker's side"),
+        "{:?}",
+        outcomes[1]
+    );
+    let failure = outcomes[2].failure.as_ref().expect("nobody answers");
+    assert!(
+        matches!(failure.kind, FailureKind::Connect | FailureKind::Timeout),
+        "a neighbour that does not answer is the engine's failure: {:?}",
+        outcomes[2]
+    );
+}

@@ -2,25 +2,45 @@
 //! §16). What is asked (path, accepted statuses, headers, time bound) is a [`ProbeSpec`];
 //! [`ProbeSpec::default`] is the seed's probe of `/healthz`.
 //!
+//! HTTP/1.1 on hyper's own connection API (`hyper::client::conn::http1`): the prober keeps
+//! its own per-address pool of idle sockets ([`pool`], bounded by the descriptor budget)
+//! and builds the HTTP state of a connection per probe, so an idle connection costs its
+//! socket and nothing more. `https` goes through `tokio-rustls` ([`tls`]).
+//!
 //! This module knows HTTP and nothing else. It never fails: every problem, including an
 //! endpoint that does not parse, becomes a classified failed outcome.
 
+mod classify;
+mod conn;
+mod pool;
 pub mod spec;
 pub mod tls;
 
-use std::collections::HashMap;
-use std::error::Error as StdError;
 use std::fmt;
-use std::net::IpAddr;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use reqwest::{Client, Url, redirect};
+use futures::FutureExt as _;
+use http::{HeaderValue, Method, Request, Version, header};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use url::Url;
 
+pub use classify::{local_errno, route_refuses};
 pub use spec::{ExpectedStatuses, ProbeHeaders, ProbeSpec};
 pub use tls::TlsSetupError;
+
+use conn::{Stream, Target};
+use pool::{KeepAlive, SlotHold};
 
 /// At most this much of a response body is read; the rest is discarded with the connection.
 /// Enough for any sensible health document, small enough that a hostile engine streaming
@@ -29,7 +49,8 @@ pub const BODY_LIMIT: usize = 4 * 1024;
 
 /// Idle keep-alive connections (those within the budget's slots) are kept at least this
 /// long, so a connection opened in one tick is reused in the next one at the default 15 s
-/// interval.
+/// interval. (An engine that closes idle connections sooner costs a fresh connect: the
+/// pool sees the close before it sends anything.)
 const MIN_POOL_IDLE: Duration = Duration::from_secs(90);
 
 pub const USER_AGENT: &str = concat!("healthprobe/", env!("CARGO_PKG_VERSION"));
@@ -183,17 +204,19 @@ fn shorten(text: &str) -> String {
     format!("{:?}… ({} bytes)", &text[..end], text.len())
 }
 
-/// Probes engines. Cheap to clone: the connection pools are shared.
+/// Probes engines. Cheap to clone: the connection pool is shared.
 #[derive(Clone)]
 pub struct Prober {
-    /// Keeps idle connections, as many per address as [`KeepAlive`] gives it slots.
-    client: Client,
-    /// Keeps none: each probe's connection is closed after use (`Connection: close`, so the
-    /// engine closes first and holds the TIME_WAIT, not us).
-    closing: Client,
-    keepalive: Arc<KeepAlive>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Idle connections per address, as many as the pool gives the address slots.
+    keepalive: KeepAlive<Stream>,
+    tls: Arc<rustls::ClientConfig>,
+    http1: http1::Builder,
     /// The seed's probe with the configured timeout: what [`Prober::default_spec`] lends.
-    default_spec: Arc<ProbeSpec>,
+    default_spec: ProbeSpec,
 }
 
 /// Why a [`Prober`] could not be built.
@@ -201,8 +224,6 @@ pub struct Prober {
 pub enum ProberError {
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
-    #[error("building the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
 }
 
 /// Builds a [`Prober`]: [`Prober::builder`].
@@ -213,6 +234,11 @@ pub struct ProberBuilder {
     keepalive_budget: usize,
     ca_bundle: Option<PathBuf>,
 }
+
+/// hyper's smallest read buffer limit: it bounds an answer's head (status line and
+/// headers) at 8 KiB, far above any health answer's, and is allocated per probe, never
+/// kept with an idle connection.
+const READ_BUFFER_LIMIT: usize = 8 * 1024;
 
 impl ProberBuilder {
     /// Keep at most `budget` idle connections in all; a probe that gets no slot connects,
@@ -232,161 +258,38 @@ impl ProberBuilder {
     pub fn build(self) -> Result<Prober, ProberError> {
         let tls = tls::client_config(self.ca_bundle.as_deref())?;
         let idle_timeout = MIN_POOL_IDLE.max(self.interval * 2);
-        let builder = || {
-            Client::builder()
-                .user_agent(USER_AGENT)
-                .redirect(redirect::Policy::none())
-                .tcp_nodelay(true)
-                .no_proxy()
-                .http1_only()
-                .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
-        };
-        let client = builder()
-            .pool_idle_timeout(idle_timeout)
-            .pool_max_idle_per_host(self.keepalive_budget)
-            .build()?;
-        let closing = builder().pool_max_idle_per_host(0).build()?;
+        let mut http1 = http1::Builder::new();
+        http1
+            .max_buf_size(READ_BUFFER_LIMIT)
+            // One write per request: the head is all there is.
+            .writev(false);
         Ok(Prober {
-            client,
-            closing,
-            keepalive: Arc::new(KeepAlive {
-                budget: self.keepalive_budget,
-                idle_timeout,
-                table: Mutex::new(SlotTable {
-                    addresses: HashMap::new(),
-                    slots: 0,
-                    last_purge: Instant::now(),
-                }),
-            }),
-            default_spec: Arc::new(ProbeSpec {
-                timeout: self.timeout,
-                ..ProbeSpec::default()
+            inner: Arc::new(Inner {
+                keepalive: KeepAlive::new(self.keepalive_budget, idle_timeout),
+                tls,
+                http1,
+                default_spec: ProbeSpec {
+                    timeout: self.timeout,
+                    ..ProbeSpec::default()
+                },
             }),
         })
     }
 }
 
-/// How many kept-alive connections each engine address may hold: slots handed out by
-/// demand, at most `budget` in all. An address gets one slot per probe of it in flight at
-/// once, up to the budget, and keeps its slots while it is probed, so the set is stable
-/// from tick to tick: engines at distinct addresses hold one each, games sharing one address
-/// (one engine process or gateway for many games) hold as many as are probed at once. An
-/// address not probed for the pool's idle timeout has lost its connections anyway and gives
-/// its slots up. reqwest and hyper only bound idle connections per host, so this is what
-/// bounds them in all: a probe goes over a kept-alive connection only while its address has
-/// fewer probes in flight than slots, so each address holds at most its slots (and
-/// `budget` per host in the pool guards against hyper's connect races).
-struct KeepAlive {
-    budget: usize,
-    idle_timeout: Duration,
-    table: Mutex<SlotTable>,
-}
-
-struct SlotTable {
-    /// By a hash of scheme, host and port: a collision only makes two addresses share
-    /// slots, and a `u64` costs no allocation per probe.
-    addresses: HashMap<u64, AddressSlots>,
-    /// The sum of every address's `slots`.
-    slots: usize,
-    last_purge: Instant,
-}
-
-struct AddressSlots {
-    slots: usize,
-    in_flight: usize,
-    last_used: Instant,
-}
-
-/// A full slot table is swept for addresses gone quiet at most this often, so a fleet
-/// beyond the budget costs one sweep per second rather than one per probe.
-const PURGE_EVERY: Duration = Duration::from_secs(1);
-
-/// A probe's hold on one of its address's slots, given back when the probe ends (or is
-/// dropped half-way).
-struct SlotHold<'a> {
-    keep_alive: &'a KeepAlive,
-    key: u64,
-}
-
-impl Drop for SlotHold<'_> {
-    fn drop(&mut self) {
-        let mut table = self.keep_alive.lock();
-        if let Some(address) = table.addresses.get_mut(&self.key) {
-            address.in_flight = address.in_flight.saturating_sub(1);
-        }
-    }
-}
-
-impl KeepAlive {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SlotTable> {
-        // A std mutex: held for a map lookup, never across an await. A panic while it is
-        // held leaves a table that is still consistent enough to use.
-        self.table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn key(url: &Url) -> u64 {
-        use std::hash::{Hash as _, Hasher as _};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        url.scheme().hash(&mut hasher);
-        url.host_str().hash(&mut hasher);
-        url.port_or_known_default().hash(&mut hasher);
-        hasher.finish()
-    }
-
-    /// A slot for a probe of `url` now, or `None`: that probe connects, asks and closes.
-    fn hold(&self, url: &Url) -> Option<SlotHold<'_>> {
-        if self.budget == 0 {
-            return None;
-        }
-        let key = Self::key(url);
-        let now = Instant::now();
-        let mut table = self.lock();
-        let table = &mut *table;
-        if table.slots >= self.budget && now.duration_since(table.last_purge) >= PURGE_EVERY {
-            let idle_timeout = self.idle_timeout;
-            let mut freed = 0;
-            table.addresses.retain(|_, address| {
-                let keep =
-                    address.in_flight > 0 || now.duration_since(address.last_used) < idle_timeout;
-                if !keep {
-                    freed += address.slots;
-                }
-                keep
-            });
-            table.slots -= freed;
-            table.last_purge = now;
-        }
-        let has_room = table.slots < self.budget;
-        let address = match table.addresses.get_mut(&key) {
-            Some(address) => address,
-            None if has_room => table.addresses.entry(key).or_insert(AddressSlots {
-                slots: 0,
-                in_flight: 0,
-                last_used: now,
-            }),
-            None => return None,
-        };
-        address.last_used = now;
-        if address.in_flight >= address.slots {
-            if !has_room {
-                return None;
-            }
-            address.slots += 1;
-            table.slots += 1;
-        }
-        address.in_flight += 1;
-        Some(SlotHold {
-            keep_alive: self,
-            key,
-        })
-    }
+/// How one exchange on one connection went.
+enum Exchange {
+    /// The answer's status, and the connection when it can carry another request.
+    Answered(u16, Option<Stream>),
+    /// A reused connection turned out closed before any answer: not the engine's failure,
+    /// the probe goes again on a fresh connection.
+    Stale,
+    Failed(u16, ProbeFailure),
 }
 
 impl Prober {
     /// `timeout` bounds the default spec's probe end to end; `interval` sizes the
-    /// keep-alive pool.
+    /// keep-alive pool's idle timeout.
     pub fn builder(timeout: Duration, interval: Duration) -> ProberBuilder {
         ProberBuilder {
             timeout,
@@ -414,12 +317,12 @@ impl Prober {
 
     /// The timeout of the default spec.
     pub fn timeout(&self) -> Duration {
-        self.default_spec.timeout
+        self.inner.default_spec.timeout
     }
 
     /// The seed's probe (`/healthz`, `200`, no headers) with the configured timeout.
     pub fn default_spec(&self) -> &ProbeSpec {
-        &self.default_spec
+        &self.inner.default_spec
     }
 
     /// Probes one engine as `spec` says. Never panics, never returns an error: failures
@@ -427,7 +330,21 @@ impl Prober {
     pub async fn probe(&self, endpoint: &str, spec: &ProbeSpec) -> ProbeOutcome {
         let started = Instant::now();
         let result = match probe_url(endpoint, &spec.path) {
-            Ok(url) => self.fetch(url, spec).await,
+            Ok(url) => {
+                // One timer bounds it all: resolve, connect, TLS, request, head and body,
+                // and the one retry of a stale connection. The status seen survives it.
+                let status = AtomicU16::new(0);
+                match tokio::time::timeout(spec.timeout, self.fetch(&url, spec, &status)).await {
+                    Ok(result) => result,
+                    Err(_) => Err((
+                        status.load(Ordering::Relaxed),
+                        ProbeFailure {
+                            kind: FailureKind::Timeout,
+                            message: format!("no complete answer within {:?}", spec.timeout),
+                        },
+                    )),
+                }
+            }
             Err(failure) => Err((0, failure)),
         };
         let latency = started.elapsed();
@@ -448,270 +365,212 @@ impl Prober {
         }
     }
 
-    /// Sends the request and reads at most [`BODY_LIMIT`] bytes of the body. The body is
-    /// read even on an unexpected status so that a small answer leaves the connection
-    /// reusable.
-    ///
-    /// One timer bounds it all: reqwest's per-request timeout runs from the connect to the
-    /// body's end, so a trickling engine is cut at `spec.timeout` as well.
-    async fn fetch(&self, url: Url, spec: &ProbeSpec) -> Result<u16, (u16, ProbeFailure)> {
-        let slot = self.keepalive.hold(&url);
-        let mut request = if slot.is_some() {
-            self.client.get(url.clone())
-        } else {
-            self.closing
-                .get(url.clone())
-                .header(reqwest::header::CONNECTION, "close")
+    /// Asks over an idle connection of the address when there is a fit one, else (or when
+    /// it proves stale) over a fresh one.
+    async fn fetch(
+        &self,
+        url: &Url,
+        spec: &ProbeSpec,
+        status: &AtomicU16,
+    ) -> Result<u16, (u16, ProbeFailure)> {
+        let host = url.host_str().unwrap_or_default();
+        let target = Target {
+            https: url.scheme() == "https",
+            host: host.trim_start_matches('[').trim_end_matches(']'),
+            port: url.port_or_known_default().unwrap_or(80),
         };
-        request = request.timeout(spec.timeout);
-        for (name, value) in spec.headers.iter() {
-            request = request.header(name, value);
+        let mut slot = self.inner.keepalive.hold(url);
+        let keep = slot.is_some();
+        let idle = slot
+            .as_mut()
+            .and_then(SlotHold::take_idle)
+            .filter(Stream::is_fit_for_reuse);
+        let ask = || request(url, spec, keep).map_err(|failure| (0, failure));
+        let mut outcome = Exchange::Stale;
+        if let Some(stream) = idle {
+            outcome = self.exchange(stream, ask()?, true, status).await;
         }
-        let mut response = match request.send().await {
+        if matches!(outcome, Exchange::Stale) {
+            let stream = conn::connect(&target, &self.inner.tls)
+                .await
+                .map_err(|failure| (0, failure))?;
+            outcome = self.exchange(stream, ask()?, false, status).await;
+        }
+        match outcome {
+            Exchange::Answered(status, stream) => {
+                if let (Some(slot), Some(stream)) = (slot, stream) {
+                    slot.check_in(stream);
+                }
+                if spec.expect.accepts(status) {
+                    Ok(status)
+                } else {
+                    Err((
+                        status,
+                        ProbeFailure {
+                            kind: FailureKind::Status,
+                            message: format!("unexpected status {status}"),
+                        },
+                    ))
+                }
+            }
+            Exchange::Failed(status, failure) => Err((status, failure)),
+            Exchange::Stale => Err((
+                0,
+                ProbeFailure {
+                    kind: FailureKind::Connect,
+                    message: "the connection closed before an answer".into(),
+                },
+            )),
+        }
+    }
+
+    /// One request and its answer on `stream`: the head, then at most [`BODY_LIMIT`]
+    /// bytes of the body. The body is read even on an unexpected status so that a small
+    /// answer leaves the connection reusable; it is reusable only when the body ended
+    /// within the cap, the engine did not ask to close, and nothing unasked followed.
+    async fn exchange(
+        &self,
+        stream: Stream,
+        request: Request<Empty<Bytes>>,
+        reused: bool,
+        status_seen: &AtomicU16,
+    ) -> Exchange {
+        let (mut sender, mut connection) = match self
+            .inner
+            .http1
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+        {
+            Ok(pair) => pair,
+            Err(error) => return Exchange::Failed(0, classify::http_error(&error)),
+        };
+        let mut closed = false;
+        let response = drive(
+            &mut connection,
+            &mut closed,
+            pin!(sender.send_request(request)),
+        )
+        .await;
+        let response = match response {
             Ok(response) => response,
-            Err(error) => return Err((0, classify(&error, &url, spec.timeout).await)),
+            Err(error) if reused && !is_engine_error(&error) => return Exchange::Stale,
+            Err(error) => return Exchange::Failed(0, classify::http_error(&error)),
         };
         let status = response.status().as_u16();
+        status_seen.store(status, Ordering::Relaxed);
+        let keep_alive = response.version() == Version::HTTP_11
+            && !response
+                .headers()
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|value| has_token(value, "close"));
+        let mut body: Incoming = response.into_body();
         let mut read = 0usize;
+        let mut ended = false;
         while read < BODY_LIMIT {
-            match response.chunk().await {
-                Ok(Some(chunk)) => read += chunk.len(),
-                Ok(None) => break,
-                Err(error) => return Err((status, classify(&error, &url, spec.timeout).await)),
+            match drive(&mut connection, &mut closed, body.frame()).await {
+                None => {
+                    ended = true;
+                    break;
+                }
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        read += data.len();
+                    }
+                }
+                Some(Err(error)) => return Exchange::Failed(status, classify::http_error(&error)),
             }
         }
-        drop(slot);
-        if spec.expect.accepts(status) {
-            Ok(status)
-        } else {
-            Err((
-                status,
-                ProbeFailure {
-                    kind: FailureKind::Status,
-                    message: format!("unexpected status {status}"),
-                },
-            ))
+        let ended = ended || hyper::body::Body::is_end_stream(&body);
+        drop(body);
+        if !(ended && keep_alive) || closed {
+            return Exchange::Answered(status, None);
         }
+        // Hand the socket back: with the request side dropped, hyper finishes the
+        // connection at once (no shutdown, nothing written) and returns what it holds.
+        drop(sender);
+        let finished =
+            std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).now_or_never();
+        if !matches!(finished, Some(Ok(()))) {
+            return Exchange::Answered(status, None);
+        }
+        let parts = connection.into_parts();
+        let reusable = parts.read_buf.is_empty();
+        Exchange::Answered(status, reusable.then(|| parts.io.into_inner()))
     }
 }
 
-/// [`classify_error`], with reqwest's timeout said as what it is and an unreachable host
-/// told apart by whose routing refused it.
-async fn classify(error: &reqwest::Error, url: &Url, timeout: Duration) -> ProbeFailure {
-    let failure = classify_error(error);
-    if failure.kind == FailureKind::Timeout && error.is_timeout() {
-        return ProbeFailure {
-            kind: FailureKind::Timeout,
-            message: format!("no complete answer within {timeout:?}"),
-        };
-    }
-    if failure.kind == FailureKind::Connect
-        && has_errno(error, libc::EHOSTUNREACH)
-        && own_route_refuses(url).await
-    {
-        return ProbeFailure {
-            kind: FailureKind::LocalError,
-            message: format!(
-                "the worker could not attempt the probe (errno {}, no route on the worker's side): {}",
-                libc::EHOSTUNREACH,
-                failure.message
-            ),
-        };
-    }
-    failure
+/// Polls `future` and, beside it, the connection that moves its bytes (the connection is
+/// driven by the probe's own task: no task per connection). `closed` records that the
+/// connection has finished (the engine closed it, or it failed): `future` then resolves
+/// from what hyper saw.
+async fn drive<F: Future + Unpin>(
+    connection: &mut http1::Connection<TokioIo<Stream>, Empty<Bytes>>,
+    closed: &mut bool,
+    mut future: F,
+) -> F::Output {
+    std::future::poll_fn(|cx| {
+        if !*closed && connection.poll_without_shutdown(cx).is_ready() {
+            *closed = true;
+        }
+        match std::pin::Pin::new(&mut future).poll(cx) {
+            Poll::Ready(output) => Poll::Ready(output),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
-/// Whether the worker's own routing table refuses `url`'s address: a UDP `connect` does
-/// the kernel's route lookup and nothing else (no packet is sent), so it fails exactly when
-/// the refusal is ours (no route, an `unreachable` route) and succeeds when the
-/// `EHOSTUNREACH` came from the network (no neighbour answer, an ICMP from a router),
-/// which is the engine's failure. Runs only on that rare error, once per probe.
-async fn own_route_refuses(url: &Url) -> bool {
-    let port = url.port_or_known_default().unwrap_or(80);
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    let address: Option<IpAddr> = match literal.parse() {
-        Ok(ip) => Some(ip),
-        Err(_) => tokio::net::lookup_host((host, port))
-            .await
-            .ok()
-            .and_then(|mut found| found.next())
-            .map(|socket| socket.ip()),
-    };
-    address.is_some_and(|ip| route_refuses(ip, port))
+/// An error that the engine's answer caused (bytes that are not HTTP), as opposed to a
+/// connection that was closed or reset under the request, which on a reused connection is
+/// the pool's staleness, not the engine's failure.
+fn is_engine_error(error: &hyper::Error) -> bool {
+    error.is_parse() || error.is_parse_status() || error.is_parse_too_large() || error.is_timeout()
 }
 
-/// See [`own_route_refuses`].
-pub fn route_refuses(ip: IpAddr, port: u16) -> bool {
-    let local: IpAddr = if ip.is_ipv4() {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    };
-    let Ok(socket) = std::net::UdpSocket::bind((local, 0)) else {
-        return false;
-    };
-    socket.connect((ip, port)).is_err_and(|e| {
-        matches!(
-            e.raw_os_error(),
-            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES | libc::EINVAL)
-        )
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value.to_str().is_ok_and(|text| {
+        text.split(',')
+            .any(|part| part.trim().eq_ignore_ascii_case(token))
     })
 }
 
-/// Maps a reqwest error (and its cause chain) to a failure kind and a readable sentence.
-fn classify_error(error: &reqwest::Error) -> ProbeFailure {
-    let chain = error_chain(error);
-    let kind = if let Some(errno) = local_errno(error) {
-        return ProbeFailure {
-            kind: FailureKind::LocalError,
-            message: format!("the worker could not attempt the probe (errno {errno}): {chain}"),
-        };
-    } else if has_source::<rustls::Error>(error) {
-        FailureKind::Tls
-    } else if error.is_timeout() || has_io_kind(error, std::io::ErrorKind::TimedOut) {
-        FailureKind::Timeout
-    } else if error.is_connect() {
-        // hyper-util wraps the rustls error in a boxed io::Error whose `source()` skips it,
-        // so a handshake failure often shows only as text. These fragments are rustls'
-        // own messages for a peer that does not speak TLS or speaks it badly.
-        const TLS_MESSAGES: [&str; 7] = [
-            "tls",
-            "TLS",
-            "certificate",
-            "corrupt message",
-            "received fatal alert",
-            "peer is incompatible",
-            "peer misbehaved",
-        ];
-        if TLS_MESSAGES.iter().any(|fragment| chain.contains(fragment)) {
-            FailureKind::Tls
-        } else {
-            FailureKind::Connect
-        }
-    } else if [
-        std::io::ErrorKind::ConnectionReset,
-        std::io::ErrorKind::ConnectionAborted,
-        std::io::ErrorKind::BrokenPipe,
-    ]
-    .into_iter()
-    .any(|io_kind| has_io_kind(error, io_kind))
-    {
-        // The connection was made, then torn down under us: a transport failure.
-        FailureKind::Connect
-    } else {
-        FailureKind::Protocol
+/// The request of one probe: origin-form target, `Host` (unless the spec sets one),
+/// `User-Agent`, the spec's headers, and `Connection: close` when the connection will not
+/// be kept (so the engine closes first and holds the TIME_WAIT, not us).
+fn request(url: &Url, spec: &ProbeSpec, keep: bool) -> Result<Request<Empty<Bytes>>, ProbeFailure> {
+    let target = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
     };
-    ProbeFailure {
-        kind,
-        message: chain,
-    }
-}
-
-/// `outer: inner: innermost`, without the URL reqwest puts in its own message (the
-/// endpoint is already on every log line, and may be huge).
-fn error_chain(error: &reqwest::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut source = error.source();
-    if source.is_none() {
-        parts.push(error.to_string());
-    }
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
+    let mut builder = Request::builder()
+        .method(Method::GET)
+        .uri(target)
+        .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT))
+        .header(header::ACCEPT, HeaderValue::from_static("*/*"));
+    if !spec.headers.iter().any(|(name, _)| name == header::HOST) {
+        let host = url.host_str().unwrap_or_default();
+        let value = match url.port() {
+            Some(port) => HeaderValue::from_str(&format!("{host}:{port}")),
+            None => HeaderValue::from_str(host),
+        };
+        if let Ok(value) = value {
+            builder = builder.header(header::HOST, value);
         }
-        source = cause.source();
     }
-    parts.join(": ")
-}
-
-/// `errno` values that say the worker's own machine could not attempt the probe, not that
-/// the engine is unreachable: descriptors (per process, system-wide), ephemeral ports or
-/// local addresses, kernel buffers or memory, and `ENETUNREACH`: no route to the engine's
-/// network in the worker's own routing table (its interface is down, its routes are gone;
-/// the kernel answers `connect` with it before anything is sent). A remote router can in
-/// principle answer an ICMP "network unreachable" that Linux reports the same way; routers
-/// rarely send it, and a network path gone is still the checker's side of the storm
-/// (DESIGN §15), not the engine's. `EHOSTUNREACH` is local only when the worker's own
-/// routing refuses the address ([`route_refuses`]): otherwise it is a neighbour that does
-/// not answer, which is the engine's failure.
-const LOCAL_ERRNOS: [i32; 6] = [
-    libc::EMFILE,
-    libc::ENFILE,
-    libc::EADDRNOTAVAIL,
-    libc::ENOBUFS,
-    libc::ENOMEM,
-    libc::ENETUNREACH,
-];
-
-/// The first `io::Error` in the chain whose OS error is one of [`LOCAL_ERRNOS`].
-pub fn local_errno(error: &(dyn StdError + 'static)) -> Option<i32> {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if let Some(code) = io.raw_os_error().filter(|c| LOCAL_ERRNOS.contains(c)) {
-                return Some(code);
-            }
-            if let Some(inner) = io.get_ref()
-                && let Some(code) = local_errno(inner)
-            {
-                return Some(code);
-            }
-        }
-        source = cause.source();
+    for (name, value) in spec.headers.iter() {
+        builder = builder.header(name, value);
     }
-    None
-}
-
-fn has_errno(error: &(dyn StdError + 'static), errno: i32) -> bool {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.raw_os_error() == Some(errno) {
-                return true;
-            }
-            if let Some(inner) = io.get_ref()
-                && has_errno(inner, errno)
-            {
-                return true;
-            }
-        }
-        source = cause.source();
+    if !keep {
+        builder = builder.header(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    false
-}
-
-fn has_source<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(cause) = source {
-        if cause.is::<E>() {
-            return true;
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && io.get_ref().is_some_and(|inner| inner.is::<E>())
-        {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
-}
-
-fn has_io_kind(error: &(dyn StdError + 'static), kind: std::io::ErrorKind) -> bool {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(cause) = source {
-        if cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == kind)
-        {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
+    builder.body(Empty::new()).map_err(|error| ProbeFailure {
+        kind: FailureKind::InvalidEndpoint,
+        message: format!(
+            "no request can be made for {}: {error}",
+            shorten(url.as_str())
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -776,115 +635,35 @@ mod tests {
     }
 
     #[test]
-    fn local_errnos_are_found_in_the_chain() {
-        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
-        assert_eq!(local_errno(&emfile), Some(libc::EMFILE));
-        let wrapped = std::io::Error::other(std::io::Error::from_raw_os_error(libc::ENOBUFS));
-        assert_eq!(local_errno(&wrapped), Some(libc::ENOBUFS));
-        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
-        assert_eq!(local_errno(&refused), None);
-        let no_route = std::io::Error::from_raw_os_error(libc::ENETUNREACH);
-        assert_eq!(local_errno(&no_route), Some(libc::ENETUNREACH));
-        // EHOSTUNREACH alone says nothing of whose routing refused: it needs the check.
-        let unreachable = std::io::Error::from_raw_os_error(libc::EHOSTUNREACH);
-        assert_eq!(local_errno(&unreachable), None);
-        assert!(has_errno(
-            &std::io::Error::other(unreachable),
-            libc::EHOSTUNREACH
-        ));
-        assert!(
-            !route_refuses([127, 0, 0, 1].into(), 80),
-            "loopback is routed"
-        );
-        assert_eq!(
-            FailureKind::parse("local_error"),
-            None,
-            "never in a snapshot"
-        );
-    }
-
-    fn slots(budget: usize) -> KeepAlive {
-        KeepAlive {
-            budget,
-            idle_timeout: Duration::from_secs(90),
-            table: Mutex::new(SlotTable {
-                addresses: HashMap::new(),
-                slots: 0,
-                last_purge: Instant::now(),
-            }),
-        }
-    }
-
-    #[test]
-    fn one_address_gets_a_slot_per_probe_in_flight_and_keeps_them() {
-        let keep_alive = slots(100);
-        let url = healthz_url("http://127.0.0.1:8080/e/1").unwrap();
-        let other_game = healthz_url("http://127.0.0.1:8080/e/2").unwrap();
-        let holds: Vec<_> = (0..3)
-            .map(|_| keep_alive.hold(&url).expect("room"))
-            .collect();
-        assert!(keep_alive.hold(&other_game).is_some(), "same address");
-        assert_eq!(keep_alive.lock().slots, 4, "one per probe in flight");
-        drop(holds);
-        // Sequential probes reuse the slots the address already holds.
-        for _ in 0..10 {
-            assert!(keep_alive.hold(&url).is_some());
-        }
-        assert_eq!(keep_alive.lock().slots, 4);
-        assert_eq!(keep_alive.lock().addresses.len(), 1);
-    }
-
-    #[test]
-    fn slots_never_exceed_the_budget() {
-        let keep_alive = slots(3);
-        let urls: Vec<Url> = (0..5)
-            .map(|i| healthz_url(&format!("http://127.0.0.{}:80", i + 1)).unwrap())
-            .collect();
-        let admitted: Vec<bool> = urls.iter().map(|u| keep_alive.hold(u).is_some()).collect();
-        assert_eq!(admitted, [true, true, true, false, false]);
-        // A held address cannot grow past the budget either.
-        let first = keep_alive.hold(&urls[0]).expect("its slot is free again");
-        assert!(
-            keep_alive.hold(&urls[0]).is_none(),
-            "no room for a second slot"
-        );
-        drop(first);
-        assert_eq!(keep_alive.lock().slots, 3);
-        assert!(slots(0).hold(&urls[0]).is_none(), "budget 0: never");
-    }
-
-    #[test]
-    fn quiet_addresses_give_their_slots_up() {
-        let keep_alive = slots(2);
-        let a = healthz_url("http://127.0.0.1:80").unwrap();
-        let b = healthz_url("http://127.0.0.2:80").unwrap();
-        let c = healthz_url("http://127.0.0.3:80").unwrap();
-        let held_b = keep_alive.hold(&b).unwrap();
-        drop(keep_alive.hold(&a).unwrap());
-        assert!(keep_alive.hold(&c).is_none(), "full");
-        {
-            let mut table = keep_alive.lock();
-            let long_ago = Instant::now() - Duration::from_secs(600);
-            table.last_purge = long_ago;
-            for address in table.addresses.values_mut() {
-                address.last_used = long_ago;
-            }
-        }
-        assert!(keep_alive.hold(&c).is_some(), "a's slot was freed");
-        assert!(
-            keep_alive
-                .lock()
-                .addresses
-                .contains_key(&KeepAlive::key(&b)),
-            "b is in flight: it keeps its slot however long ago it started"
-        );
-        drop(held_b);
-    }
-
-    #[test]
     fn kinds_round_trip() {
         for kind in FailureKind::ALL {
             assert_eq!(FailureKind::parse(kind.as_str()), Some(kind));
         }
+    }
+
+    #[test]
+    fn requests_carry_host_agent_and_spec_headers() {
+        let url = probe_url("http://[::1]:8080/base", "/ready?full=1").unwrap();
+        let spec = ProbeSpec {
+            headers: ProbeHeaders::parse("X-Token=abc,Host=game.local").unwrap(),
+            ..ProbeSpec::default()
+        };
+        let request = request(&url, &spec, true).unwrap();
+        assert_eq!(request.uri(), "/base/ready?full=1");
+        assert_eq!(request.headers()[http::header::USER_AGENT], USER_AGENT);
+        assert_eq!(request.headers()["x-token"], "abc");
+        assert_eq!(
+            request.headers()[http::header::HOST],
+            "game.local",
+            "a configured Host replaces the endpoint's"
+        );
+        assert!(!request.headers().contains_key(http::header::CONNECTION));
+        let closing = request_for("https://engine.example/", &ProbeSpec::default(), false);
+        assert_eq!(closing.headers()[http::header::HOST], "engine.example");
+        assert_eq!(closing.headers()[http::header::CONNECTION], "close");
+    }
+
+    fn request_for(endpoint: &str, spec: &ProbeSpec, keep: bool) -> Request<Empty<Bytes>> {
+        request(&probe_url(endpoint, &spec.path).unwrap(), spec, keep).unwrap()
     }
 }
