@@ -27,7 +27,7 @@ pub use members::{Heartbeat, Member};
 pub use outbox::{MAX_OUTBOX_ROW_BYTES, SetAsideRow, SetAsideSelection, UndecodableEvent};
 pub use read::{GameView, GamesQuery, LoggedEvent, glob_to_like};
 pub use tick::{
-    ListedGame, RuntimeRecord, SnapshotRow, SnapshotWrites, StoredSnapshot, WriteError,
+    ListedGame, ProbeMarks, RuntimeRecord, SnapshotRow, SnapshotWrites, StoredSnapshot, WriteError,
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

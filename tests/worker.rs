@@ -653,7 +653,7 @@ async fn a_spread_paces_probe_starts_over_the_window() {
 }
 
 #[tokio::test]
-async fn snapshots_of_a_small_fleet_stay_fresh_and_changes_are_written() {
+async fn changes_are_written_and_steady_games_get_probe_times_without_a_row_rewrite() {
     let env = TestEnv::new().await;
     let fleet = Fleet::start().await;
     env.add_running("steady", &fleet.set("steady", Behavior::Healthy), None)
@@ -674,15 +674,46 @@ async fn snapshots_of_a_small_fleet_stay_fresh_and_changes_are_written() {
             .unwrap()
         }
     };
+    // What `/games` shows: (last_probe_at, last_success_at, last_latency_ms).
+    let shown = |game: &'static str| {
+        let store = env.store.clone();
+        async move {
+            let page = store
+                .games_page(&healthprobe::store::GamesQuery {
+                    status: None,
+                    game_id_glob: Some(game.to_owned()),
+                    after: None,
+                    limit: 10,
+                })
+                .await
+                .unwrap();
+            let view = page.into_iter().next().expect("listed");
+            (
+                view.last_probe_at.expect("probed"),
+                view.last_success_at.expect("succeeded"),
+                view.last_latency_ms.expect("timed"),
+            )
+        }
+    };
     worker.tick(&stop).await.unwrap();
     let (steady, changing) = (updated_at("steady").await, updated_at("changing").await);
+    let (probed, succeeded, _) = shown("steady").await;
     fleet.set("changing", Behavior::Status(503));
     worker.tick(&stop).await.unwrap();
-    // Below the refresh budget every row is rewritten every tick: last_probe_at is fresh.
-    assert!(
-        updated_at("steady").await > steady,
-        "an unchanged healthy game's row is refreshed"
+    worker.tick(&stop).await.unwrap();
+    // An unchanged game's row is not rewritten; its probe time is recorded beside it.
+    assert_eq!(
+        updated_at("steady").await,
+        steady,
+        "an unchanged healthy game's row is not rewritten"
     );
+    let (probed_now, succeeded_now, latency) = shown("steady").await;
+    assert!(
+        probed_now > probed && succeeded_now > succeeded,
+        "/games shows the latest probe: {probed} -> {probed_now}, {succeeded} -> {succeeded_now}"
+    );
+    assert!(latency >= 0.0);
+    assert_eq!(fleet.requests("steady"), 3, "three probes, three times");
     assert!(
         updated_at("changing").await > changing,
         "a change is written at once"

@@ -74,13 +74,15 @@ impl Store {
     /// One page of running games with their health, ordered by `game_id`. Keyset
     /// pagination (`game_id > after`) rather than OFFSET: each page costs the same however
     /// deep it is, and games added or removed between pages neither repeat nor shift others.
-    /// Served by the partial index on running records.
+    /// Served by the partial index on running records. The probe times are the later of the
+    /// snapshot row's and the probe marks' (a steady game's row is not rewritten per probe).
     pub async fn games_page(&self, query: &GamesQuery) -> Result<Vec<GameView>, sqlx::Error> {
         self.bounded(async {
             let like = query.game_id_glob.as_deref().map(glob_to_like);
             let rows = sqlx::query(
-                "SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
-                   COALESCE(s.status, 'unknown'), COALESCE(s.consecutive_failures, 0), \
+                "WITH page AS (SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
+                   COALESCE(s.status, 'unknown') AS status, \
+                   COALESCE(s.consecutive_failures, 0) AS consecutive_failures, \
                    s.last_probe_at, s.last_success_at, s.last_latency_ms, s.last_status, \
                    s.last_error, s.last_failure_kind \
                  FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
@@ -88,7 +90,23 @@ impl Store {
                    AND ($1::text IS NULL OR r.game_id > $1) \
                    AND ($2::text IS NULL OR r.game_id LIKE $2) \
                    AND ($3::text IS NULL OR COALESCE(s.status, 'unknown') = $3) \
-                 ORDER BY r.game_id LIMIT $4",
+                 ORDER BY r.game_id LIMIT $4), \
+                 marks AS (SELECT DISTINCT ON (u.game_id) u.game_id, u.probed_at, \
+                   u.latency_ms, u.succeeded \
+                 FROM health_probe_marks m, \
+                   unnest(m.game_ids, m.probed_at, m.latency_ms, m.succeeded) \
+                     AS u(game_id, probed_at, latency_ms, succeeded) \
+                 WHERE u.game_id IN (SELECT game_id FROM page) \
+                 ORDER BY u.game_id, u.probed_at DESC) \
+                 SELECT p.game_id, p.current_container_id, p.engine_endpoint, p.status, \
+                   p.consecutive_failures, \
+                   GREATEST(p.last_probe_at, k.probed_at), \
+                   GREATEST(p.last_success_at, CASE WHEN k.succeeded THEN k.probed_at END), \
+                   CASE WHEN k.probed_at > p.last_probe_at THEN k.latency_ms::float8 \
+                     ELSE p.last_latency_ms END, \
+                   p.last_status, p.last_error, p.last_failure_kind \
+                 FROM page p LEFT JOIN marks k ON k.game_id = p.game_id \
+                 ORDER BY p.game_id",
             )
             .bind(query.after.as_deref())
             .bind(like)

@@ -56,6 +56,25 @@ pub struct SnapshotRow {
     pub last_latency_ms: f64,
 }
 
+/// The probe marks of one replica, as columns.
+#[derive(Debug, Default)]
+pub struct ProbeMarks<'a> {
+    pub game_ids: Vec<&'a str>,
+    pub probed_at: Vec<DateTime<Utc>>,
+    pub latency_ms: Vec<f32>,
+    pub succeeded: Vec<bool>,
+}
+
+impl ProbeMarks<'_> {
+    pub fn len(&self) -> usize {
+        self.game_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.game_ids.is_empty()
+    }
+}
+
 /// Why a conditional write did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -214,6 +233,34 @@ impl Store {
             .map(|r| r.game_id.clone())
             .collect();
         Ok(SnapshotWrites { written, conflicts })
+    }
+
+    /// Replaces this replica's probe marks (one statement): for each game, its last probe
+    /// whose outcome did not rewrite the snapshot row (`worker::games::ProbeMark`).
+    pub async fn write_probe_marks(
+        &self,
+        replica_id: &str,
+        marks: &ProbeMarks<'_>,
+    ) -> Result<(), sqlx::Error> {
+        self.bounded(async {
+            sqlx::query(
+                "INSERT INTO health_probe_marks \
+                   (replica_id, game_ids, probed_at, latency_ms, succeeded, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, now()) \
+                 ON CONFLICT (replica_id) DO UPDATE SET game_ids = EXCLUDED.game_ids, \
+                   probed_at = EXCLUDED.probed_at, latency_ms = EXCLUDED.latency_ms, \
+                   succeeded = EXCLUDED.succeeded, updated_at = now()",
+            )
+            .bind(replica_id)
+            .bind(&marks.game_ids)
+            .bind(&marks.probed_at)
+            .bind(&marks.latency_ms)
+            .bind(&marks.succeeded)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Forgets games that are no longer running.

@@ -18,13 +18,6 @@ use crate::hysteresis::{self, GameHealth, HealthStatus, Observation, Thresholds,
 use crate::probe::{FailureKind, ProbeOutcome};
 use crate::store::StoredSnapshot;
 
-/// Rows whose meaning did not change that a tick rewrites at most, to refresh their timing
-/// fields (`last_probe_at`, `last_success_at`, `last_latency_ms`). Up to this many games
-/// every row is fresh every tick; beyond it the games take turns (by a hash of the id), so
-/// a steady tick stays at two statements (the list and one write) and a fleet of 100k
-/// games rewrites 10k rows per tick instead of 100k, each row at most 10 ticks old.
-pub const SNAPSHOT_REFRESH_BUDGET: usize = 10_000;
-
 /// The parts of a game's snapshot row that decide whether it must be rewritten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
@@ -93,6 +86,9 @@ pub struct Game {
     written: Written,
     /// Generation of the last tick that listed this game as running and owned here.
     seen: u64,
+    /// The last probe that did not rewrite the row (newer than the row's probe time), for
+    /// the tick's probe marks; `None` once the row is written or reloaded.
+    unwritten_probe: Option<ProbeMark>,
     /// Generation of the last tick that started a probe of this game: among games of one
     /// [`Rank`], the one waiting longest goes first, so a tick cut short by its budget
     /// leaves different games behind each time.
@@ -158,11 +154,12 @@ impl Decision {
 }
 
 /// The parts of a probe's outcome that its snapshot row records and that decide whether
-/// the next one must be rewritten.
+/// the next one must be rewritten, and its time ([`ProbeMark`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Facts {
     pub status: u16,
     pub kind: Option<FailureKind>,
+    pub mark: ProbeMark,
 }
 
 impl Facts {
@@ -170,8 +167,24 @@ impl Facts {
         Self {
             status: outcome.status,
             kind: outcome.failure.as_ref().map(|f| f.kind),
+            mark: ProbeMark {
+                completed_at: outcome.completed_at,
+                latency_us: u32::try_from(outcome.latency.as_micros()).unwrap_or(u32::MAX),
+                succeeded: outcome.is_healthy(),
+            },
         }
     }
+}
+
+/// When a game's last probe completed, how long it took and whether it succeeded: what a
+/// reader needs of a probe whose outcome did not change the game's row. The row is not
+/// rewritten for it; the tick records the marks of all such games in one statement
+/// (`Store::write_probe_marks`), and readers take the later of the row's time and the mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeMark {
+    pub completed_at: chrono::DateTime<chrono::Utc>,
+    pub latency_us: u32,
+    pub succeeded: bool,
 }
 
 /// What became of a decision's write.
@@ -269,13 +282,15 @@ impl GameTable {
             game.health = GameHealth::default();
             game.container_id = container_id.map(str::to_owned);
             game.written = Written::UNKNOWN;
+            game.unwritten_probe = None;
             synced = Synced::NewContainer;
         }
         synced
     }
 
     /// The hysteresis applied to the game's state (after [`Self::sync`]). `refresh` asks
-    /// for the row to be rewritten even when nothing it says changed.
+    /// for the row to be rewritten even when nothing it says changed (an on-demand probe,
+    /// whose caller reads the row next).
     pub fn decide(
         &self,
         game_id: &str,
@@ -322,10 +337,21 @@ impl GameTable {
                     last_status: facts.status,
                     last_failure_kind: facts.kind,
                 };
+                game.unwritten_probe = None;
             }
-            Settled::Unwritten => game.health = decision.next,
+            Settled::Unwritten => {
+                game.health = decision.next;
+                game.unwritten_probe = Some(facts.mark);
+            }
             Settled::Conflict | Settled::Failed => {}
         }
+    }
+
+    /// The games whose last probe did not rewrite their row, with that probe's mark.
+    pub fn probe_marks(&self) -> impl Iterator<Item = (&str, ProbeMark)> {
+        self.games
+            .iter()
+            .filter_map(|(id, game)| game.unwritten_probe.map(|mark| (id.as_str(), mark)))
     }
 
     /// Where the game's next probe goes in a tick's order (after [`Self::sync`]).
@@ -414,6 +440,7 @@ impl Game {
                 version: stored.version,
                 container_id: stored.container_id.clone(),
                 written: Written::of(stored),
+                unwritten_probe: None,
                 seen: generation,
                 dispatched: 0,
             },
@@ -422,6 +449,7 @@ impl Game {
                 version: 0,
                 container_id: None,
                 written: Written::UNKNOWN,
+                unwritten_probe: None,
                 seen: generation,
                 dispatched: 0,
             },
@@ -434,18 +462,6 @@ impl Game {
 pub fn shuffle_key(game_id: &str, generation: u64) -> u64 {
     use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
     BuildHasherDefault::<DefaultHasher>::default().hash_one((game_id, generation))
-}
-
-/// Whether a tick of `generation`, in a fleet of about `fleet` games, refreshes the game's
-/// unchanged snapshot row: every tick up to [`SNAPSHOT_REFRESH_BUDGET`] games, in turns
-/// beyond it (each game once every `ceil(fleet / budget)` ticks).
-pub fn refresh_turn(game_id: &str, generation: u64, fleet: usize) -> bool {
-    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
-    let turns = fleet.div_ceil(SNAPSHOT_REFRESH_BUDGET).max(1) as u64;
-    // A fixed-key hasher: the same game takes the same turn in every tick of this process
-    // (turns need not agree across replicas or versions).
-    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(game_id);
-    hash % turns == generation % turns
 }
 
 #[cfg(test)]
@@ -640,38 +656,6 @@ mod tests {
         table.forget(&["b".to_owned()]);
         assert!(table.release("a"));
         assert!(table.is_empty());
-    }
-
-    #[test]
-    fn small_fleets_refresh_every_row_every_tick() {
-        for generation in 0..5 {
-            assert!(refresh_turn("g", generation, 0));
-            assert!(refresh_turn("g", generation, SNAPSHOT_REFRESH_BUDGET));
-        }
-    }
-
-    #[test]
-    fn large_fleets_take_turns_within_the_budget() {
-        let fleet = SNAPSHOT_REFRESH_BUDGET * 5 / 2; // three turns
-        let ids: Vec<String> = (0..fleet).map(|i| format!("game-{i}")).collect();
-        let mut per_game = vec![0; fleet];
-        for generation in 0..3 {
-            let refreshed: Vec<usize> = (0..fleet)
-                .filter(|&i| refresh_turn(&ids[i], generation, fleet))
-                .collect();
-            assert!(
-                refreshed.len() <= SNAPSHOT_REFRESH_BUDGET * 11 / 10,
-                "tick {generation}: {}",
-                refreshed.len()
-            );
-            for i in refreshed {
-                per_game[i] += 1;
-            }
-        }
-        assert!(
-            per_game.iter().all(|&n| n == 1),
-            "every game exactly once in three ticks"
-        );
     }
 }
 

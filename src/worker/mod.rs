@@ -224,7 +224,6 @@ impl Worker {
         };
         let tick_start = tokio::time::Instant::from_std(started);
         let deadline = self.tick_budget.map(|budget| tick_start + budget);
-        let refresh_fleet = expected;
         let mut dispatched = 0usize;
         // The last tick left healthy games behind: this one orders every game by how long
         // it waited (memory for the list, only while overloaded).
@@ -235,8 +234,7 @@ impl Worker {
         // What finished since the last tick, first.
         while let Some(done) = self.in_flight.try_join_next_with_id() {
             let done = self.finished(done);
-            self.apply(done, generation, refresh_fleet, &mut report, &mut batch)
-                .await;
+            self.apply(done, &mut report, &mut batch).await;
         }
 
         loop {
@@ -368,8 +366,7 @@ impl Worker {
             };
             if let Some(done) = done {
                 let done = self.finished(done);
-                self.apply(done, generation, refresh_fleet, &mut report, &mut batch)
-                    .await;
+                self.apply(done, &mut report, &mut batch).await;
             }
         }
         report.in_flight = self.in_flight.len();
@@ -382,6 +379,9 @@ impl Worker {
         if list_error.is_none() && !report.interrupted {
             self.recorder
                 .prune(&mut self.games, generation, &mut report)
+                .await;
+            self.recorder
+                .mark_probes(&self.games, &membership.replica_id, &mut report)
                 .await;
             self.metrics.running_records(report.records);
             self.metrics.owned_games(report.owned);
@@ -427,12 +427,9 @@ impl Worker {
     pub async fn finish_in_flight(&mut self) -> TickReport {
         let mut report = TickReport::default();
         let mut batch = Vec::new();
-        let generation = self.generation;
-        let refresh_fleet = self.fleet_estimate();
         while let Some(done) = self.in_flight.join_next_with_id().await {
             let done = self.finished(done);
-            self.apply(done, generation, refresh_fleet, &mut report, &mut batch)
-                .await;
+            self.apply(done, &mut report, &mut batch).await;
         }
         self.recorder
             .flush(&mut self.games, &mut batch, &mut report)
@@ -456,7 +453,6 @@ impl Worker {
         report: &mut TickReport,
         batch: &mut Vec<PendingWrite>,
     ) -> bool {
-        let refresh_fleet = self.fleet_estimate();
         let permit = loop {
             let now = tokio::time::Instant::now();
             if deadline.is_some_and(|d| now >= d) {
@@ -472,7 +468,7 @@ impl Worker {
                 }
                 Some(done) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => {
                     let done = self.finished(done);
-                    self.apply(done, generation, refresh_fleet, report, batch).await;
+                    self.apply(done, report, batch).await;
                 }
                 _ = tokio::time::sleep_until(start_at), if !due => {}
                 _ = tokio::time::sleep_until(far), if due && deadline.is_some() => {}
@@ -546,11 +542,8 @@ impl Worker {
             .await;
         let mut report = TickReport::default();
         let mut batch = Vec::new();
-        let refresh_fleet = self.fleet_estimate();
         self.apply(
             Ok((record.clone(), outcome.clone())),
-            generation,
-            refresh_fleet,
             &mut report,
             &mut batch,
         )
@@ -580,8 +573,6 @@ impl Worker {
     async fn apply(
         &mut self,
         done: Result<(RuntimeRecord, ProbeOutcome), tokio::task::JoinError>,
-        generation: u64,
-        refresh_fleet: usize,
         report: &mut TickReport,
         batch: &mut Vec<PendingWrite>,
     ) {
@@ -624,10 +615,11 @@ impl Worker {
         if let Some(failure) = &outcome.failure {
             tracing::debug!(game_id = %crate::bounded(&record.game_id, 200), kind = %failure.kind, status = outcome.status, error = %crate::bounded(&failure.message, 200), "probe failed");
         }
-        let refresh = games::refresh_turn(&record.game_id, generation, refresh_fleet);
+        // An unchanged game's row is not rewritten: its probe time is recorded with the
+        // tick's probe marks (`Recorder::mark_probes`).
         let mut decision =
             self.games
-                .decide(&record.game_id, &outcome, self.settings.thresholds, refresh);
+                .decide(&record.game_id, &outcome, self.settings.thresholds, false);
         if decision.publishes_failure() {
             match &self.mass_failure {
                 Some(mass) if mass.holding() => {

@@ -24,9 +24,9 @@ use crate::store::{RuntimeRecord, SnapshotRow, Store, WriteError};
 use crate::telemetry::Metrics;
 
 /// Snapshots are written in batches of at most this many rows: bounded memory (about 3 MB)
-/// and statement size. Twice the refresh budget, so one refresh turn (about 10k rows, a
-/// hash's share give or take) plus the games that changed fit in one statement.
-pub const SNAPSHOT_BATCH: usize = 2 * super::games::SNAPSHOT_REFRESH_BUDGET;
+/// and statement size. Only games whose row changes are written, so a tick where 20,000
+/// games change at once (a mass failure, a fleet starting) still writes in one statement.
+pub const SNAPSHOT_BATCH: usize = 20_000;
 
 /// Why a transition was not recorded.
 #[derive(Debug, Error)]
@@ -150,6 +150,29 @@ impl Recorder {
                 Err(RecordError::Conflict(e))
             }
             Err(e) => Err(RecordError::Failed(e)),
+        }
+    }
+
+    /// Records, in one statement, the last probe of every game whose probe did not rewrite
+    /// its row (DESIGN §4's `last_probe_at`, `last_success_at` and `last_latency_ms` stay
+    /// honest for readers without a row rewrite per probe). A failure is logged and
+    /// reported: the rows still hold the last probe that changed something.
+    pub async fn mark_probes(&self, games: &GameTable, replica_id: &str, report: &mut TickReport) {
+        let mut marks = crate::store::ProbeMarks::default();
+        for (game_id, mark) in games.probe_marks() {
+            marks.game_ids.push(game_id);
+            marks.probed_at.push(mark.completed_at);
+            marks.latency_ms.push(mark.latency_us as f32 / 1000.0);
+            marks.succeeded.push(mark.succeeded);
+        }
+        if marks.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.write_probe_marks(replica_id, &marks).await {
+            tracing::warn!(games = marks.len(), error = %ErrorChain(&e), "could not record probe times; snapshot rows keep the last probe that changed them");
+            report
+                .store_errors
+                .push(format!("recording probe times: {}", ErrorChain(&e)));
         }
     }
 
