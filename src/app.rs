@@ -23,6 +23,7 @@ use healthprobe::events::relay::{Relay, RelayMonitor};
 use healthprobe::http::{self, HttpState};
 use healthprobe::limits::DescriptorBudget;
 use healthprobe::probe::Prober;
+use healthprobe::retry;
 use healthprobe::status::StatusBoard;
 use healthprobe::store::Store;
 use healthprobe::telemetry::{Metrics, Telemetry};
@@ -30,7 +31,7 @@ use healthprobe::worker::hold::MassFailureSettings;
 use healthprobe::worker::membership::{self, Heartbeats, MembershipSettings};
 use healthprobe::worker::{self, Worker, WorkerSettings};
 
-/// Start-up retries against Postgres back off up to this.
+/// Start-up retries against Postgres back off up to this (plus jitter).
 const MAX_STARTUP_BACKOFF: Duration = Duration::from_secs(5);
 
 /// After SIGTERM the process exits within 10 s, whatever Postgres, NATS or an engine do.
@@ -84,9 +85,12 @@ impl Stages {
     }
 }
 
-/// Connects and migrates, retrying with capped backoff until Postgres answers or `stop`.
+/// Start-up retries against Postgres back off from this up to [`MAX_STARTUP_BACKOFF`].
+const MIN_STARTUP_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Connects and migrates, retrying with back-off until Postgres answers or `stop`.
 async fn connect_store(url: &str, stop: &CancellationToken) -> Option<Store> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = retry::backoff(MIN_STARTUP_BACKOFF, MAX_STARTUP_BACKOFF);
     loop {
         let attempt = async {
             let store = Store::connect(url)
@@ -99,20 +103,18 @@ async fn connect_store(url: &str, stop: &CancellationToken) -> Option<Store> {
             Ok(store) => return Some(store),
             Err(e) => {
                 let chain: &(dyn std::error::Error + 'static) = e.as_ref();
-                tracing::warn!(error = %ErrorChain(chain), retry_in = ?backoff, "Postgres not ready");
+                tracing::warn!(error = %ErrorChain(chain), "Postgres not ready; retrying");
             }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+        if !backoff.pause(stop).await {
+            return None;
         }
-        backoff = (backoff * 2).min(MAX_STARTUP_BACKOFF);
     }
 }
 
 /// Loads the per-game state from `health_snapshots`, retrying until it works or `stop`.
 async fn restore(worker: &mut Worker, stop: &CancellationToken) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = retry::backoff(MIN_STARTUP_BACKOFF, MAX_STARTUP_BACKOFF);
     loop {
         match worker.restore().await {
             Ok(restored) => {
@@ -123,11 +125,9 @@ async fn restore(worker: &mut Worker, stop: &CancellationToken) {
                 tracing::warn!(error = %ErrorChain(&e), "cannot load health_snapshots; retrying")
             }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+        if !backoff.pause(stop).await {
+            return;
         }
-        backoff = (backoff * 2).min(MAX_STARTUP_BACKOFF);
     }
 }
 

@@ -7,6 +7,7 @@
 //! [`scrape`]) and [`fleet`] (a simulated engine fleet for demos and tests).
 
 pub mod config;
+pub mod envelope;
 pub mod events;
 pub mod fleet;
 pub mod http;
@@ -14,6 +15,7 @@ pub mod hysteresis;
 pub mod limits;
 pub mod live;
 pub mod probe;
+pub mod retry;
 pub mod scrape;
 pub mod status;
 pub mod store;

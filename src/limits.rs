@@ -19,25 +19,9 @@ pub struct NofileLimits {
 /// Raises the soft descriptor limit to the hard one. Returns both, before and after; on a
 /// refusal the limits are left as they were and the error says why.
 pub fn raise_nofile_limit() -> io::Result<NofileLimits> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let soft_before: u64 = limit.rlim_cur;
-    let hard: u64 = limit.rlim_max;
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    let (soft_before, hard) = rlimit::Resource::NOFILE.get()?;
+    if soft_before < hard {
+        rlimit::Resource::NOFILE.set(hard, hard)?;
     }
     Ok(NofileLimits {
         soft_before,
@@ -48,15 +32,7 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimits> {
 
 /// The current soft descriptor limit.
 pub fn soft_nofile_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: as in `raise_nofile_limit`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(limit.rlim_cur)
+    rlimit::Resource::NOFILE.get().map(|(soft, _)| soft)
 }
 
 /// Descriptors set aside for everything but probes and the status port: stdio, the

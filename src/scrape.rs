@@ -55,7 +55,7 @@ mod tests {
     use opentelemetry_sdk::metrics::SdkMeterProvider;
 
     use super::*;
-    use crate::events::envelope::EventType;
+    use crate::envelope::EventType;
     use crate::telemetry::{METER_NAME, Metrics};
 
     /// Every instrument recorded once, rendered.

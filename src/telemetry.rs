@@ -20,7 +20,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-use crate::events::envelope::EventType;
+use crate::envelope::EventType;
 use crate::scrape::Scrape;
 
 /// Instrumentation scope of every instrument.

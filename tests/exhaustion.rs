@@ -47,21 +47,10 @@ async fn a_worker_out_of_descriptors_judges_no_engine_and_emits_nothing() {
     let stop = CancellationToken::new();
     // Keep the soft limit small so filling the table is quick; the pool's connection to
     // Postgres is already open and is reused by the tick.
-    let soft = healthprobe::limits::soft_nofile_limit().unwrap();
-    let small = libc::rlimit {
-        rlim_cur: 512.min(soft),
-        rlim_max: {
-            let mut current = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: reads into a struct we own.
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) };
-            current.rlim_max
-        },
-    };
-    // SAFETY: sets this process's soft limit; no memory is shared.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &small) }, 0);
+    let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap();
+    rlimit::Resource::NOFILE
+        .set(512.min(soft), hard)
+        .expect("lower this process's soft descriptor limit");
     // The tick lists through the pool's open connection; warm it so none is opened under
     // pressure. Should the pool want a new one anyway, the list fails (nothing is judged
     // then either) and the round is tried again.

@@ -4,7 +4,7 @@ mod helpers;
 
 use std::time::{Duration, Instant};
 
-use healthprobe::events::envelope::{Details, FailedDetails, RecoveredDetails};
+use healthprobe::envelope::{Details, FailedDetails, RecoveredDetails};
 use healthprobe::hysteresis::{GameHealth, Thresholds};
 use helpers::engines::{Behavior, Fleet};
 use helpers::{AsyncApi, TestEnv};

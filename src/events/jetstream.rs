@@ -198,7 +198,7 @@ pub async fn tail(
     let mut printed = 0;
     // The stream sequence to resume at, once something was printed.
     let mut resume_at: Option<u64> = None;
-    let mut backoff = TAIL_MIN_BACKOFF;
+    let mut backoff = crate::retry::backoff(TAIL_MIN_BACKOFF, TAIL_MAX_BACKOFF);
     let mut first = true;
     loop {
         let deliver_policy = match resume_at {
@@ -221,12 +221,12 @@ pub async fn tail(
             // A first attempt that fails is a configuration problem: report it.
             Err(e) if first => return Err(e),
             Ok(TailEnd::Lost(e)) | Err(e) => {
-                tracing::warn!(error = %crate::ErrorChain(&e), retry_in = ?backoff, "lost the stream; following it again");
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %crate::ErrorChain(&e), retry_in = ?delay, "lost the stream; following it again");
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(printed),
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(TAIL_MAX_BACKOFF);
             }
         }
         first = false;

@@ -1,6 +1,7 @@
-//! Health events: the envelope, the JetStream stream, and the outbox relay.
+//! Health events on their way out: the JetStream stream, the outbox relay and the relay's
+//! leadership (one publisher at a time). The envelope they carry is [`crate::envelope`],
+//! below both the store and this module.
 
-pub mod envelope;
 pub mod jetstream;
 pub mod leader;
 pub mod relay;

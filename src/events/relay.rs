@@ -15,9 +15,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::envelope::HealthEvent;
 use super::jetstream::{JetStreamError, StreamTarget, ensure_stream_and_window};
 use crate::ErrorChain;
+use crate::envelope::HealthEvent;
 use crate::status::RelayHealth;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -25,8 +25,8 @@ use crate::telemetry::Metrics;
 /// Rows published per round trip to Postgres. Publishes inside a batch are pipelined.
 const BATCH: i64 = 256;
 
-/// Backoff while Postgres or NATS fail: starts small so a blip costs little, capped so an
-/// outage's end is noticed within a couple of seconds.
+/// Back-off while Postgres or NATS fail ([`crate::retry`]): starts small so a blip costs
+/// little, capped so an outage's end is noticed within a few seconds.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -105,7 +105,7 @@ impl Relay {
 
     /// Runs until `stop` fires, then drains what it can within [`SHUTDOWN_DRAIN_LIMIT`].
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = crate::retry::backoff(MIN_BACKOFF, MAX_BACKOFF);
         let mut failing = false;
         let started = std::time::Instant::now();
         let wake = self.wake.clone();
@@ -124,7 +124,7 @@ impl Relay {
                         tracing::info!("outbox relay publishing again");
                         failing = false;
                     }
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                     if report.more {
                         continue;
                     }
@@ -148,16 +148,15 @@ impl Relay {
                     if !failing {
                         tracing::warn!(error = %ErrorChain(&e), "outbox relay cannot publish; retrying with backoff");
                         failing = true;
-                    } else {
-                        tracing::debug!(error = %ErrorChain(&e), ?backoff, "outbox relay still failing");
                     }
+                    let delay = backoff.next_delay();
+                    tracing::debug!(error = %ErrorChain(&e), ?delay, "outbox relay failing; retrying");
                     // A new event or NATS coming back wakes us early.
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = &mut notified => {}
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -345,7 +344,7 @@ fn row_specific(kind: async_nats::jetstream::context::PublishErrorKind) -> bool 
 }
 
 /// Restarts after an abnormal end of the relay task (a panic, or `run` returning before
-/// `stop`) back off from this to [`MAX_RESTART_BACKOFF`].
+/// `stop`) back off from this to [`MAX_RESTART_BACKOFF`] ([`crate::retry`]).
 const MIN_RESTART_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -379,7 +378,7 @@ pub async fn supervise<F, Fut>(
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let mut backoff = MIN_RESTART_BACKOFF;
+    let mut backoff = crate::retry::backoff(MIN_RESTART_BACKOFF, MAX_RESTART_BACKOFF);
     loop {
         let ended = tokio::spawn(start()).await;
         let why = match ended {
@@ -401,12 +400,12 @@ pub async fn supervise<F, Fut>(
         };
         monitor.failed(why.clone());
         metrics.relay_restarted();
-        tracing::error!(error = %why, restart_in = ?backoff, "outbox relay ended abnormally; restarting it");
+        let delay = backoff.next_delay();
+        tracing::error!(error = %why, restart_in = ?delay, "outbox relay ended abnormally; restarting it");
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
     }
     tracing::info!("outbox relay supervisor stopped: shutdown requested");
 }

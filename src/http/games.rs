@@ -15,7 +15,7 @@ use super::query::{
 };
 use super::{HttpState, error, json_response};
 use crate::ErrorChain;
-use crate::events::envelope::HealthEvent;
+use crate::envelope::HealthEvent;
 use crate::status::render::{GameJson, rfc3339, round_ms};
 use crate::store::{GamesQuery, LoggedEvent};
 use crate::worker::{ProbeOneError, ProbeOneReport, WorkerCommand};

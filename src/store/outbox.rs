@@ -11,7 +11,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::Store;
-use crate::events::envelope::{Details, EventType, HealthEvent};
+use crate::envelope::{Details, EventType, HealthEvent};
 
 /// A row whose `game_id`, `container_id` and details together exceed this is never fetched:
 /// it could not be published on a server with NATS' default `max_payload` (1 MiB) anyway,

@@ -7,7 +7,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 
 use super::{STATEMENT_TIMEOUT, Store};
-use crate::events::envelope::HealthEvent;
+use crate::envelope::HealthEvent;
 use crate::hysteresis::GameHealth;
 
 /// A running game as the runtime manager recorded it.

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use super::games::{Decision, Facts, GameTable, Settled};
 use super::report::TickReport;
 use crate::ErrorChain;
-use crate::events::envelope::{Details, FailedDetails, HealthEvent, RecoveredDetails};
+use crate::envelope::{Details, FailedDetails, HealthEvent, RecoveredDetails};
 use crate::hysteresis::Transition;
 use crate::probe::ProbeOutcome;
 use crate::store::{RuntimeRecord, SnapshotRow, Store, WriteError};

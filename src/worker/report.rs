@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
-use crate::events::envelope::HealthEvent;
+use crate::envelope::HealthEvent;
 use crate::hysteresis::GameHealth;
 use crate::probe::ProbeOutcome;
 use crate::status::TickSummary;

@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use healthprobe::events::envelope::Envelope;
+use healthprobe::envelope::Envelope;
 use healthprobe::events::jetstream::{StreamTarget, ensure_stream};
 use healthprobe::events::relay::Relay;
 use healthprobe::hysteresis::Thresholds;

@@ -68,19 +68,9 @@ impl WorkerProcess {
             command.env(key, value);
         }
         if let Some(nofile) = nofile {
-            let limit = libc::rlimit {
-                rlim_cur: nofile,
-                rlim_max: nofile,
-            };
             // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
             unsafe {
-                command.pre_exec(move || {
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
+                command.pre_exec(move || rlimit::Resource::NOFILE.set(nofile, nofile));
             }
         }
         let child = command.spawn().expect("spawn healthprobe run");
@@ -417,7 +407,7 @@ impl TailProcess {
     }
 
     /// The next line, which must be one JSON envelope, within [`WAIT_LIMIT`].
-    pub async fn next_envelope(&mut self) -> healthprobe::events::envelope::Envelope {
+    pub async fn next_envelope(&mut self) -> healthprobe::envelope::Envelope {
         let line = tokio::time::timeout(WAIT_LIMIT, self.lines.next_line())
             .await
             .expect("tail printed the next event in time")
