@@ -186,6 +186,41 @@ async fn a_message_over_max_payload_is_set_aside() {
     assert_eq!(events[0].payload["event_id"], good.to_string());
 }
 
+/// Leadership's fence (DESIGN §12, one publisher at a time): a relay whose fence is
+/// cancelled (the relay lock was lost) publishes no further row, even with rows waiting and
+/// a wake-up, and `run` ends at once without its shutdown drain; the rows stay for the next
+/// holder. The same relay unfenced publishes them.
+#[tokio::test]
+async fn a_fenced_relay_publishes_nothing_and_ends_without_a_drain() {
+    let env = TestEnv::new().await;
+    for game in ["g1", "g2", "g3"] {
+        insert_raw(&env, game, "", "probe_failed", "now", FAILED).await;
+    }
+    let fence = CancellationToken::new();
+    fence.cancel();
+    let mut fenced = env.relay().fenced_by(fence.clone());
+    let refused = fenced.drain_once().await;
+    assert!(
+        matches!(refused, Err(relay::RelayError::Fenced)),
+        "{refused:?}"
+    );
+    // `run` with the fence down and no stop: it must end by itself, having published nothing.
+    env.outbox_wake.notify_one();
+    tokio::time::timeout(
+        WAIT_LIMIT,
+        env.relay().fenced_by(fence).run(CancellationToken::new()),
+    )
+    .await
+    .expect("a fenced relay ends without being stopped");
+    assert_eq!(env.store.count_unpublished().await.unwrap(), 3);
+    assert!(
+        env.stream_events().await.is_empty(),
+        "nothing was published"
+    );
+    let report = env.relay().drain_once().await.expect("an unfenced drain");
+    assert_eq!(report.published, 3, "{report:?}");
+}
+
 /// A relay task that ends abnormally is restarted with back-off, and `/status` says so.
 #[tokio::test]
 async fn a_relay_that_panics_is_restarted_and_reported() {

@@ -6,27 +6,23 @@
 //! a replica whose lease has expired ends that session (`pg_terminate_backend`).
 //!
 //! One publisher reading the outbox in `seq` order keeps every game's events in commit
-//! order. The holder checks its session before each round; when the session is gone it
-//! stops publishing at once (no shutdown drain: another holder may already be at work).
+//! order. The holder checks its session every [`SESSION_CHECK`]; when the session is gone
+//! it fences the relay (the relay publishes no further row, skips its shutdown drain) and
+//! waits for the relay task to end before it stands by: another holder may already be at
+//! work. A batch already sent when the loss is seen is only acknowledged; JetStream drops
+//! its repeats by `Nats-Msg-Id`. The lock's statements are in `store::RelayLock`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use sqlx::Connection as _;
-use sqlx::postgres::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::relay::{Relay, RelayMonitor, supervise};
 use crate::ErrorChain;
 use crate::status::StatusBoard;
-use crate::store::Store;
+use crate::store::{LOCK_CLASS, LOCK_ID, RelayLock, Store};
 use crate::telemetry::Metrics;
-
-/// The advisory lock's two keys: "hpro" and "rely" in ASCII, a pair unlikely to be used by
-/// anything else sharing the database.
-pub const LOCK_CLASS: i32 = 0x6870_726f;
-pub const LOCK_ID: i32 = 0x7265_6c79;
 
 /// A replica without the lock tries again this often.
 pub const CANDIDATE_RETRY: Duration = Duration::from_secs(1);
@@ -60,8 +56,9 @@ impl RelayLeadership {
         self.metrics.relay_held(false);
         let mut announced_waiting = false;
         while !stop.is_cancelled() {
-            match self.try_acquire().await {
-                Ok(Some((conn, pid))) => {
+            match RelayLock::try_acquire(&self.database_url, SESSION_TIMEOUT).await {
+                Ok(Some(lock)) => {
+                    let pid = lock.backend_pid();
                     announced_waiting = false;
                     self.relay_pid.store(pid, Ordering::Relaxed);
                     self.board.relay_held(true);
@@ -70,7 +67,7 @@ impl RelayLeadership {
                         backend_pid = pid,
                         "holding the relay lock: this replica publishes the outbox"
                     );
-                    let ended = self.hold(conn, make_relay.clone(), &stop).await;
+                    let ended = self.hold(lock, make_relay.clone(), &stop).await;
                     self.relay_pid.store(0, Ordering::Relaxed);
                     self.board.relay_held(false);
                     self.metrics.relay_held(false);
@@ -106,39 +103,24 @@ impl RelayLeadership {
         }
     }
 
-    async fn try_acquire(&self) -> Result<Option<(PgConnection, i32)>, sqlx::Error> {
-        let attempt = async {
-            let mut conn = PgConnection::connect(&self.database_url).await?;
-            let (held, pid): (bool, i32) =
-                sqlx::query_as("SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()")
-                    .bind(LOCK_CLASS)
-                    .bind(LOCK_ID)
-                    .fetch_one(&mut conn)
-                    .await?;
-            if held {
-                Ok(Some((conn, pid)))
-            } else {
-                let _ = conn.close().await;
-                Ok(None)
-            }
-        };
-        tokio::time::timeout(SESSION_TIMEOUT, attempt)
-            .await
-            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
-    }
-
     /// Runs the relay (supervised: restarted with back-off if it ends abnormally) while the
     /// session lives. Returns why it stopped.
     async fn hold(
         &self,
-        mut conn: PgConnection,
+        mut lock: RelayLock,
         make_relay: impl Fn() -> Relay + Send + 'static,
         stop: &CancellationToken,
     ) -> &'static str {
         let relay_stop = CancellationToken::new();
+        // Cancelled the moment the lock is known lost: the relay publishes no further row.
+        let fence = CancellationToken::new();
         let start = {
-            let relay_stop = relay_stop.clone();
-            move || make_relay().run(relay_stop.clone())
+            let (relay_stop, fence) = (relay_stop.clone(), fence.clone());
+            move || {
+                make_relay()
+                    .fenced_by(fence.clone())
+                    .run(relay_stop.clone())
+            }
         };
         let mut relay_task = std::pin::pin!(supervise(
             start,
@@ -148,37 +130,36 @@ impl RelayLeadership {
         ));
         let mut check = tokio::time::interval(SESSION_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut relay_ended = false;
         let reason = loop {
             tokio::select! {
-                () = &mut relay_task => break "the relay stopped",
+                () = &mut relay_task => {
+                    relay_ended = true;
+                    break "the relay stopped";
+                }
                 _ = stop.cancelled() => {
                     // Shutdown: let the relay drain what it can while the lock is held.
                     relay_stop.cancel();
                     (&mut relay_task).await;
+                    relay_ended = true;
                     break "shutdown requested";
                 }
                 _ = check.tick() => {
-                    let alive = tokio::time::timeout(SESSION_TIMEOUT, sqlx::query("SELECT 1").execute(&mut conn)).await;
-                    match alive {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %ErrorChain(&e), "relay lock session lost; publishing stops at once");
-                            break "the lock session was lost";
-                        }
-                        Err(_) => {
-                            tracing::warn!(timeout = ?SESSION_TIMEOUT, "relay lock session not answering; publishing stops at once");
-                            break "the lock session stopped answering";
-                        }
+                    if let Err(e) = lock.check(SESSION_TIMEOUT).await {
+                        fence.cancel();
+                        tracing::warn!(error = %ErrorChain(&e), "relay lock session lost; the relay is fenced: it publishes no further row");
+                        break "the lock session was lost";
                     }
                 }
             }
         };
-        // Lock lost: the relay is told to stop. It may finish the batch in hand (at most its
-        // shutdown drain) while a new holder starts: both publish in `seq` order, so each
-        // game's events stay in commit order, and JetStream drops the repeats by
-        // Nats-Msg-Id.
+        // Lock lost (or the relay stopped): fenced, the relay ends without a drain; wait
+        // for it, so nothing of this replica publishes once another may hold the lock.
         relay_stop.cancel();
-        let _ = tokio::time::timeout(SESSION_TIMEOUT, conn.close()).await;
+        if !relay_ended {
+            relay_task.await;
+        }
+        lock.release(SESSION_TIMEOUT).await;
         reason
     }
 }

@@ -47,6 +47,9 @@ pub enum RelayError {
     Store(#[from] sqlx::Error),
     #[error(transparent)]
     JetStream(#[from] JetStreamError),
+    /// The relay lock is lost ([`Relay::fenced_by`]): another replica may publish now.
+    #[error("fenced: this replica no longer holds the relay lock")]
+    Fenced,
 }
 
 /// A row whose publish the server refuses for a reason of its own (not an outage) is
@@ -80,6 +83,8 @@ pub struct Relay {
     /// Row-specific publish refusals seen so far, by event id (cleared when published or
     /// set aside). Bounded by the batch: only rows of the current head are in it.
     refusals: std::collections::HashMap<Uuid, u32>,
+    /// Cancelled when this replica loses the relay lock: no row is published after it.
+    fence: CancellationToken,
 }
 
 impl Relay {
@@ -100,7 +105,16 @@ impl Relay {
             metrics,
             stream_ready: false,
             refusals: std::collections::HashMap::new(),
+            fence: CancellationToken::new(),
         }
+    }
+
+    /// Fences the relay with `fence`: once it is cancelled, no further row is published
+    /// (a batch in flight stops before its next row), `drain_once` answers
+    /// [`RelayError::Fenced`] and `run` ends without its shutdown drain.
+    pub fn fenced_by(mut self, fence: CancellationToken) -> Self {
+        self.fence = fence;
+        self
     }
 
     /// Runs until `stop` fires, then drains what it can within [`SHUTDOWN_DRAIN_LIMIT`].
@@ -115,7 +129,7 @@ impl Relay {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if stop.is_cancelled() {
+            if stop.is_cancelled() || self.fence.is_cancelled() {
                 break;
             }
             match self.drain_once().await {
@@ -143,6 +157,7 @@ impl Relay {
                         _ = tokio::time::sleep(MIN_BACKOFF) => {}
                     }
                 }
+                Err(RelayError::Fenced) => break,
                 Err(e) => {
                     self.metrics.publish_failed();
                     if !failing {
@@ -160,7 +175,11 @@ impl Relay {
                 }
             }
         }
-        self.drain_for_shutdown().await;
+        if self.fence.is_cancelled() {
+            tracing::info!("outbox relay stopped: fenced (the relay lock is lost), no drain");
+        } else {
+            self.drain_for_shutdown().await;
+        }
     }
 
     async fn drain_for_shutdown(&mut self) {
@@ -186,6 +205,9 @@ impl Relay {
 
     /// Publishes one batch of unpublished events. Public so tests can drive it directly.
     pub async fn drain_once(&mut self) -> Result<DrainReport, RelayError> {
+        if self.fence.is_cancelled() {
+            return Err(RelayError::Fenced);
+        }
         if self.client.connection_state() != async_nats::connection::State::Connected {
             // Publishing into a disconnected client only queues copies in its buffer.
             return Err(JetStreamError::Disconnected.into());
@@ -227,6 +249,9 @@ impl Relay {
         let (acked, refused, failure) = self.publish(&events).await;
         report.published = acked.len();
         self.store.mark_published(&acked).await?;
+        if self.fence.is_cancelled() {
+            return Err(RelayError::Fenced);
+        }
         for event_id in &acked {
             self.refusals.remove(event_id);
         }
@@ -290,6 +315,9 @@ impl Relay {
         let mut pending = Vec::with_capacity(events.len());
         let mut refused = Vec::new();
         for event in events {
+            if self.fence.is_cancelled() {
+                break;
+            }
             let mut headers = HeaderMap::new();
             headers.insert(NATS_MESSAGE_ID, event.event_id.to_string().as_str());
             match self
@@ -348,21 +376,23 @@ fn row_specific(kind: async_nats::jetstream::context::PublishErrorKind) -> bool 
 const MIN_RESTART_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 
-/// The relay's supervision as `/status` reads it. Cheap to clone.
+/// The relay's supervision as `/status` reads it: a `watch` the supervisor writes and the
+/// status surface borrows. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct RelayMonitor {
-    inner: Arc<std::sync::Mutex<RelayHealth>>,
+    health: Arc<tokio::sync::watch::Sender<RelayHealth>>,
 }
 
 impl RelayMonitor {
     pub fn snapshot(&self) -> RelayHealth {
-        self.inner.lock().expect("relay monitor lock").clone()
+        self.health.borrow().clone()
     }
 
     fn failed(&self, why: String) {
-        let mut health = self.inner.lock().expect("relay monitor lock");
-        health.restarts += 1;
-        health.last_failure = Some((std::time::Instant::now(), why));
+        self.health.send_modify(|health| {
+            health.restarts += 1;
+            health.last_failure = Some((std::time::Instant::now(), why));
+        });
     }
 }
 
