@@ -468,12 +468,6 @@ impl Fleet {
         &self.shared.engines
     }
 
-    /// What engine `name` answers right now.
-    pub fn phase_of(&self, name: &str) -> Option<Phase> {
-        let index = *self.shared.by_name.get(name)?;
-        Some(self.shared.phase(index, Instant::now()))
-    }
-
     /// Health checks engine `name` has received.
     pub fn requests(&self, name: &str) -> u64 {
         self.shared

@@ -1,10 +1,15 @@
 //! healthprobe: the active health worker for game engines.
 //!
-//! Data flows one way: [`config`] → [`store`] → [`probe`] → [`hysteresis`] → [`worker`] →
-//! [`events`] → [`telemetry`]. `main.rs` only wires these together and handles signals.
-//! Around them: [`status`] (what the worker tells about itself), [`http`] (the worker's
-//! own HTTP surface, with the live fleet page fed by [`live`] and the Prometheus scrape of
-//! [`scrape`]) and [`fleet`] (a simulated engine fleet for demos and tests).
+//! The library, bottom up: [`config`] (variables and flags), [`envelope`] (the event as
+//! it is stored and published), [`store`] (every SQL statement), [`probe`] (one probe, one
+//! outcome), [`hysteresis`] (the pure state machine), [`worker`] (the tick, membership and
+//! on-demand probes), [`events`] (the stream, the outbox relay and its leadership),
+//! [`telemetry`] and [`scrape`]. Above them the status surface: [`status`] (board, pure
+//! rules, renderings), [`live`] (the fleet page's feed) and [`http`] (the accept loop,
+//! typed queries, handlers). [`retry`] gives every retrying loop its back-off; [`limits`]
+//! the descriptor budget. [`fleet`] is the simulated engine fleet of the demo and the
+//! tests. The binary (`main.rs`) parses the command line and calls `app.rs` (`run`: the
+//! wiring and the staged stop) or one of the operator commands in `cli/`.
 
 pub mod config;
 pub mod envelope;

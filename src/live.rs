@@ -1,8 +1,8 @@
 //! Live updates for the fleet page (`GET /` and its `GET /live` Server-Sent Events).
 //!
-//! The worker pushes; browsers never poll every game. A [`LiveFeed`] is fed at one place,
-//! where a tick's end is reported (the status board's `tick_ended`), and by
-//! the on-demand probe handler when a probe outside a tick records an event. Each update is
+//! The worker pushes; browsers never poll every game. A [`LiveFeed`] is fed at two places:
+//! where a tick's end is reported (the status board's `tick_ended`), and the on-demand
+//! probe handler when a probe outside a tick records an event. Each update is
 //! small (the tick's figures, or one event): it tells the page that something changed, and
 //! the page then reads the rows it shows from the read-model endpoints (`/games`, `/events`,
 //! `/games/counts`), so a fleet of 10,000 games costs each browser one page of rows per tick.

@@ -315,11 +315,6 @@ impl Prober {
             .build()
     }
 
-    /// The timeout of the default spec.
-    pub fn timeout(&self) -> Duration {
-        self.inner.default_spec.timeout
-    }
-
     /// The seed's probe (`/healthz`, `200`, no headers) with the configured timeout.
     pub fn default_spec(&self) -> &ProbeSpec {
         &self.inner.default_spec

@@ -140,11 +140,6 @@ impl StatusBoard {
         });
     }
 
-    /// A receiver that sees every later change (for pages that follow the worker live).
-    pub fn subscribe(&self) -> watch::Receiver<WorkerView> {
-        self.tx.subscribe()
-    }
-
     pub fn snapshot(&self) -> BoardSnapshot {
         let view = self.tx.borrow();
         BoardSnapshot {

@@ -183,10 +183,6 @@ impl Worker {
         self.games.get(game_id).map(|g| g.health)
     }
 
-    pub fn tracked_games(&self) -> usize {
-        self.games.len()
-    }
-
     /// One tick. `stop` ends it early: no new probes start, the ones in flight finish (each
     /// bounded by the probe timeout) and are recorded.
     ///
