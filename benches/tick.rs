@@ -408,7 +408,6 @@ async fn detection_latency(
             interval,
             stop.clone(),
             StatusBoard::new(interval),
-            worker::command_channel().1,
         ));
         let mut stream = stream;
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -29,6 +29,7 @@ use healthprobe::store::Store;
 use healthprobe::telemetry::{Metrics, Telemetry};
 use healthprobe::worker::hold::MassFailureSettings;
 use healthprobe::worker::membership::{self, Heartbeats, MembershipSettings};
+use healthprobe::worker::on_demand::{HoldFlags, OnDemand};
 use healthprobe::worker::{self, Worker, WorkerSettings};
 
 /// Start-up retries against Postgres back off up to this (plus jitter).
@@ -251,6 +252,15 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
     let heartbeats = heartbeats
         .with_board(board.clone())
         .with_replica_health(replica_health_rx);
+    let hold_flags = Arc::new(HoldFlags::default());
+    let on_demand = OnDemand::new(
+        store.clone(),
+        prober.clone(),
+        args.probe.thresholds(),
+        metrics.clone(),
+        outbox_wake.clone(),
+        hold_flags.clone(),
+    );
     let mut worker = Worker::new(
         store.clone(),
         prober,
@@ -266,16 +276,16 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
     // DESIGN §15: a tick holds the schedule at most one interval; hung engines yield.
     .with_tick_budget(args.probe.probe_interval)
     .with_mass_failure_hold(MassFailureSettings::new(args.mass_failure_hold()))
-    .with_replica_health(replica_health);
+    .with_replica_health(replica_health)
+    .with_hold_flags(hold_flags);
 
-    // The HTTP surface reads the board and sends commands; the run loop owns the worker.
-    let (commands, command_rx) = worker::command_channel();
+    // The HTTP surface reads the board; on-demand probes run beside the ticks.
     let router = http::router(HttpState {
         store: store.clone(),
         nats: nats.clone(),
         board: board.clone(),
-        commands,
-        probe_reply_limit: http::probe_reply_limit(args.probe.probe_timeout),
+        on_demand,
+        stream: Some((jetstream::context(nats.clone()), args.nats.stream.clone())),
         metrics: telemetry.scrape(),
         relay: relay_monitor,
     });
@@ -302,7 +312,6 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
             args.probe.probe_interval,
             stages.worker.clone(),
             board,
-            command_rx,
         );
         tokio::pin!(worker_run);
         let stop_grace = async {

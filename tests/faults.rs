@@ -336,7 +336,6 @@ async fn a_tick_longer_than_the_interval_delays_the_next_and_never_overlaps() {
         interval,
         stop.clone(),
         StatusBoard::new(interval),
-        worker::command_channel().1,
     ));
     wait_for("three ticks", Duration::from_secs(20), || async {
         (fleet.total_requests() >= 6).then_some(())

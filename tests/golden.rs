@@ -93,11 +93,12 @@ fn normalise(text: &str) -> String {
 
 /// Numbers that are durations or ages become `"<n>"`, recursively.
 fn normalise_json(value: &mut Value) {
-    const VOLATILE: [&str; 4] = [
+    const VOLATILE: [&str; 5] = [
         "duration_ms",
         "last_latency_ms",
         "latency_ms",
         "last_tick_ended_ms_ago",
+        "last_progress_ms_ago",
     ];
     match value {
         Value::Object(map) => {

@@ -318,3 +318,127 @@ async fn a_blip_shorter_than_the_hold_yields_no_event() {
         "/healthz answered non-200 {not_ok} times of {answers}"
     );
 }
+
+/// 300 concurrent `POST /games/{id}/probe` for 40 engines that hang past the timeout,
+/// beside 4 healthy games on the settings: requests for one game share its probe,
+/// beyond the bound the answer is 429 with `Retry-After` at once, ticks go on (the healthy
+/// games keep their interval) and `/healthz` stays 200.
+#[tokio::test]
+async fn a_flood_of_on_demand_probes_is_bounded_and_holds_nothing() {
+    const HUNG: usize = 40;
+    const HEALTHY: usize = 4;
+    const REQUESTS: usize = 300;
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    for i in 0..HUNG {
+        let endpoint = fleet.set(
+            &format!("hung-{i:02}"),
+            Behavior::Delay(Duration::from_secs(600)),
+        );
+        env.add_running(&format!("a-hung-{i:02}"), &endpoint, None)
+            .await;
+    }
+    for i in 0..HEALTHY {
+        let endpoint = fleet.set(&format!("fine-{i}"), Behavior::Healthy);
+        env.add_running(&format!("z-fine-{i}"), &endpoint, None)
+            .await;
+    }
+    let worker = WorkerProcess::spawn(
+        &env,
+        "storm-flood",
+        &[
+            ("RTMANAGER_PROBE_INTERVAL", "1s"),
+            ("RTMANAGER_PROBE_TIMEOUT", "500ms"),
+            ("RTMANAGER_PROBE_MAX_CONCURRENCY", "2"),
+        ],
+    );
+    let addr = worker.status_addr().await;
+    let liveness = LivenessWatch::start(&addr);
+    wait_for(
+        "the healthy games probed",
+        Duration::from_secs(30),
+        || async {
+            (0..HEALTHY)
+                .all(|i| fleet.requests(&format!("fine-{i}")) >= 2)
+                .then_some(())
+        },
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    // At most 200 connections at once: the status port closes the oldest beyond its cap
+    // (256 by default), a limit of its own tested elsewhere.
+    let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(200));
+    let flood_started = Instant::now();
+    let requests = (0..REQUESTS).map(|i| {
+        let request = client.post(format!("http://{addr}/games/a-hung-{:02}/probe", i % HUNG));
+        let connections = connections.clone();
+        async move {
+            let _connection = connections.acquire_owned().await.unwrap();
+            let asked = Instant::now();
+            let response = request.send().await.expect("the status port answers");
+            let code = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .contains_key(reqwest::header::RETRY_AFTER);
+            (code, retry_after, asked.elapsed())
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let flood = flood_started.elapsed();
+    tokio::time::sleep(3 * INTERVAL).await;
+    let (answered, not_ok) = liveness.finish().await;
+    let events = env.logged_events().await;
+    let worst = (0..HEALTHY)
+        .map(|i| worst_gap(&probes_of(&fleet, &format!("fine-{i}"))))
+        .max()
+        .unwrap();
+    let ok = answers.iter().filter(|(code, ..)| *code == 200).count();
+    let busy = answers.iter().filter(|(code, ..)| *code == 429).count();
+    let slowest = answers.iter().map(|(.., took)| *took).max().unwrap();
+    let mut failed: Vec<&str> = events.iter().map(|(_, game, _)| game.as_str()).collect();
+    failed.sort();
+    let distinct = {
+        let mut d = failed.clone();
+        d.dedup();
+        d.len()
+    };
+    eprintln!(
+        "FIGURE storm-flood: {REQUESTS} requests in {}: {ok} answered 200, {busy} 429 with Retry-After, slowest {}; events {} emitted, each for a hung game at most once ({distinct} distinct; deserved: one probe_failed per hung game once it has failed 3 times); /healthz {not_ok} of {answered} not 200; worst gap between probes of a healthy game {} (bound {})",
+        secs(flood),
+        secs(slowest),
+        events.len(),
+        secs(worst),
+        secs(2 * INTERVAL + TIMEOUT),
+    );
+    assert_eq!(ok + busy, REQUESTS, "only 200 or 429");
+    assert!(busy > 0, "the bound was reached");
+    assert!(
+        answers
+            .iter()
+            .all(|(code, retry_after, _)| *code != 429 || *retry_after),
+        "every 429 says Retry-After"
+    );
+    assert!(
+        slowest <= TIMEOUT + Duration::from_secs(2),
+        "answered at once or after one probe: {slowest:?}"
+    );
+    assert_eq!(distinct, events.len(), "no game twice: {events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|(kind, game, _)| kind == "probe_failed" && game.starts_with("a-hung-")),
+        "{events:?}"
+    );
+    assert_eq!(
+        not_ok, 0,
+        "/healthz answered non-200 {not_ok} times of {answered}"
+    );
+    assert!(
+        worst <= 2 * INTERVAL + TIMEOUT,
+        "a healthy game waited {}",
+        secs(worst)
+    );
+}

@@ -8,7 +8,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
 
 use super::query::{
     BadRequest, Cursor, DEFAULT_EVENTS, DEFAULT_LIMIT, EventsParams, GamesParams, NoParams, Params,
@@ -18,7 +17,8 @@ use crate::ErrorChain;
 use crate::envelope::HealthEvent;
 use crate::status::render::{GameJson, rfc3339, round_ms};
 use crate::store::{GamesQuery, LoggedEvent};
-use crate::worker::{ProbeOneError, ProbeOneReport, WorkerCommand};
+use crate::worker::on_demand::OnDemandError;
+use crate::worker::{ProbeOneError, ProbeOneReport};
 
 #[derive(Serialize)]
 struct GamesPage<'a> {
@@ -130,35 +130,18 @@ pub(super) async fn probe(
         Ok(Path(game_id)) => game_id,
         Err(rejection) => return BadRequest(rejection.body_text()).into_response(),
     };
-    let (reply, answer) = oneshot::channel();
-    let command = WorkerCommand::ProbeOne {
-        game_id: game_id.clone(),
-        reply,
+    let retry_after = state.on_demand.retry_after_secs().to_string();
+    let refused = |code: StatusCode, kind: &'static str, message: String| {
+        let mut response = error(code, kind, message);
+        if let Ok(value) = axum::http::HeaderValue::from_str(&retry_after) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
+        }
+        response
     };
-    if let Err(e) = state.commands.try_send(command) {
-        let (kind, message) = match e {
-            mpsc::error::TrySendError::Full(_) => {
-                ("busy", "the worker has too many probes queued; retry later")
-            }
-            mpsc::error::TrySendError::Closed(_) => ("unavailable", "the worker is stopping"),
-        };
-        return error(StatusCode::SERVICE_UNAVAILABLE, kind, message);
-    }
-    match tokio::time::timeout(state.probe_reply_limit, answer).await {
-        Err(_) => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            format!(
-                "the worker did not answer within {:?} (a long tick may be running); the probe was not run",
-                state.probe_reply_limit
-            ),
-        ),
-        Ok(Err(_)) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the worker stopped before probing",
-        ),
-        Ok(Ok(Ok(report))) => {
+    match state.on_demand.probe(&game_id).await {
+        Ok(report) => {
             if let Some(event) = &report.event {
                 let recorded = RecordedEvent {
                     game_id: &report.record.game_id,
@@ -169,16 +152,24 @@ pub(super) async fn probe(
                     .live_feed()
                     .event_recorded(serde_json::to_value(&recorded).unwrap_or_default());
             }
-            json_response(StatusCode::OK, &ProbeAnswer::from(&report))
+            json_response(StatusCode::OK, &ProbeAnswer::from(report.as_ref()))
         }
-        Ok(Ok(Err(e @ ProbeOneError::NotRunning(_)))) => {
-            error(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        Err(e @ OnDemandError::Busy(_)) => {
+            refused(StatusCode::TOO_MANY_REQUESTS, "busy", e.to_string())
         }
-        Ok(Ok(Err(e))) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            ErrorChain(&e).to_string(),
-        ),
+        Err(e @ OnDemandError::Degraded) => {
+            refused(StatusCode::SERVICE_UNAVAILABLE, "degraded", e.to_string())
+        }
+        Err(OnDemandError::Probe(e)) => match e.as_ref() {
+            ProbeOneError::NotRunning(_) => {
+                error(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            _ => refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                ErrorChain(e.as_ref()).to_string(),
+            ),
+        },
     }
 }
 

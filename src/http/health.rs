@@ -22,6 +22,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 struct Liveness {
     status: &'static str,
     last_tick_ended_ms_ago: Option<u64>,
+    /// The latest progress: a tick started or ended, a probe recorded.
+    last_progress_ms_ago: u64,
     limit_ms: u64,
 }
 
@@ -37,6 +39,7 @@ pub(super) async fn healthz(State(state): State<HttpState>, _: Params<NoParams>)
         &Liveness {
             status: if live { "live" } else { "stalled" },
             last_tick_ended_ms_ago: board.since_last_tick.map(|d| d.as_millis() as u64),
+            last_progress_ms_ago: board.since_alive().as_millis() as u64,
             limit_ms: (board.interval * status::LIVENESS_INTERVALS).as_millis() as u64,
         },
     )
@@ -62,6 +65,30 @@ fn nats_state(client: &async_nats::Client) -> (bool, String) {
         state == async_nats::connection::State::Connected,
         state.to_string(),
     )
+}
+
+/// Whether the relay's stream exists (DESIGN §15: a deleted stream shows on `/status`).
+async fn check_stream(state: &HttpState, nats_connected: bool) -> Result<Option<bool>, String> {
+    let Some((js, name)) = &state.stream else {
+        return Ok(None);
+    };
+    if !nats_connected {
+        return Err("NATS is not connected".to_owned());
+    }
+    match tokio::time::timeout(CHECK_TIMEOUT, js.get_stream_no_info(name)).await {
+        Ok(Ok(_)) => Ok(Some(true)),
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                    if js.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            Ok(Some(false))
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+    }
 }
 
 #[derive(Serialize)]
@@ -130,7 +157,9 @@ pub(super) async fn status(
         checked(state.store.count_set_aside())
     );
     let (nats_connected, nats_state) = nats_state(&state.nats);
+    let stream = check_stream(&state, nats_connected).await;
     let report = status::evaluate(&Observed {
+        stream,
         postgres,
         nats_state,
         nats_connected,

@@ -8,8 +8,8 @@
 //! - `games`: `/games`, `/games/counts`, `/events`, `POST /games/{id}/probe`;
 //! - `page`: the fleet page, its live stream and `/metrics`.
 //!
-//! Handlers read the shared [`StatusBoard`] and Postgres, and talk to the worker only
-//! through its command channel: the worker's state has one owner, its run loop. Every
+//! Handlers read the shared [`StatusBoard`] and Postgres; on-demand probes run beside the
+//! ticks ([`OnDemand`]), through the same commit rule, never through the run loop. Every
 //! answer is a typed JSON body (or plain text for `/status` when asked); bad input is a
 //! 400 with a JSON error, never a panic.
 
@@ -19,35 +19,22 @@ mod page;
 mod query;
 pub mod serve;
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use crate::events::relay::RelayMonitor;
 use crate::scrape::Scrape;
 use crate::status::StatusBoard;
 use crate::store::Store;
-use crate::worker::WorkerCommand;
+use crate::worker::on_demand::OnDemand;
 
 pub use query::{DEFAULT_EVENTS, DEFAULT_LIMIT, MAX_EVENTS, MAX_LIMIT};
 pub use serve::{
     DEFAULT_MAX_CONNECTIONS, HEADER_READ_TIMEOUT, ServeLimits, bind, serve, serve_with_limits,
 };
-
-/// `POST /games/{id}/probe` waits for the worker at most the probe timeout plus this:
-/// commands are served between ticks, so a tick in progress comes first. Past it the
-/// caller gets 504 and the worker drops the command unrun.
-const PROBE_REPLY_SLACK: Duration = Duration::from_secs(10);
-
-/// How long `POST /games/{id}/probe` waits for the worker, for a given probe timeout.
-pub fn probe_reply_limit(probe_timeout: Duration) -> Duration {
-    probe_timeout + PROBE_REPLY_SLACK
-}
 
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -55,10 +42,11 @@ pub struct HttpState {
     pub store: Store,
     pub nats: async_nats::Client,
     pub board: StatusBoard,
-    pub commands: mpsc::Sender<WorkerCommand>,
-    /// How long `POST /games/{id}/probe` waits for the worker: the probe itself plus a
-    /// tick that may be in progress (commands are served between ticks).
-    pub probe_reply_limit: Duration,
+    /// `POST /games/{id}/probe`: beside the ticks, single-flight per game, bounded.
+    pub on_demand: OnDemand,
+    /// The JetStream stream the relay publishes to, checked by `/status` (DESIGN §15: a
+    /// deleted stream shows).
+    pub stream: Option<(async_nats::jetstream::Context, String)>,
     /// The instruments, read on demand for `GET /metrics`.
     pub metrics: Scrape,
     /// The outbox relay's supervision, for `/status`.

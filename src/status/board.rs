@@ -3,6 +3,7 @@
 //! or modify the [`WorkerView`]; readers take a [`BoardSnapshot`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -11,9 +12,9 @@ use tokio::sync::watch;
 use crate::live::LiveFeed;
 use crate::store::Member;
 
-/// Liveness allows this many intervals between two tick ends (DESIGN §11): one slow tick
-/// (a full interval of probes timing out) does not make the worker look dead, a stuck loop
-/// does within a few intervals.
+/// Liveness allows this many intervals without progress (DESIGN §11): no tick started or
+/// ended and no probe recorded. A tick made long by the fleet (hung engines) makes progress
+/// with every probe that completes, so only a stuck loop turns liveness red.
 pub const LIVENESS_INTERVALS: u32 = 3;
 
 /// The last tick, reduced to what an operator reads.
@@ -36,6 +37,22 @@ pub struct TickSummary {
     pub duration: Duration,
     /// Why the tick failed or could not record everything; `None` for a clean tick.
     pub error: Option<String>,
+    /// The mass-failure hold after the tick (DESIGN §15).
+    pub hold: HoldSummary,
+}
+
+/// The mass-failure hold (DESIGN §15) as the status surface shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HoldSummary {
+    #[default]
+    Clear,
+    /// `probe_failed` held for `for_`; `local_fault`: the checker's own fault showed
+    /// meanwhile, so it is not released while that lasts.
+    Holding { for_: Duration, local_fault: bool },
+    /// The condition lasted the hold: the failures are taken as real and published.
+    Released { for_: Duration },
+    /// This replica stepped out of the membership: its probes fail where the others' do not.
+    Degraded,
 }
 
 /// The replicas as this one saw them at its last heartbeat.
@@ -52,6 +69,32 @@ pub struct MembersView {
 impl MembersView {
     pub fn live(&self) -> usize {
         self.members.iter().filter(|m| m.live).count().max(1)
+    }
+}
+
+/// The run loop's progress beat: cheap enough to touch on every probe (one atomic store).
+#[derive(Debug, Clone)]
+pub struct Progress {
+    started: Instant,
+    /// Milliseconds since `started` of the last beat; 0: none yet.
+    last: Arc<AtomicU64>,
+}
+
+impl Progress {
+    pub fn beat(&self) {
+        let ms = self.started.elapsed().as_millis().max(1) as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn since(&self) -> Option<Duration> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                self.started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
     }
 }
 
@@ -74,6 +117,7 @@ pub struct StatusBoard {
     tx: Arc<watch::Sender<WorkerView>>,
     /// Pushes each tick's end to the fleet page's live stream.
     live: LiveFeed,
+    progress: Progress,
 }
 
 /// A copy of the board taken at one instant.
@@ -83,29 +127,51 @@ pub struct BoardSnapshot {
     pub since_start: Duration,
     /// Time since the last tick ended; `None` before the first one.
     pub since_last_tick: Option<Duration>,
+    /// Time since the run loop last made progress (a tick started, a probe recorded);
+    /// `None` before the first.
+    pub since_progress: Option<Duration>,
     pub last_tick: Option<TickSummary>,
     pub members: Option<MembersView>,
     pub relay_held: Option<bool>,
 }
 
 impl BoardSnapshot {
-    /// Liveness (DESIGN §11): a tick ended (even a failed one) within
-    /// [`LIVENESS_INTERVALS`] × interval. Before the first tick ends, the same grace is
-    /// counted from start-up, so a worker that just started is live.
+    /// Liveness (DESIGN §11): progress within [`LIVENESS_INTERVALS`] × interval: a tick
+    /// ended (even a failed one), a tick started, or a probe was recorded. Before any, the
+    /// same grace is counted from start-up, so a worker that just started is live.
     pub fn live(&self) -> bool {
         let limit = self.interval * LIVENESS_INTERVALS;
-        self.since_last_tick.unwrap_or(self.since_start) <= limit
+        self.since_alive() <= limit
+    }
+
+    /// Time since the latest sign of progress (or start-up, before any).
+    pub fn since_alive(&self) -> Duration {
+        [self.since_last_tick, self.since_progress]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.since_start)
     }
 }
 
 impl StatusBoard {
     pub fn new(interval: Duration) -> Self {
+        let started = Instant::now();
         Self {
             interval,
-            started: Instant::now(),
+            started,
             tx: Arc::new(watch::Sender::new(WorkerView::default())),
             live: LiveFeed::new(interval),
+            progress: Progress {
+                started,
+                last: Arc::new(AtomicU64::new(0)),
+            },
         }
+    }
+
+    /// The progress beat the run loop touches (liveness).
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
     }
 
     /// The live stream of the fleet page, fed by [`StatusBoard::tick_ended`].
@@ -146,6 +212,7 @@ impl StatusBoard {
             interval: self.interval,
             since_start: self.started.elapsed(),
             since_last_tick: view.last_beat.map(|t| t.elapsed()),
+            since_progress: self.progress.since(),
             last_tick: view.last_tick.clone(),
             members: view.members.clone(),
             relay_held: view.relay_held,

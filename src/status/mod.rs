@@ -12,7 +12,8 @@ pub mod render;
 mod rules;
 
 pub use board::{
-    BoardSnapshot, LIVENESS_INTERVALS, MembersView, StatusBoard, TickSummary, WorkerView,
+    BoardSnapshot, HoldSummary, LIVENESS_INTERVALS, MembersView, Progress, StatusBoard,
+    TickSummary, WorkerView,
 };
 pub use render::{GameJson, games_table, member_json, members_table, rfc3339, round_ms};
 pub use rules::{Component, Level, Observed, RelayHealth, StatusReport, evaluate};

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::board::{BoardSnapshot, MembersView, TickSummary};
+use super::board::{BoardSnapshot, HoldSummary, MembersView, TickSummary};
 
 /// OK < WARN < KO; the overall status is the worst component's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -56,6 +56,9 @@ pub struct Observed {
     pub outbox_set_aside: Result<i64, String>,
     /// The relay task's abnormal ends so far.
     pub relay: RelayHealth,
+    /// Whether the JetStream stream exists: `Ok(None)` not checked (no stream configured),
+    /// `Ok(Some(true))` present, `Ok(Some(false))` missing, `Err` when NATS did not say.
+    pub stream: Result<Option<bool>, String>,
     pub board: BoardSnapshot,
 }
 
@@ -73,10 +76,13 @@ pub struct StatusReport {
 pub const POSTGRES_RULE: &str = "must be up (else KO): without it nothing is listed or recorded";
 pub const NATS_RULE: &str =
     "should be up (else WARN): while it is away the outbox holds events and nothing is lost";
-pub const TICKS_RULE: &str = "must go round (else KO): a tick ends at least every 3 x interval";
+pub const TICKS_RULE: &str = "must make progress (else KO): a tick starts or ends, or a probe is recorded, at least every 3 x interval; a tick made long by the fleet is progress";
 pub const OUTBOX_RULE: &str = "events committed to Postgres and not yet acknowledged by JetStream; WARN while rows are set aside (healthprobe outbox list)";
 pub const RELAY_RULE: &str =
     "should not end (else WARN for 15 min after it was restarted): publishes the outbox";
+pub const MASS_FAILURE_RULE: &str = "WARN while probe_failed is held because most engines failed at once (the checker more likely than the fleet), or while this replica stepped out because its probes fail where the others' do not";
+pub const COMMITS_RULE: &str = "the last tick should record everything (else WARN): decisions not committed are taken again next tick, nothing is lost";
+pub const STREAM_RULE: &str = "the JetStream stream should exist (else WARN): the relay recreates it before its next publish; events wait in the outbox";
 pub const PROBES_RULE: &str = "every probe should be attempted (else WARN; KO when none could be): the worker's own descriptors, ports and buffers";
 
 /// How long after an abnormal end of the relay `/status` keeps it at WARN.
@@ -123,8 +129,9 @@ pub fn evaluate(observed: &Observed) -> StatusReport {
         rule: TICKS_RULE,
         detail: match board.since_last_tick {
             Some(ago) => format!(
-                "last tick ended {:.1} s ago (interval {:?})",
+                "last tick ended {:.1} s ago, last progress {:.1} s ago (interval {:?})",
                 ago.as_secs_f64(),
+                board.since_alive().as_secs_f64(),
                 board.interval
             ),
             None => format!(
@@ -196,7 +203,47 @@ pub fn evaluate(observed: &Observed) -> StatusReport {
             detail: "every probe of the last tick was attempted".to_owned(),
         },
     };
-    let mut components = vec![postgres, nats, ticks, probes, outbox, relay];
+    let mass_failure = mass_failure_component(board.last_tick.as_ref().map(|t| t.hold));
+    let commits = Component {
+        name: "commits",
+        level: match board.last_tick.as_ref().and_then(|t| t.error.as_ref()) {
+            Some(_) => Level::Warn,
+            None => Level::Ok,
+        },
+        rule: COMMITS_RULE,
+        detail: match board.last_tick.as_ref() {
+            None => "no tick yet".to_owned(),
+            Some(TickSummary { error: None, .. }) => "the last tick recorded everything".to_owned(),
+            Some(TickSummary {
+                error: Some(why), ..
+            }) => format!("the last tick could not record everything: {why}"),
+        },
+    };
+    let stream = Component {
+        name: "stream",
+        level: match &observed.stream {
+            Ok(Some(false)) => Level::Warn,
+            _ => Level::Ok,
+        },
+        rule: STREAM_RULE,
+        detail: match &observed.stream {
+            Ok(None) => "not checked".to_owned(),
+            Ok(Some(true)) => "present".to_owned(),
+            Ok(Some(false)) => "missing: recreated before the next publish".to_owned(),
+            Err(why) => format!("unknown: {why}"),
+        },
+    };
+    let mut components = vec![
+        postgres,
+        nats,
+        ticks,
+        probes,
+        mass_failure,
+        commits,
+        outbox,
+        stream,
+        relay,
+    ];
     if let Some(members) = &board.members {
         components.push(replicas_component(members, board));
     }
@@ -212,6 +259,49 @@ pub fn evaluate(observed: &Observed) -> StatusReport {
         last_tick: board.last_tick.clone(),
         members: board.members.clone(),
         relay_held: board.relay_held,
+    }
+}
+
+fn mass_failure_component(hold: Option<HoldSummary>) -> Component {
+    let (level, detail) = match hold.unwrap_or_default() {
+        HoldSummary::Clear => (Level::Ok, "no mass failure".to_owned()),
+        HoldSummary::Holding {
+            for_,
+            local_fault: false,
+        } => (
+            Level::Warn,
+            format!(
+                "most engines failed at once: probe_failed held for {:.1} s",
+                for_.as_secs_f64()
+            ),
+        ),
+        HoldSummary::Holding {
+            for_,
+            local_fault: true,
+        } => (
+            Level::Warn,
+            format!(
+                "most engines failed at once with local faults (the checker's own): probe_failed held for {:.1} s, until they clear",
+                for_.as_secs_f64()
+            ),
+        ),
+        HoldSummary::Released { for_ } => (
+            Level::Warn,
+            format!(
+                "most engines have failed for {:.1} s, seen alike by every replica: reported as real",
+                for_.as_secs_f64()
+            ),
+        ),
+        HoldSummary::Degraded => (
+            Level::Warn,
+            "stepped out of the membership: this replica's probes fail where the others' do not; the others probe its games".to_owned(),
+        ),
+    };
+    Component {
+        name: "hold",
+        level,
+        rule: MASS_FAILURE_RULE,
+        detail,
     }
 }
 

@@ -12,6 +12,7 @@ fn board(since_last_tick: Option<u64>, since_start: u64) -> BoardSnapshot {
         interval: Duration::from_secs(10),
         since_start: Duration::from_secs(since_start),
         since_last_tick: since_last_tick.map(Duration::from_secs),
+        since_progress: None,
         last_tick: None,
         members: None,
         relay_held: None,
@@ -30,6 +31,7 @@ fn observed(postgres_up: bool, nats_up: bool, board: BoardSnapshot) -> Observed 
         outbox_pending: Ok(3),
         outbox_set_aside: Ok(0),
         relay: RelayHealth::default(),
+        stream: Ok(Some(true)),
         board,
     }
 }
@@ -88,6 +90,7 @@ fn set_aside_rows_a_restarted_relay_and_local_faults_warn() {
         conflicts: 0,
         duration: Duration::ZERO,
         error: None,
+        hold: HoldSummary::Clear,
     };
     seen.board.last_tick = Some(tick(5, 1));
     assert_eq!(evaluate(&seen).overall, Level::Warn);
@@ -95,6 +98,69 @@ fn set_aside_rows_a_restarted_relay_and_local_faults_warn() {
     assert_eq!(evaluate(&seen).overall, Level::Ko, "no probe attempted");
     seen.board.last_tick = Some(tick(6, 0));
     assert_eq!(evaluate(&seen).overall, Level::Ok);
+}
+
+#[test]
+fn liveness_counts_progress_within_a_long_tick() {
+    let mut long_tick = board(Some(100), 200);
+    assert!(!long_tick.live(), "no tick ended for ten intervals");
+    long_tick.since_progress = Some(Duration::from_secs(2));
+    assert!(long_tick.live(), "probes complete: the worker is not stuck");
+    long_tick.since_progress = Some(Duration::from_secs(31));
+    assert!(!long_tick.live(), "neither ticks nor probes: stuck");
+}
+
+#[test]
+fn storms_show_as_warn_components() {
+    let tick = |hold, error: Option<&str>| TickSummary {
+        finished_at: Utc::now(),
+        records: 20,
+        owned: 20,
+        probes: 20,
+        healthy: 0,
+        failures: 20,
+        local_errors: 0,
+        events: 0,
+        pruned: 0,
+        conflicts: 0,
+        duration: Duration::ZERO,
+        error: error.map(str::to_owned),
+        hold,
+    };
+    let level = |seen: &Observed, name: &str| {
+        evaluate(seen)
+            .components
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.level)
+            .unwrap()
+    };
+    let mut seen = observed(true, true, board(Some(1), 100));
+    assert_eq!(evaluate(&seen).overall, Level::Ok);
+    for hold in [
+        HoldSummary::Holding {
+            for_: Duration::from_secs(1),
+            local_fault: false,
+        },
+        HoldSummary::Holding {
+            for_: Duration::from_secs(1),
+            local_fault: true,
+        },
+        HoldSummary::Released {
+            for_: Duration::from_secs(30),
+        },
+        HoldSummary::Degraded,
+    ] {
+        seen.board.last_tick = Some(tick(hold, None));
+        assert_eq!(level(&seen, "hold"), Level::Warn, "{hold:?}");
+    }
+    seen.board.last_tick = Some(tick(HoldSummary::Clear, Some("2 event commits failed")));
+    assert_eq!(level(&seen, "hold"), Level::Ok);
+    assert_eq!(level(&seen, "commits"), Level::Warn);
+    seen.board.last_tick = Some(tick(HoldSummary::Clear, None));
+    seen.stream = Ok(Some(false));
+    assert_eq!(level(&seen, "stream"), Level::Warn);
+    assert_eq!(evaluate(&seen).overall, Level::Warn);
 }
 
 #[test]

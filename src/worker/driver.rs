@@ -1,57 +1,18 @@
-//! The run loop: ticks on the interval, serves on-demand probes between ticks, keeps the
-//! membership heartbeat going, stops on shutdown, and publishes each tick's end on the
-//! status board (a `watch` channel the status surface reads).
+//! The run loop: ticks on the interval, keeps the membership heartbeat going, stops on
+//! shutdown, and publishes each tick's end on the status board (a `watch` channel the
+//! status surface reads). On-demand probes do not go through it: they run beside the ticks
+//! ([`super::on_demand`]).
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::Worker;
 use super::membership::Heartbeats;
-use super::report::{ProbeOneError, ProbeOneReport, TickError, TickReport, failed_tick_summary};
+use super::report::{TickError, TickReport, failed_tick_summary};
 use crate::ErrorChain;
 use crate::status::StatusBoard;
-
-/// A request to the worker's run loop, answered on `reply`.
-///
-/// The run loop owns the [`Worker`] and is the only place its state changes: ticks and
-/// commands take turns, so an on-demand probe can never interleave with a tick's mutation
-/// of the same game (no lock, no second copy of the state).
-#[derive(Debug)]
-pub enum WorkerCommand {
-    ProbeOne {
-        game_id: String,
-        reply: oneshot::Sender<Result<ProbeOneReport, ProbeOneError>>,
-    },
-}
-
-/// Commands waiting for the run loop at most. Beyond that the sender is told the worker is
-/// busy instead of queueing unbounded work behind a long tick.
-pub const COMMAND_QUEUE: usize = 64;
-
-/// A channel for [`WorkerCommand`]s: the sender goes to the HTTP surface, the receiver to
-/// [`run`].
-pub fn command_channel() -> (mpsc::Sender<WorkerCommand>, mpsc::Receiver<WorkerCommand>) {
-    mpsc::channel(COMMAND_QUEUE)
-}
-
-impl Worker {
-    async fn handle(&mut self, command: WorkerCommand) {
-        match command {
-            WorkerCommand::ProbeOne { game_id, reply } => {
-                // The caller gave up (timeout) while a tick ran: do not probe for nobody.
-                if reply.is_closed() {
-                    tracing::debug!(game_id = %crate::bounded(&game_id, 200), "on-demand probe dropped: the caller stopped waiting");
-                    return;
-                }
-                let result = self.probe_one(&game_id).await;
-                let _ = reply.send(result);
-            }
-        }
-    }
-}
 
 /// Postgres as the ticks see it, so an outage and its end are one log line each rather than
 /// one per tick.
@@ -88,19 +49,18 @@ impl PostgresWatch {
     }
 }
 
-/// Ticks at once, then every `interval` until `stop`, and serves [`WorkerCommand`]s between
-/// ticks. Missed ticks are delayed, never bunched, and ticks never overlap: the next one
-/// starts only after this one returns. Commands that queued during a tick are served
-/// before the next tick starts, so a tick longer than the interval cannot starve them.
-/// Each tick's end goes on the status `board` (liveness counts a failed tick as a tick:
-/// the loop went round).
+/// Ticks at once, then every `interval` until `stop`. Missed ticks are delayed, never
+/// bunched, and ticks never overlap: the next one starts only after this one returns.
+/// Each tick's end goes on the status `board`, and the worker beats the board's progress
+/// at each tick's start and each probe it records (liveness, DESIGN §11: the loop turns or
+/// probes complete, however long the fleet makes a tick; a failed tick counts too).
 pub async fn run(
     mut worker: Worker,
     interval: Duration,
     stop: CancellationToken,
     board: StatusBoard,
-    mut commands: mpsc::Receiver<WorkerCommand>,
 ) {
+    worker.progress = Some(board.progress());
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut postgres = PostgresWatch::default();
@@ -117,18 +77,7 @@ pub async fn run(
                     Ok(report) => report.summary(now),
                     Err(e) => failed_tick_summary(e, now),
                 });
-                // What queued meanwhile, before the next (possibly overdue) tick.
-                for _ in 0..COMMAND_QUEUE {
-                    if stop.is_cancelled() {
-                        break;
-                    }
-                    match commands.try_recv() {
-                        Ok(command) => worker.handle(command).await,
-                        Err(_) => break,
-                    }
-                }
             }
-            Some(command) = commands.recv() => worker.handle(command).await,
         }
     };
     let last = worker.finish_in_flight().await;
@@ -152,14 +101,13 @@ pub async fn run_replica(
     interval: Duration,
     stop: CancellationToken,
     board: StatusBoard,
-    commands: mpsc::Receiver<WorkerCommand>,
 ) {
     if let Err(e) = heartbeats.beat().await {
         tracing::warn!(error = %ErrorChain(&e), "first membership heartbeat failed; owning every game until one succeeds");
     }
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeats.run(heartbeat_stop.clone()));
-    let worker_loop = run(worker, interval, stop.clone(), board, commands);
+    let worker_loop = run(worker, interval, stop.clone(), board);
     tokio::pin!(worker_loop);
     let mut heartbeat = heartbeat;
     let heartbeat_done = tokio::select! {

@@ -25,11 +25,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-pub use driver::{COMMAND_QUEUE, WorkerCommand, command_channel, run};
-pub use report::{HoldReport, ProbeOneError, ProbeOneReport, TickError, TickReport};
+pub use driver::run;
+pub use report::{ProbeOneError, ProbeOneReport, TickError, TickReport};
 
 use crate::hysteresis::{GameHealth, Thresholds};
 use crate::probe::{ProbeOutcome, Prober};
+use crate::status::{HoldSummary, Progress};
 use crate::store::{ListedGame, RuntimeRecord, Store};
 use crate::telemetry::Metrics;
 use games::{GameTable, Rank, Synced};
@@ -82,6 +83,8 @@ pub struct Worker {
     replica_health: Option<watch::Sender<ReplicaHealth>>,
     /// The hold as on-demand probes read it.
     hold_flags: Arc<HoldFlags>,
+    /// The status board's progress beat (liveness), set by the run loop.
+    pub(crate) progress: Option<Progress>,
     /// `probe_failed` decided in this tick, waiting for its end to know whether it is a
     /// mass failure (only with the hold on).
     pending_failed: Vec<(RuntimeRecord, games::Decision, ProbeOutcome)>,
@@ -121,6 +124,7 @@ impl Worker {
             replica_health: None,
             hold_flags: Arc::new(HoldFlags::default()),
             pending_failed: Vec::new(),
+            progress: None,
         }
     }
 
@@ -200,6 +204,9 @@ impl Worker {
         self.generation += 1;
         let generation = self.generation;
         let membership = self.membership.borrow().clone();
+        if let Some(progress) = &self.progress {
+            progress.beat();
+        }
         if self.degraded {
             return self.sample_tick(&membership, stop, started).await;
         }
@@ -510,61 +517,6 @@ impl Worker {
         done.map(|(_, done)| done)
     }
 
-    /// Probes one running game now and records the outcome exactly as a tick would: the
-    /// same reload from its row, hysteresis, commit rule, events and metrics. Only the run
-    /// loop calls it (through [`WorkerCommand::ProbeOne`]), between ticks.
-    #[tracing::instrument(name = "probe_one", skip_all, fields(game_id = %crate::bounded(game_id, 200)))]
-    pub async fn probe_one(&mut self, game_id: &str) -> Result<ProbeOneReport, ProbeOneError> {
-        let ListedGame { record, stored } = self
-            .store
-            .running_game(game_id)
-            .await
-            .map_err(ProbeOneError::Lookup)?
-            .ok_or_else(|| ProbeOneError::NotRunning(game_id.to_owned()))?;
-        // The game keeps the generation it has, or joins the current one: pruning after
-        // the next complete tick still decides whether it is running.
-        let generation = self.generation;
-        self.games.sync(
-            &record.game_id,
-            record.container_id.as_deref(),
-            stored.as_ref(),
-            generation,
-        );
-        let span = probe_span(&record.game_id);
-        let outcome = self
-            .prober
-            .probe(&record.engine_endpoint, self.prober.default_spec())
-            .instrument(span)
-            .await;
-        let mut report = TickReport::default();
-        let mut batch = Vec::new();
-        self.apply(
-            Ok((record.clone(), outcome.clone())),
-            &mut report,
-            &mut batch,
-        )
-        .await;
-        self.recorder
-            .flush(&mut self.games, &mut batch, &mut report)
-            .await;
-        if !report.is_clean() || report.conflicts > 0 {
-            let mut errors = report.store_errors;
-            if report.failed_commits > 0 {
-                errors.push("the event could not be committed".into());
-            }
-            if report.conflicts > 0 {
-                errors.push("another writer changed the game first; probe again".into());
-            }
-            return Err(ProbeOneError::NotRecorded(errors.join("; ")));
-        }
-        Ok(ProbeOneReport {
-            health: self.health_of(game_id).unwrap_or_default(),
-            record,
-            outcome,
-            event: report.events.pop(),
-        })
-    }
-
     /// Applies one finished probe: hysteresis on the synced state, then the commit rule.
     async fn apply(
         &mut self,
@@ -572,6 +524,9 @@ impl Worker {
         report: &mut TickReport,
         batch: &mut Vec<PendingWrite>,
     ) {
+        if let Some(progress) = &self.progress {
+            progress.beat();
+        }
         let (record, outcome) = match done {
             Ok(done) => done,
             Err(e) => {
@@ -753,17 +708,17 @@ impl Worker {
     }
 
     /// The hold as the status surface shows it.
-    fn hold_report(&self) -> HoldReport {
+    fn hold_report(&self) -> HoldSummary {
         if self.degraded {
-            return HoldReport::Degraded;
+            return HoldSummary::Degraded;
         }
         match self.mass_failure.as_ref().map(MassFailure::state) {
-            None | Some(HoldState::Clear) => HoldReport::Clear,
-            Some(HoldState::Holding { since, local_fault }) => HoldReport::Holding {
+            None | Some(HoldState::Clear) => HoldSummary::Clear,
+            Some(HoldState::Holding { since, local_fault }) => HoldSummary::Holding {
                 for_: since.elapsed(),
                 local_fault,
             },
-            Some(HoldState::Released { since }) => HoldReport::Released {
+            Some(HoldState::Released { since }) => HoldSummary::Released {
                 for_: since.elapsed(),
             },
         }

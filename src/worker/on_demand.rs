@@ -33,6 +33,10 @@ use crate::telemetry::Metrics;
 /// holds one connection, well inside the descriptor budget's reserve.
 pub const MAX_IN_FLIGHT: usize = 32;
 
+/// Commits tried per on-demand probe: a conflict means a tick wrote the game meanwhile,
+/// and the probe is decided again from the new row.
+const COMMIT_ATTEMPTS: usize = 3;
+
 /// What a request waits on: the one probe in flight for its game.
 type InFlight = Shared<BoxFuture<'static, Result<Arc<ProbeOneReport>, Arc<ProbeOneError>>>>;
 
@@ -111,6 +115,11 @@ impl OnDemand {
         }
     }
 
+    /// What `Retry-After` says to a refused request: one probe timeout, at least a second.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.inner.prober.timeout().as_secs_f64().ceil().max(1.0) as u64
+    }
+
     /// Games being probed on demand now.
     pub fn in_flight(&self) -> usize {
         self.inner.in_flight.lock().expect("never poisoned").len()
@@ -158,12 +167,7 @@ impl OnDemand {
 
 impl Inner {
     async fn probe_and_record(&self, game_id: &str) -> Result<ProbeOneReport, ProbeOneError> {
-        let ListedGame { record, stored } = self
-            .store
-            .running_game(game_id)
-            .await
-            .map_err(ProbeOneError::Lookup)?
-            .ok_or_else(|| ProbeOneError::NotRunning(game_id.to_owned()))?;
+        let ListedGame { record, .. } = self.running(game_id).await?;
         let outcome = self
             .prober
             .probe(&record.engine_endpoint, self.prober.default_spec())
@@ -180,53 +184,70 @@ impl Inner {
                     .unwrap_or_default()
             )));
         }
-        // The game as Postgres holds it now, alone in a table of its own: the write is
-        // conditional on that row's version, exactly as a second replica's would be.
-        let mut games = GameTable::new();
-        games.sync(
-            &record.game_id,
-            record.container_id.as_deref(),
-            stored.as_ref(),
-            1,
-        );
-        let mut decision = games.decide(&record.game_id, &outcome, self.thresholds, true);
-        if decision.publishes_failure() && self.flags.holding() {
-            decision = decision.held();
-            self.metrics.mass_failure_held();
-        }
-        let mut report = TickReport::default();
-        let mut batch = Vec::new();
-        self.recorder
-            .record(
-                &mut games,
-                &record,
-                decision,
-                &outcome,
-                &mut report,
-                &mut batch,
-            )
-            .await;
-        self.recorder
-            .flush(&mut games, &mut batch, &mut report)
-            .await;
-        if !report.is_clean() || report.conflicts > 0 {
-            let mut errors = report.store_errors;
+        // The observation is decided from the row as Postgres holds it at commit time: a
+        // tick that wrote meanwhile makes the conditional write a conflict, and the probe is
+        // decided again from the new row (DESIGN §12), a few times at most.
+        let mut last_errors = Vec::new();
+        for _ in 0..COMMIT_ATTEMPTS {
+            let ListedGame { record, stored } = self.running(game_id).await?;
+            let mut games = GameTable::new();
+            games.sync(
+                &record.game_id,
+                record.container_id.as_deref(),
+                stored.as_ref(),
+                1,
+            );
+            let mut decision = games.decide(&record.game_id, &outcome, self.thresholds, true);
+            if decision.publishes_failure() && self.flags.holding() {
+                decision = decision.held();
+                self.metrics.mass_failure_held();
+            }
+            let mut report = TickReport::default();
+            let mut batch = Vec::new();
+            self.recorder
+                .record(
+                    &mut games,
+                    &record,
+                    decision,
+                    &outcome,
+                    &mut report,
+                    &mut batch,
+                )
+                .await;
+            self.recorder
+                .flush(&mut games, &mut batch, &mut report)
+                .await;
+            if report.is_clean() && report.conflicts == 0 {
+                return Ok(ProbeOneReport {
+                    health: games
+                        .get(&record.game_id)
+                        .map(|g| g.health)
+                        .unwrap_or_default(),
+                    record,
+                    outcome,
+                    event: report.events.pop(),
+                });
+            }
+            last_errors = report.store_errors;
             if report.failed_commits > 0 {
-                errors.push("the event could not be committed".into());
+                last_errors.push("the event could not be committed".into());
+                break;
             }
-            if report.conflicts > 0 {
-                errors.push("another writer changed the game first; probe again".into());
+            if !last_errors.is_empty() {
+                break;
             }
-            return Err(ProbeOneError::NotRecorded(errors.join("; ")));
         }
-        Ok(ProbeOneReport {
-            health: games
-                .get(&record.game_id)
-                .map(|g| g.health)
-                .unwrap_or_default(),
-            record,
-            outcome,
-            event: report.events.pop(),
-        })
+        if last_errors.is_empty() {
+            last_errors.push("other writers kept changing the game first; probe again".into());
+        }
+        Err(ProbeOneError::NotRecorded(last_errors.join("; ")))
+    }
+
+    async fn running(&self, game_id: &str) -> Result<ListedGame, ProbeOneError> {
+        self.store
+            .running_game(game_id)
+            .await
+            .map_err(ProbeOneError::Lookup)?
+            .ok_or_else(|| ProbeOneError::NotRunning(game_id.to_owned()))
     }
 }

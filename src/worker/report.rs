@@ -8,7 +8,7 @@ use thiserror::Error;
 use crate::envelope::HealthEvent;
 use crate::hysteresis::GameHealth;
 use crate::probe::ProbeOutcome;
-use crate::status::TickSummary;
+use crate::status::{HoldSummary, TickSummary};
 use crate::store::RuntimeRecord;
 
 /// What one tick did.
@@ -54,7 +54,7 @@ pub struct TickReport {
     /// `probe_failed` held by the mass-failure hold this tick (DESIGN §15).
     pub held: usize,
     /// The hold after this tick.
-    pub hold: HoldReport,
+    pub hold: HoldSummary,
     /// While degraded: games probed as a sample (nothing recorded), and of those, failing.
     pub sampled: usize,
     pub sample_failing: usize,
@@ -81,6 +81,7 @@ impl TickReport {
             pruned: self.pruned,
             conflicts: self.conflicts,
             duration: self.duration,
+            hold: self.hold,
             error: (!self.is_clean()).then(|| {
                 let mut errors = self.store_errors.clone();
                 if self.failed_commits > 0 {
@@ -90,20 +91,6 @@ impl TickReport {
             }),
         }
     }
-}
-
-/// The mass-failure hold after a tick (DESIGN §15), as the status surface shows it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub enum HoldReport {
-    #[default]
-    Clear,
-    /// `probe_failed` held for `for_`; `local_fault`: the checker's own fault showed
-    /// meanwhile, so the hold lasts as long as it does.
-    Holding { for_: Duration, local_fault: bool },
-    /// The condition lasted the hold: failures are published.
-    Released { for_: Duration },
-    /// Stepped out of the membership: this replica's probes fail where the others' do not.
-    Degraded,
 }
 
 #[derive(Debug, Error)]
@@ -152,6 +139,7 @@ pub fn failed_tick_summary(error: &TickError, finished_at: DateTime<Utc>) -> Tic
         pruned: 0,
         conflicts: 0,
         duration: Duration::ZERO,
+        hold: HoldSummary::default(),
         error: Some(crate::ErrorChain(error).to_string()),
     }
 }

@@ -11,6 +11,7 @@ use healthprobe::scrape::Scrape;
 use healthprobe::status::StatusBoard;
 use healthprobe::store::Store;
 use healthprobe::telemetry::Metrics;
+use healthprobe::worker::on_demand::OnDemand;
 use healthprobe::worker::{self, Worker, WorkerSettings};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -118,12 +119,20 @@ impl TestApp {
         let meters = SdkMeterProvider::builder().with_reader(reader).build();
         let metrics = Metrics::new(&meters.meter(healthprobe::telemetry::METER_NAME));
         let board = StatusBoard::new(options.interval);
-        let (commands, command_rx) = worker::command_channel();
         let worker_stop = CancellationToken::new();
+        let prober = Prober::new(options.probe_timeout, Duration::from_secs(1)).expect("prober");
+        let on_demand = OnDemand::new(
+            store.clone(),
+            prober.clone(),
+            options.thresholds,
+            metrics.clone(),
+            env.outbox_wake.clone(),
+            Default::default(),
+        );
         let worker = options.start_worker.then(|| {
             let worker = Worker::new(
                 store.clone(),
-                Prober::new(options.probe_timeout, Duration::from_secs(1)).expect("prober"),
+                prober,
                 WorkerSettings {
                     thresholds: options.thresholds,
                     max_concurrency: 8,
@@ -137,15 +146,14 @@ impl TestApp {
                 options.interval,
                 worker_stop.clone(),
                 board.clone(),
-                command_rx,
             ))
         });
         let router = http::router(HttpState {
             store,
             nats,
             board: board.clone(),
-            commands,
-            probe_reply_limit: options.probe_timeout + Duration::from_secs(10),
+            on_demand,
+            stream: None,
             metrics: scrape,
             relay: Default::default(),
         });
