@@ -117,7 +117,13 @@ impl OnDemand {
 
     /// What `Retry-After` says to a refused request: one probe timeout, at least a second.
     pub fn retry_after_secs(&self) -> u64 {
-        self.inner.prober.timeout().as_secs_f64().ceil().max(1.0) as u64
+        self.inner
+            .prober
+            .default_spec()
+            .timeout
+            .as_secs_f64()
+            .ceil()
+            .max(1.0) as u64
     }
 
     /// Games being probed on demand now.
