@@ -15,6 +15,7 @@ pub mod config;
 pub mod envelope;
 pub mod events;
 pub mod fleet;
+pub mod history;
 pub mod http;
 pub mod hysteresis;
 pub mod limits;

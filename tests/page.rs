@@ -416,3 +416,244 @@ async fn a_screenshot_of_the_demo_fleet_on_a_laptop_and_a_phone() {
     assert!(status.success(), "{}", worker.log_text());
     fleet.shutdown().await;
 }
+
+/// Appends an already-published event `hours_ago` hours back, as the worker would have.
+async fn logged(env: &TestEnv, game: &str, container: &str, event_type: &str, hours_ago: f64) {
+    sqlx::query(
+        "INSERT INTO health_events (event_id, game_id, container_id, event_type, occurred_at, details, published_at) \
+         VALUES ($1, $2, $3, $4, now() - make_interval(secs => $5), '{}', now())",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(game)
+    .bind(container)
+    .bind(event_type)
+    .bind(hours_ago * 3600.0)
+    .execute(env.pool())
+    .await
+    .expect("insert event");
+}
+
+/// What one row shows of its history, endpoint and action.
+fn row_state(game: &str) -> String {
+    format!(
+        "const tr = document.querySelector('#games tbody tr[data-game-id=\"{game}\"]'); \
+         if (!tr) return null; \
+         const text = (css) => {{ const n = tr.querySelector(css); return n ? n.textContent : null; }}; \
+         const avail = tr.querySelector('.avail'); \
+         return {{ status: tr.dataset.status, since: text('.since'), where: text('.where'), \
+                  marks: tr.querySelectorAll('.timeline span').length, \
+                  availability: avail ? Number(avail.dataset.availability) : null, \
+                  avail: avail ? avail.textContent : null, probed: text('.probed') }};"
+    )
+}
+
+/// The history of each game (timeline, availability, how long failing), its endpoint and
+/// container, "probe now", replicas and set-aside rows in the header; focus survives redraws;
+/// a hidden tab fetches nothing and comes back live.
+#[tokio::test]
+async fn the_page_shows_each_games_history_probes_on_demand_keeps_focus_and_sleeps_while_hidden() {
+    if !browser::available("the fleet page history test") {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let engines = Fleet::start().await;
+    env.add_running(
+        "broken",
+        &engines.set("broken", Behavior::Status(503)),
+        Some("c-broken"),
+    )
+    .await;
+    env.add_running(
+        "past",
+        &engines.set("past", Behavior::Healthy),
+        Some("c-past"),
+    )
+    .await;
+    env.add_running(
+        "steady",
+        &engines.set("steady", Behavior::Healthy),
+        Some("c-steady"),
+    )
+    .await;
+    // An episode of "past" from 12 h to 6 h ago: 75 % available over the last 24 h.
+    logged(&env, "past", "c-past", "probe_failed", 12.0).await;
+    logged(&env, "past", "c-past", "probe_recovered", 6.0).await;
+    let (mut worker, page) = start_worker(
+        &env,
+        "page-history",
+        &[
+            ("RTMANAGER_PROBE_INTERVAL", "1s"),
+            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
+        ],
+    )
+    .await;
+    let browser = Browser::start("page-history", LAPTOP.0, LAPTOP.1).await;
+    browser.goto(&page).await;
+    let (broken, _) = browser
+        .wait_until(
+            "broken shown failing, with how long and its timeline",
+            WAIT_LIMIT,
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r.status === 'failing' && r.since && r.marks > 0 ? r : null;",
+                row_state("broken")
+            ),
+        )
+        .await;
+    assert!(
+        broken["since"]
+            .as_str()
+            .unwrap()
+            .starts_with("failing for "),
+        "{broken}"
+    );
+    let endpoint = engines.endpoint("broken");
+    assert!(
+        broken["where"]
+            .as_str()
+            .unwrap()
+            .contains(endpoint.trim_end_matches('/'))
+            && broken["where"].as_str().unwrap().contains("c-broken"),
+        "endpoint and container shown: {broken}"
+    );
+    assert!(broken["availability"].as_f64().unwrap() < 1.0, "{broken}");
+    let past = browser.execute(&row_state("past"), json!([])).await;
+    assert_eq!(past["marks"], 1, "{past}");
+    assert!(
+        (past["availability"].as_f64().unwrap() - 0.75).abs() < 0.01,
+        "{past}"
+    );
+    assert_eq!(past["avail"], "75.00 % available", "{past}");
+    assert_eq!(past["since"], Value::Null, "{past}");
+    let steady = browser.execute(&row_state("steady"), json!([])).await;
+    assert_eq!(
+        (steady["marks"].clone(), steady["avail"].clone()),
+        (json!(0), json!("100 % available")),
+        "{steady}"
+    );
+    let header = browser
+        .execute(
+            "return { replicas: document.getElementById('replicas').textContent, \
+                      setAsideHidden: document.getElementById('set-aside').hidden, \
+                      setAside: document.getElementById('set-aside-count').textContent };",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        header,
+        json!({ "replicas": "1 replica", "setAsideHidden": true, "setAside": "0" })
+    );
+
+    // "Probe now": the answer shows in the row, and the button keeps the focus through the
+    // redraws that follow (each tick redraws every row).
+    // Clicked from the page itself: the row is redrawn every tick, so a WebDriver element
+    // reference can go stale between finding and clicking it.
+    browser
+        .execute(
+            "const b = document.querySelector(\"button[data-focus-key='probe:broken']\"); b.focus(); b.click();",
+            json!([]),
+        )
+        .await;
+    browser
+        .wait_until(
+            "the on-demand probe's answer in the row",
+            WAIT_LIMIT,
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r.probed && r.probed.startsWith('failed: unexpected status 503') ? r.probed : null;",
+                row_state("broken")
+            ),
+        )
+        .await;
+    let refreshes = browser.page_state().await["refreshes"].as_u64().unwrap();
+    browser
+        .wait_until(
+            "two more redraws",
+            WAIT_LIMIT,
+            &format!(
+                "return Number(document.body.dataset.refreshes) >= {} ? true : null;",
+                refreshes + 2
+            ),
+        )
+        .await;
+    let focused = browser
+        .execute(
+            "return document.activeElement && document.activeElement.dataset.focusKey || null;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        focused, "probe:broken",
+        "focus kept on the probe button across redraws"
+    );
+    // The same in the events list.
+    let key = browser
+        .execute(
+            "const b = document.querySelector('#events li button'); b.focus(); return b.dataset.focusKey;",
+            json!([]),
+        )
+        .await;
+    let refreshes = browser.page_state().await["refreshes"].as_u64().unwrap();
+    browser
+        .wait_until(
+            "two more redraws",
+            WAIT_LIMIT,
+            &format!(
+                "return Number(document.body.dataset.refreshes) >= {} ? true : null;",
+                refreshes + 2
+            ),
+        )
+        .await;
+    let focused = browser
+        .execute(
+            "return document.activeElement && document.activeElement.dataset.focusKey || null;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(focused, key, "focus kept in the events list across redraws");
+
+    // Hidden: the push stream closes and nothing is fetched while ticks go on.
+    browser
+        .execute(
+            "window.__fetches = 0; const f = window.fetch; \
+             window.fetch = (...a) => { window.__fetches++; return f(...a); }; \
+             Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' }); \
+             document.dispatchEvent(new Event('visibilitychange'));",
+            json!([]),
+        )
+        .await;
+    let hidden_state = browser.page_state().await;
+    assert_eq!(hidden_state["live"], "paused", "{hidden_state}");
+    let probes_before = engines.requests("steady");
+    wait_for("three more ticks of the worker", WAIT_LIMIT, || async {
+        (engines.requests("steady") >= probes_before + 3).then_some(())
+    })
+    .await;
+    let after = browser.execute("return window.__fetches;", json!([])).await;
+    assert_eq!(after, 0, "no request while hidden");
+    assert_eq!(
+        browser.page_state().await["refreshes"],
+        hidden_state["refreshes"]
+    );
+    // Shown again: live at once, and up to date.
+    browser
+        .execute(
+            "Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'visible' }); \
+             document.dispatchEvent(new Event('visibilitychange'));",
+            json!([]),
+        )
+        .await;
+    browser
+        .wait_until(
+            "live again and refreshed",
+            WAIT_LIMIT,
+            &format!(
+                "return document.getElementById('live-state').dataset.state === 'live' \
+                   && Number(document.body.dataset.refreshes) > {} ? true : null;",
+                hidden_state["refreshes"]
+            ),
+        )
+        .await;
+
+    drop(browser);
+    let (status, _) = worker.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", worker.log_text());
+}

@@ -15,6 +15,7 @@
 
 mod games;
 mod health;
+mod history;
 mod page;
 mod query;
 pub mod serve;
@@ -59,6 +60,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/live", get(page::live_updates))
         .route("/events", get(games::events))
         .route("/games/counts", get(games::game_counts))
+        .route("/games/history", get(history::games_history))
         .route("/metrics", get(page::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
