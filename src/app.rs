@@ -198,6 +198,9 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
         .unwrap_or_else(membership::default_replica_id);
     let lease_ttl = args.lease_ttl();
     tracing::info!(replica_id = %replica_id, lease_ttl = ?lease_ttl, "replica identity");
+    metrics.build_info(env!("CARGO_PKG_VERSION"), &replica_id);
+    // Present from the start, so an alert on it sees 0 rather than no series.
+    metrics.mass_failure_holding(false);
     let board = StatusBoard::new(args.probe.probe_interval);
     let relay_pid = Arc::new(AtomicI32::new(0));
     let tasks = TaskTracker::new();

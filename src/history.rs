@@ -56,7 +56,8 @@ pub fn history(
     now: DateTime<Utc>,
 ) -> History {
     // (actual start, end, container) of every episode, unclipped.
-    let mut episodes: Vec<(DateTime<Utc>, Option<DateTime<Utc>>, &str)> = Vec::new();
+    type Unclipped<'a> = (DateTime<Utc>, Option<DateTime<Utc>>, &'a str);
+    let mut episodes: Vec<Unclipped> = Vec::new();
     for transition in transitions {
         let open = episodes.last_mut().filter(|e| e.1.is_none());
         match (transition.failed, open) {

@@ -244,6 +244,29 @@ async fn a_prometheus_server_scrapes_the_probe_counters_from_metrics() {
         ["503"],
         "only the failing engine's probes carry an error type"
     );
+    // Which version runs, and the gauges the alerts read, present from the start.
+    let build = query(&client, &base, "healthprobe_build_info", "version").await;
+    assert_eq!(
+        build,
+        [(env!("CARGO_PKG_VERSION").to_owned(), 1.0)],
+        "healthprobe_build_info{{version}}"
+    );
+    let holding = query(&client, &base, "healthprobe_mass_failure_holding", "job").await;
+    assert_eq!(
+        holding,
+        [("healthprobe".to_owned(), 0.0)],
+        "no mass failure here"
+    );
+    let set_aside = wait_for(
+        "healthprobe_outbox_set_aside_rows",
+        PROMETHEUS_LIMIT,
+        || async {
+            let rows = query(&client, &base, "healthprobe_outbox_set_aside_rows", "job").await;
+            (!rows.is_empty()).then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(set_aside, [("healthprobe".to_owned(), 0.0)]);
     // Every shipped alert rule evaluates without error against these metrics.
     let rules = wait_for(
         "Prometheus to evaluate deploy/prometheus/alerts.yml",

@@ -95,6 +95,7 @@ async fn metrics_and_traces_are_flushed_over_otlp_at_shutdown_when_an_endpoint_i
         "healthprobe.running_records",
         "healthprobe.events",
         "healthprobe.games",
+        "healthprobe.build_info",
         // OpenTelemetry's HTTP client attributes on the probe duration: the engine answered
         // 503, which is also the error type.
         "http.response.status_code",

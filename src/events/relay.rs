@@ -85,6 +85,8 @@ pub struct Relay {
     refusals: std::collections::HashMap<Uuid, u32>,
     /// Cancelled when this replica loses the relay lock: no row is published after it.
     fence: CancellationToken,
+    /// When set-aside rows were last counted for the gauge.
+    set_aside_counted: Option<std::time::Instant>,
 }
 
 impl Relay {
@@ -106,6 +108,7 @@ impl Relay {
             stream_ready: false,
             refusals: std::collections::HashMap::new(),
             fence: CancellationToken::new(),
+            set_aside_counted: None,
         }
     }
 
@@ -142,6 +145,7 @@ impl Relay {
                     if report.more {
                         continue;
                     }
+                    self.count_set_aside_rows(report.set_aside > 0).await;
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = &mut notified => {}
@@ -179,6 +183,25 @@ impl Relay {
             tracing::info!("outbox relay stopped: fenced (the relay lock is lost), no drain");
         } else {
             self.drain_for_shutdown().await;
+        }
+    }
+
+    /// Refreshes `healthprobe.outbox.set_aside_rows` (rows waiting for an operator, also
+    /// after `healthprobe outbox retry` or `discard` from elsewhere): at once after a row
+    /// was set aside, else at most once per sweep. One count of a table that is usually
+    /// empty, on the relay holder only.
+    async fn count_set_aside_rows(&mut self, now: bool) {
+        if !now
+            && self
+                .set_aside_counted
+                .is_some_and(|at| at.elapsed() < SWEEP_INTERVAL)
+        {
+            return;
+        }
+        self.set_aside_counted = Some(std::time::Instant::now());
+        match self.store.count_set_aside().await {
+            Ok(count) => self.metrics.outbox_set_aside_rows(count.max(0) as u64),
+            Err(e) => tracing::debug!(error = %ErrorChain(&e), "counting set-aside outbox rows"),
         }
     }
 
