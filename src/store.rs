@@ -19,14 +19,14 @@ const POOL_SIZE: u32 = 6;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 mod fleet;
-mod leader;
 mod history;
+mod leader;
 mod members;
 mod outbox;
 mod read;
 mod tick;
-pub use leader::{LOCK_CLASS, LOCK_ID, LockError, RelayLock};
 pub use history::HISTORY_MAX_GAMES;
+pub use leader::{LOCK_CLASS, LOCK_ID, LockError, RelayLock};
 pub use members::{Heartbeat, Member};
 pub use outbox::{MAX_OUTBOX_ROW_BYTES, SetAsideRow, SetAsideSelection, UndecodableEvent};
 pub use read::{GameView, GamesQuery, LoggedEvent, glob_to_like};
