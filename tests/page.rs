@@ -533,7 +533,7 @@ async fn the_page_shows_each_games_history_probes_on_demand_keeps_focus_and_slee
     let header = browser
         .execute(
             "return { replicas: document.getElementById('replicas').textContent, \
-                      setAsideHidden: document.getElementById('set-aside').hidden, \
+                      setAsideHidden: getComputedStyle(document.getElementById('set-aside')).display === 'none', \
                       setAside: document.getElementById('set-aside-count').textContent };",
             json!([]),
         )
