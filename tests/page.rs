@@ -657,3 +657,25 @@ async fn the_page_shows_each_games_history_probes_on_demand_keeps_focus_and_slee
     let (status, _) = worker.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "{}", worker.log_text());
 }
+
+/// Every URL the page asks for is relative, so a proxy can serve it under a sub-path
+/// (`/healthprobe/` → the status port's `/`).
+#[test]
+fn the_page_asks_for_relative_urls_only() {
+    let page = include_str!("../src/fleet_page.html");
+    for call in ["fetch(", "getJSON(", "EventSource("] {
+        for (at, _) in page.match_indices(call) {
+            let argument = page[at + call.len()..].trim_start();
+            assert!(
+                !argument.starts_with("'/")
+                    && !argument.starts_with("\"/")
+                    && !argument.starts_with("`/"),
+                "absolute URL in {}",
+                &page[at..(at + 60).min(page.len())]
+            );
+        }
+    }
+    assert!(
+        page.contains("getJSON('games?' + params)") && page.contains("new EventSource('live')")
+    );
+}
