@@ -75,7 +75,7 @@ async fn check_stream(state: &HttpState, nats_connected: bool) -> Result<Option<
     if !nats_connected {
         return Err("NATS is not connected".to_owned());
     }
-    match tokio::time::timeout(CHECK_TIMEOUT, js.get_stream_no_info(name)).await {
+    match tokio::time::timeout(CHECK_TIMEOUT, js.get_stream(name)).await {
         Ok(Ok(_)) => Ok(Some(true)),
         Ok(Err(e))
             if matches!(
