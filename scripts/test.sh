@@ -35,6 +35,9 @@ operator_view_packages=()
 [[ -x /usr/bin/prometheus ]] || operator_view_packages+=(prometheus)
 # tests/prober.rs makes its https engines' certificates with the openssl command.
 command -v openssl >/dev/null || operator_view_packages+=(openssl)
+# tests/prober.rs and tests/storm_netns.rs make network namespaces with the ip command (a bare
+# Debian 12 machine has no iproute2).
+command -v ip >/dev/null || operator_view_packages+=(iproute2)
 if [[ ${#operator_view_packages[@]} -gt 0 ]]; then
     if [[ $(id -u) -eq 0 ]]; then
         echo "test: installing ${operator_view_packages[*]} (Debian packages) for the page and Prometheus tests" >&2
