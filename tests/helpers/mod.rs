@@ -90,7 +90,14 @@ fn start_containers() -> Services {
                 .ok()
                 .and_then(|exe| exe.file_name().map(|name| name.to_string_lossy().into_owned()))
                 .unwrap_or_default();
+            // fsync off as the module sets it; pg_stat_statements for tests/statements.rs.
             let postgres = testcontainers_modules::postgres::Postgres::default()
+                .with_cmd([
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "shared_preload_libraries=pg_stat_statements",
+                ])
                 .with_tag(POSTGRES_TAG)
                 .with_label(CONTAINER_LABEL, binary.as_str())
                 .start()
