@@ -63,6 +63,12 @@ pub const CLIENT_STATEMENT_BOUND: Duration = Duration::from_secs(7);
 const STALL_PING_TIMEOUT: Duration = Duration::from_secs(1);
 const STALL_PING_EVERY: Duration = Duration::from_secs(1);
 
+/// The longest one statement can keep its caller waiting, whatever Postgres does: a stall
+/// ping, then the statement's own bound (the pool's [`ACQUIRE_TIMEOUT`] is inside it).
+/// Liveness allows at least this long without progress (`status::LIVENESS_FLOOR`).
+pub const LONGEST_STATEMENT_WAIT: Duration =
+    STALL_PING_TIMEOUT.saturating_add(CLIENT_STATEMENT_BOUND);
+
 /// Whether Postgres stopped answering, as the last bounded statement saw it.
 #[derive(Debug, Default)]
 struct Stall {

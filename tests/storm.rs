@@ -442,3 +442,239 @@ async fn a_flood_of_on_demand_probes_is_bounded_and_holds_nothing() {
         secs(worst)
     );
 }
+
+/// `/status` as JSON, or `None` when it did not answer.
+async fn status_json(addr: &str) -> Option<serde_json::Value> {
+    let response = reqwest::get(format!("http://{addr}/status")).await.ok()?;
+    serde_json::from_slice(&response.bytes().await.ok()?).ok()
+}
+
+/// Postgres restarted under the worker mid-run (a private server: the shared one is never
+/// restarted): `/status` says so while it is away, `/healthz` stays 200, and every event
+/// deserved is recorded and published exactly once.
+#[tokio::test]
+async fn postgres_restarted_mid_tick_loses_and_repeats_nothing() {
+    const FINE: usize = 10;
+    const SICK: usize = 5;
+    let interval = Duration::from_millis(500);
+    let mut pg = helpers::process::PgServer::start("storm-pg").await;
+    let env = TestEnv::on_database(&pg.url()).await;
+    let fleet = Fleet::start().await;
+    let fine = healthy_fleet(&env, &fleet, "fine", FINE).await;
+    let mut sick = Vec::new();
+    for i in 0..SICK {
+        let id = format!("sick-{i}");
+        env.add_running(&id, &fleet.set(&id, Behavior::Status(503)), None)
+            .await;
+        sick.push(id);
+    }
+    let worker = WorkerProcess::spawn(
+        &env,
+        "storm-pg",
+        &[
+            ("RTMANAGER_PROBE_INTERVAL", "500ms"),
+            ("RTMANAGER_PROBE_TIMEOUT", "300ms"),
+            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
+        ],
+    );
+    let addr = worker.status_addr().await;
+    let liveness = LivenessWatch::start(&addr);
+    wait_for(
+        "a probe_failed per sick game",
+        Duration::from_secs(30),
+        || async { (env.logged_events().await.len() >= SICK).then_some(()) },
+    )
+    .await;
+    // Restart Postgres, and make the sick games recover meanwhile.
+    pg.crash();
+    for id in &sick {
+        fleet.set(id, Behavior::Healthy);
+    }
+    let down = Instant::now();
+    let mut seen_not_ok = Vec::new();
+    while down.elapsed() < Duration::from_secs(2) {
+        if let Some(status) = status_json(&addr).await {
+            for name in ["postgres", "commits"] {
+                let level = status["components"][name]["status"].as_str().unwrap_or("");
+                if level != "OK" {
+                    seen_not_ok.push(format!("{name} {level}"));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    pg.resume();
+    let back = Instant::now();
+    wait_for(
+        "a probe_recovered per sick game",
+        Duration::from_secs(30),
+        || async { (env.logged_events().await.len() >= 2 * SICK).then_some(()) },
+    )
+    .await;
+    env.relay().drain_once().await.ok();
+    let published = wait_for(
+        "every event on the stream",
+        Duration::from_secs(30),
+        || async {
+            let events = env.stream_events().await;
+            (events.len() >= 2 * SICK).then_some(events)
+        },
+    )
+    .await;
+    tokio::time::sleep(3 * interval).await;
+    let (answers, not_ok) = liveness.finish().await;
+    let events = env.logged_events().await;
+    let worst = fine
+        .iter()
+        .map(|id| worst_gap(&probes_of(&fleet, id)))
+        .max()
+        .unwrap();
+    let mut ids: Vec<String> = published
+        .iter()
+        .map(|e| e.payload["event_id"].to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    seen_not_ok.dedup();
+    eprintln!(
+        "FIGURE storm-postgres: Postgres down {}; events {} emitted / {} deserved, {} on the stream ({} distinct); /status during the outage: {:?}; /healthz {not_ok} of {answers} not 200; worst gap between probes of a healthy game {}",
+        secs(back.duration_since(down)),
+        events.len(),
+        2 * SICK,
+        published.len(),
+        ids.len(),
+        seen_not_ok,
+        secs(worst)
+    );
+    for id in &sick {
+        let mine: Vec<&str> = events
+            .iter()
+            .filter(|(_, game, _)| game == id)
+            .map(|(kind, _, _)| kind.as_str())
+            .collect();
+        assert_eq!(
+            mine,
+            ["probe_failed", "probe_recovered"],
+            "{id}: {events:?}"
+        );
+    }
+    assert_eq!(events.len(), 2 * SICK, "{events:?}");
+    assert_eq!(published.len(), 2 * SICK, "each event on the stream once");
+    assert_eq!(ids.len(), 2 * SICK);
+    assert!(
+        !seen_not_ok.is_empty(),
+        "/status said so while Postgres was away"
+    );
+    assert_eq!(
+        not_ok, 0,
+        "/healthz answered non-200 {not_ok} times of {answers}"
+    );
+    assert!(
+        worst <= back.duration_since(down) + 4 * interval,
+        "probes resumed: worst gap {worst:?}"
+    );
+}
+
+/// The stream deleted under the worker: `/status` says so (WARN) for as long as it is
+/// missing, the relay recreates it with the next event, that event is on it exactly once,
+/// and `/healthz` answers 200 throughout.
+#[tokio::test]
+async fn a_deleted_stream_shows_on_status_and_is_recreated() {
+    let interval = Duration::from_millis(500);
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    let ids = healthy_fleet(&env, &fleet, "s", 4).await;
+    let worker = WorkerProcess::spawn(
+        &env,
+        "storm-stream",
+        &[
+            ("RTMANAGER_PROBE_INTERVAL", "500ms"),
+            ("RTMANAGER_PROBE_TIMEOUT", "300ms"),
+            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
+        ],
+    );
+    let addr = worker.status_addr().await;
+    let liveness = LivenessWatch::start(&addr);
+    all_probed(&fleet, &ids, 2).await;
+    let stream_level = || async {
+        let status = status_json(&addr).await?;
+        status["components"]["stream"]["status"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    wait_for("the stream present", Duration::from_secs(30), || async {
+        (stream_level().await? == "OK").then_some(())
+    })
+    .await;
+    let stream_exists = || async { env.js.get_stream(&env.target.stream).await.is_ok() };
+    env.js
+        .delete_stream(&env.target.stream)
+        .await
+        .expect("delete the stream");
+    let deleted = Instant::now();
+    let warned = wait_for(
+        "/status WARN for the missing stream",
+        Duration::from_secs(10),
+        || async { (stream_level().await? == "WARN").then(|| deleted.elapsed()) },
+    )
+    .await;
+    // No event yet, so nothing recreates the stream: WARN holds while it is missing.
+    let mut levels_while_missing = Vec::new();
+    for _ in 0..4 {
+        tokio::time::sleep(interval / 2).await;
+        levels_while_missing.push(stream_level().await.unwrap_or_default());
+    }
+    assert!(!stream_exists().await, "nothing recreated the stream yet");
+    assert!(
+        levels_while_missing.iter().all(|level| level == "WARN"),
+        "/status while the stream is missing: {levels_while_missing:?}"
+    );
+    assert!(
+        env.stream_events().await.is_empty(),
+        "a missing stream holds no events"
+    );
+    // An event: the relay recreates the stream and publishes it there.
+    fleet.set(&ids[0], Behavior::Status(503));
+    let published = wait_for(
+        "the event on the recreated stream",
+        Duration::from_secs(30),
+        || async {
+            let events = env.stream_events().await;
+            (!events.is_empty()).then_some(events)
+        },
+    )
+    .await;
+    let recreated = deleted.elapsed();
+    wait_for("/status OK again", Duration::from_secs(10), || async {
+        (stream_level().await? == "OK").then_some(())
+    })
+    .await;
+    // A few more ticks and relay rounds: nothing is published twice.
+    tokio::time::sleep(3 * interval).await;
+    let (answers, not_ok) = liveness.finish().await;
+    let events = env.logged_ids().await;
+    let on_stream = env.stream_events().await;
+    eprintln!(
+        "FIGURE storm-stream: stream deleted; /status WARN within {} and at {} of {} polls while missing, recreated with the next event within {}; events {} emitted / 1 deserved, {} on the stream; /healthz {not_ok} of {answers} not 200",
+        secs(warned),
+        levels_while_missing.iter().filter(|l| *l == "WARN").count(),
+        levels_while_missing.len(),
+        secs(recreated),
+        events.len(),
+        on_stream.len()
+    );
+    assert_eq!(events.len(), 1, "one probe_failed deserved: {events:?}");
+    let (event_id, game_id, event_type, _) = &events[0];
+    assert_eq!((game_id, event_type.as_str()), (&ids[0], "probe_failed"));
+    assert_eq!(published.len(), 1);
+    assert_eq!(on_stream.len(), 1, "on the stream exactly once");
+    assert_eq!(
+        on_stream[0].payload["event_id"].as_str(),
+        Some(event_id.to_string().as_str()),
+        "the event recorded after the deletion is the one on the stream"
+    );
+    assert_eq!(
+        not_ok, 0,
+        "/healthz answered non-200 {not_ok} times of {answers}"
+    );
+}

@@ -40,7 +40,7 @@ pub(super) async fn healthz(State(state): State<HttpState>, _: Params<NoParams>)
             status: if live { "live" } else { "stalled" },
             last_tick_ended_ms_ago: board.since_last_tick.map(|d| d.as_millis() as u64),
             last_progress_ms_ago: board.since_alive().as_millis() as u64,
-            limit_ms: (board.interval * status::LIVENESS_INTERVALS).as_millis() as u64,
+            limit_ms: board.liveness_limit().as_millis() as u64,
         },
     )
 }

@@ -13,9 +13,28 @@ use crate::live::LiveFeed;
 use crate::store::Member;
 
 /// Liveness allows this many intervals without progress (DESIGN §11): no tick started or
-/// ended and no probe recorded. A tick made long by the fleet (hung engines) makes progress
-/// with every probe that completes, so only a stuck loop turns liveness red.
+/// ended, no probe recorded, no store call of the tick answered. A tick made long by the
+/// fleet (hung engines) makes progress with every probe that completes, so only a stuck
+/// loop turns liveness red.
 pub const LIVENESS_INTERVALS: u32 = 3;
+
+/// ... and never less than this. Liveness is the worker's, not its dependencies' (readiness
+/// and `/status` report those): a loop waiting on Postgres is turning as long as each wait
+/// is bounded. Every store call of a tick counts as progress when it returns, an error
+/// included (a restart would not bring Postgres back), and so does a tick that ends in one;
+/// the longest wait between two of those is one statement,
+/// [`crate::store::LONGEST_STATEMENT_WAIT`] (8 s). With a short interval 3 × interval is
+/// less than that (a 500 ms interval turned `/healthz` red during a Postgres restart, the
+/// pool waiting 2 s for a connection), so the limit has this floor: the longest statement
+/// wait plus 2 s of scheduling slack. A loop that is really stuck (an unbounded wait, a
+/// deadlock) beats nothing and still turns red within this floor or 3 × interval.
+pub const LIVENESS_FLOOR: Duration =
+    crate::store::LONGEST_STATEMENT_WAIT.saturating_add(Duration::from_secs(2));
+
+/// How long liveness allows without progress at this interval.
+pub fn liveness_limit(interval: Duration) -> Duration {
+    (interval * LIVENESS_INTERVALS).max(LIVENESS_FLOOR)
+}
 
 /// The last tick, reduced to what an operator reads.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,12 +155,17 @@ pub struct BoardSnapshot {
 }
 
 impl BoardSnapshot {
-    /// Liveness (DESIGN §11): progress within [`LIVENESS_INTERVALS`] × interval: a tick
-    /// ended (even a failed one), a tick started, or a probe was recorded. Before any, the
-    /// same grace is counted from start-up, so a worker that just started is live.
+    /// Liveness (DESIGN §11): progress within [`liveness_limit`] (3 × interval, at least
+    /// [`LIVENESS_FLOOR`]): a tick ended (even a failed one), a tick started, a probe was
+    /// recorded or a store call of the tick answered. Before any, the same grace is counted
+    /// from start-up, so a worker that just started is live.
     pub fn live(&self) -> bool {
-        let limit = self.interval * LIVENESS_INTERVALS;
-        self.since_alive() <= limit
+        self.since_alive() <= self.liveness_limit()
+    }
+
+    /// How long liveness allows without progress.
+    pub fn liveness_limit(&self) -> Duration {
+        liveness_limit(self.interval)
     }
 
     /// Time since the latest sign of progress (or start-up, before any).

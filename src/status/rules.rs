@@ -76,7 +76,8 @@ pub struct StatusReport {
 pub const POSTGRES_RULE: &str = "must be up (else KO): without it nothing is listed or recorded";
 pub const NATS_RULE: &str =
     "should be up (else WARN): while it is away the outbox holds events and nothing is lost";
-pub const TICKS_RULE: &str = "must make progress (else KO): a tick starts or ends, or a probe is recorded, at least every 3 x interval; a tick made long by the fleet is progress";
+/// Says "10 s" for [`super::board::LIVENESS_FLOOR`] (a unit test keeps them equal).
+pub const TICKS_RULE: &str = "must make progress (else KO): a tick starts or ends, a probe is recorded or a store call answers, at least every 3 x interval (10 s at the least); a tick made long by the fleet or by Postgres is progress";
 pub const OUTBOX_RULE: &str = "events committed to Postgres and not yet acknowledged by JetStream; WARN while rows are set aside (healthprobe outbox list)";
 pub const RELAY_RULE: &str =
     "should not end (else WARN for 15 min after it was restarted): publishes the outbox";

@@ -46,6 +46,34 @@ fn liveness_allows_three_intervals_and_a_start_up_grace() {
 }
 
 #[test]
+fn liveness_has_a_floor_that_outlasts_one_store_statement() {
+    let mut short = board(None, 100);
+    short.interval = Duration::from_millis(500);
+    assert_eq!(short.liveness_limit(), board::LIVENESS_FLOOR);
+    short.since_progress = Some(Duration::from_secs(2));
+    assert!(
+        short.live(),
+        "a tick waiting 2 s on Postgres at a 500 ms interval is not stuck"
+    );
+    short.since_progress = Some(board::LIVENESS_FLOOR + Duration::from_millis(1));
+    assert!(
+        !short.live(),
+        "nothing moved for longer than the floor: stuck"
+    );
+    assert!(board::LIVENESS_FLOOR > crate::store::LONGEST_STATEMENT_WAIT);
+    assert_eq!(
+        board(None, 0).liveness_limit(),
+        Duration::from_secs(30),
+        "3 x interval above the floor"
+    );
+    assert_eq!(board::LIVENESS_FLOOR, Duration::from_secs(10));
+    assert!(
+        rules::TICKS_RULE.contains("(10 s at the least)"),
+        "the rule states the floor"
+    );
+}
+
+#[test]
 fn each_rule_sets_its_level_and_the_worst_wins() {
     let cases = [
         (true, true, Some(1), Level::Ok, 200),

@@ -52,15 +52,18 @@ impl PostgresWatch {
 /// Ticks at once, then every `interval` until `stop`. Missed ticks are delayed, never
 /// bunched, and ticks never overlap: the next one starts only after this one returns.
 /// Each tick's end goes on the status `board`, and the worker beats the board's progress
-/// at each tick's start and each probe it records (liveness, DESIGN §11: the loop turns or
-/// probes complete, however long the fleet makes a tick; a failed tick counts too).
+/// at each tick's start, each probe it records and each store call that returns (liveness,
+/// DESIGN §11: the loop turns or probes complete, however long the fleet makes a tick; a
+/// failed tick and a failed write count too: liveness is the worker's, not Postgres').
 pub async fn run(
     mut worker: Worker,
     interval: Duration,
     stop: CancellationToken,
     board: StatusBoard,
 ) {
-    worker.progress = Some(board.progress());
+    let progress = board.progress();
+    worker.recorder.beat_on_store_answers(progress.clone());
+    worker.progress = Some(progress);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut postgres = PostgresWatch::default();

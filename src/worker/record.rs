@@ -20,6 +20,7 @@ use crate::ErrorChain;
 use crate::envelope::{Details, FailedDetails, HealthEvent, RecoveredDetails};
 use crate::hysteresis::Transition;
 use crate::probe::ProbeOutcome;
+use crate::status::Progress;
 use crate::store::{RuntimeRecord, SnapshotRow, Store, WriteError};
 use crate::telemetry::Metrics;
 
@@ -52,6 +53,8 @@ pub struct Recorder {
     store: Store,
     metrics: Metrics,
     outbox_wake: Arc<Notify>,
+    /// Liveness' progress beat, touched whenever a store call returns.
+    progress: Option<Progress>,
 }
 
 impl Recorder {
@@ -60,6 +63,20 @@ impl Recorder {
             store,
             metrics,
             outbox_wake,
+            progress: None,
+        }
+    }
+
+    /// Beats `progress` whenever a store call returns, an error included: each call is
+    /// bounded, so a tick writing through a Postgres outage is a loop that turns, and
+    /// liveness is the worker's, not Postgres' (`status::LIVENESS_FLOOR`).
+    pub fn beat_on_store_answers(&mut self, progress: Progress) {
+        self.progress = Some(progress);
+    }
+
+    fn store_answered(&self) {
+        if let Some(progress) = &self.progress {
+            progress.beat();
         }
     }
 
@@ -144,7 +161,9 @@ impl Recorder {
         event: &HealthEvent,
         row: &SnapshotRow,
     ) -> Result<i64, RecordError> {
-        match self.store.record_transition(event, row).await {
+        let result = self.store.record_transition(event, row).await;
+        self.store_answered();
+        match result {
             Ok(version) => Ok(version),
             Err(e @ (WriteError::Conflict { .. } | WriteError::DuplicateEpisode { .. })) => {
                 Err(RecordError::Conflict(e))
@@ -168,7 +187,9 @@ impl Recorder {
         if marks.is_empty() {
             return;
         }
-        if let Err(e) = self.store.write_probe_marks(replica_id, &marks).await {
+        let result = self.store.write_probe_marks(replica_id, &marks).await;
+        self.store_answered();
+        if let Err(e) = result {
             tracing::warn!(games = marks.len(), error = %ErrorChain(&e), "could not record probe times; snapshot rows keep the last probe that changed them");
             report
                 .store_errors
@@ -188,7 +209,9 @@ impl Recorder {
         }
         let writing = Instant::now();
         let rows: Vec<SnapshotRow> = batch.iter().map(|p| p.row.clone()).collect();
-        match self.store.write_snapshots(&rows).await {
+        let result = self.store.write_snapshots(&rows).await;
+        self.store_answered();
+        match result {
             Ok(writes) => {
                 tracing::debug!(rows = rows.len(), conflicts = writes.conflicts.len(), duration = ?writing.elapsed(), "snapshots written");
                 let versions: std::collections::HashMap<&str, i64> = writes
@@ -243,7 +266,9 @@ impl Recorder {
         if gone.is_empty() {
             return;
         }
-        match self.store.delete_snapshots(&gone).await {
+        let result = self.store.delete_snapshots(&gone).await;
+        self.store_answered();
+        match result {
             Ok(_) => {
                 games.forget(&gone);
                 report.pruned = gone.len();
