@@ -69,6 +69,7 @@ async fn hung_engines_hold_neither_the_schedule_nor_liveness() {
     let all_failed = started.elapsed();
     // A few more intervals: nothing else may come.
     tokio::time::sleep(3 * INTERVAL).await;
+    let stuck = liveness.worst_progress_age();
     let (answers, not_ok) = liveness.finish().await;
     let events = env.logged_events().await;
     let worst = (0..HEALTHY)
@@ -79,12 +80,17 @@ async fn hung_engines_hold_neither_the_schedule_nor_liveness() {
         .map(|i| fleet.requests(&format!("hung-{i:02}")))
         .sum();
     eprintln!(
-        "FIGURE storm-hung: events {} emitted / {HUNG} deserved (all within {}); /healthz {} of {answers} not 200; worst gap between probes of a healthy game {} (bound {}); {hung_probes} probes of hung engines",
+        "FIGURE storm-hung: events {} emitted / {HUNG} deserved (all within {}); /healthz {} of {answers} not 200, longest without progress {}; worst gap between probes of a healthy game {} (bound {}); {hung_probes} probes of hung engines",
         events.len(),
         secs(all_failed),
         not_ok,
+        secs(stuck),
         secs(worst),
         secs(2 * INTERVAL + TIMEOUT),
+    );
+    assert!(
+        stuck <= 3 * INTERVAL,
+        "the loop turned within 3 x interval, below liveness' floor: {stuck:?}"
     );
     let mut failed: Vec<&str> = events
         .iter()
@@ -116,6 +122,113 @@ async fn hung_engines_hold_neither_the_schedule_nor_liveness() {
     assert!(
         worst <= 2 * INTERVAL + TIMEOUT,
         "a healthy game waited {} between probes",
+        secs(worst)
+    );
+}
+
+/// The issue's storm at the defaults (interval 15 s, timeout 2 s, 400 hung engines),
+/// scaled down: time tenfold (interval 1.5 s, timeout 200 ms) and the descriptors with it
+/// (`ulimit -n 400`, so the default concurrency is the budget's, 19 slots, where 1,024
+/// descriptors give 175), nothing else set. 400 engines that answer only after 2 s (ten
+/// timeouts; not longer, so the engines' side of the test holds few sockets) and 20
+/// healthy ones: about 2.8 times what the slots can probe in an interval, as in the issue.
+/// Each hung engine gets exactly one `probe_failed` (after the mass-failure hold: alone,
+/// the failure is real), the healthy games keep their interval and `/healthz` stays 200.
+#[tokio::test]
+async fn the_default_settings_storm_scaled_down_holds_nothing() {
+    const HUNG: usize = 400;
+    const HEALTHY: usize = 20;
+    let interval = Duration::from_millis(1500);
+    let timeout = Duration::from_millis(200);
+    let env = TestEnv::new().await;
+    let fleet = Fleet::start().await;
+    for i in 0..HUNG {
+        let endpoint = fleet.set(
+            &format!("hung-{i:03}"),
+            Behavior::Delay(Duration::from_secs(2)),
+        );
+        env.add_running(&format!("a-hung-{i:03}"), &endpoint, None)
+            .await;
+    }
+    let fine = healthy_fleet(&env, &fleet, "z-fine", HEALTHY).await;
+    let worker = WorkerProcess::spawn_with_nofile(
+        &env,
+        "storm-defaults",
+        &[
+            ("RTMANAGER_PROBE_INTERVAL", "1500ms"),
+            ("RTMANAGER_PROBE_TIMEOUT", "200ms"),
+        ],
+        Some(400),
+    );
+    let addr = worker.status_addr().await;
+    let liveness = LivenessWatch::start(&addr);
+    let started = Instant::now();
+    wait_for(
+        "a probe_failed for every hung engine",
+        Duration::from_secs(120),
+        || async {
+            let events = env.logged_events().await;
+            (events.len() >= HUNG).then_some(())
+        },
+    )
+    .await;
+    let all_failed = started.elapsed();
+    tokio::time::sleep(3 * interval).await;
+    let stuck = liveness.worst_progress_age();
+    let (answers, not_ok) = liveness.finish().await;
+    let events = env.logged_events().await;
+    let worst = fine
+        .iter()
+        .map(|id| worst_gap(&probes_of(&fleet, id)))
+        .max()
+        .unwrap();
+    let slots = worker
+        .log_text()
+        .lines()
+        .find(|l| l.contains("healthprobe starting"))
+        .and_then(|l| {
+            l.split("max_concurrency=")
+                .nth(1)?
+                .split_whitespace()
+                .next()
+        })
+        .unwrap_or("?")
+        .to_owned();
+    eprintln!(
+        "FIGURE storm-defaults: {HUNG} hung and {HEALTHY} healthy engines, interval 1.5 s, timeout 200 ms, ulimit -n 400 (default concurrency {slots}); events {} emitted / {HUNG} deserved (all within {}); /healthz {not_ok} of {answers} not 200, longest without progress {}; worst gap between probes of a healthy game {} (bound {})",
+        events.len(),
+        secs(all_failed),
+        secs(stuck),
+        secs(worst),
+        secs(2 * interval + timeout),
+    );
+    let mut failed: Vec<&str> = events
+        .iter()
+        .map(|(kind, game, _)| {
+            assert_eq!(kind, "probe_failed", "{events:?}");
+            game.as_str()
+        })
+        .collect();
+    failed.sort();
+    failed.dedup();
+    assert_eq!(failed.len(), HUNG, "one probe_failed per hung engine");
+    assert!(failed.iter().all(|g| g.starts_with("a-hung-")));
+    assert_eq!(
+        events.len(),
+        HUNG,
+        "nothing twice, nothing for a healthy game"
+    );
+    assert_eq!(
+        not_ok, 0,
+        "/healthz answered non-200 {not_ok} times of {answers}"
+    );
+    assert!(
+        stuck <= 3 * interval,
+        "the loop turned within 3 x interval: {stuck:?}"
+    );
+    assert!(
+        worst <= 2 * interval + timeout,
+        "a healthy game waited {}",
         secs(worst)
     );
 }
@@ -389,6 +502,7 @@ async fn a_flood_of_on_demand_probes_is_bounded_and_holds_nothing() {
     let answers = futures::future::join_all(requests).await;
     let flood = flood_started.elapsed();
     tokio::time::sleep(3 * INTERVAL).await;
+    let stuck = liveness.worst_progress_age();
     let (answered, not_ok) = liveness.finish().await;
     let events = env.logged_events().await;
     let worst = (0..HEALTHY)
@@ -406,10 +520,11 @@ async fn a_flood_of_on_demand_probes_is_bounded_and_holds_nothing() {
         d.len()
     };
     eprintln!(
-        "FIGURE storm-flood: {REQUESTS} requests in {}: {ok} answered 200, {busy} 429 with Retry-After, slowest {}; events {} emitted, each for a hung game at most once ({distinct} distinct; deserved: one probe_failed per hung game once it has failed 3 times); /healthz {not_ok} of {answered} not 200; worst gap between probes of a healthy game {} (bound {})",
+        "FIGURE storm-flood: {REQUESTS} requests in {}: {ok} answered 200, {busy} 429 with Retry-After, slowest {}; events {} emitted, each for a hung game at most once ({distinct} distinct; deserved: one probe_failed per hung game once it has failed 3 times); /healthz {not_ok} of {answered} not 200, longest without progress {}; worst gap between probes of a healthy game {} (bound {})",
         secs(flood),
         secs(slowest),
         events.len(),
+        secs(stuck),
         secs(worst),
         secs(2 * INTERVAL + TIMEOUT),
     );
@@ -435,6 +550,10 @@ async fn a_flood_of_on_demand_probes_is_bounded_and_holds_nothing() {
     assert_eq!(
         not_ok, 0,
         "/healthz answered non-200 {not_ok} times of {answered}"
+    );
+    assert!(
+        stuck <= 3 * INTERVAL,
+        "the loop turned within 3 x interval through the flood: {stuck:?}"
     );
     assert!(
         worst <= 2 * INTERVAL + TIMEOUT,
@@ -522,6 +641,7 @@ async fn postgres_restarted_mid_tick_loses_and_repeats_nothing() {
     )
     .await;
     tokio::time::sleep(3 * interval).await;
+    let stuck = liveness.worst_progress_age();
     let (answers, not_ok) = liveness.finish().await;
     let events = env.logged_events().await;
     let worst = fine
@@ -537,13 +657,14 @@ async fn postgres_restarted_mid_tick_loses_and_repeats_nothing() {
     ids.dedup();
     seen_not_ok.dedup();
     eprintln!(
-        "FIGURE storm-postgres: Postgres down {}; events {} emitted / {} deserved, {} on the stream ({} distinct); /status during the outage: {:?}; /healthz {not_ok} of {answers} not 200; worst gap between probes of a healthy game {}",
+        "FIGURE storm-postgres: Postgres down {}; events {} emitted / {} deserved, {} on the stream ({} distinct); /status during the outage: {:?}; /healthz {not_ok} of {answers} not 200, longest without progress {}; worst gap between probes of a healthy game {}",
         secs(back.duration_since(down)),
         events.len(),
         2 * SICK,
         published.len(),
         ids.len(),
         seen_not_ok,
+        secs(stuck),
         secs(worst)
     );
     for id in &sick {
