@@ -532,6 +532,7 @@ async fn prepare_database(
     let url = database_url(admin, name);
     let store = Store::connect(&url).await?;
     store.migrate().await?;
+    store.create_runtime_records().await?;
     let width = engines.to_string().len();
     let games: Vec<(String, String)> = (0..engines)
         .map(|i| {

@@ -274,6 +274,7 @@ async fn prepare_database(
     let url = database_url(admin, name);
     let store = Store::connect(&url).await?;
     store.migrate().await?;
+    store.create_runtime_records().await?;
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .execute(store.pool())
         .await?;
@@ -377,6 +378,7 @@ async fn detection_latency(
             stream: format!("HP_BENCH_LATENCY_{round}"),
             subject_prefix: format!("hp.bench.latency.{round}"),
             duplicate_window: healthprobe::events::jetstream::DEFAULT_DEDUP_WINDOW,
+            max_age: healthprobe::events::jetstream::DEFAULT_MAX_AGE,
         };
         let _ = js.delete_stream(&target.stream).await;
         let stream = jetstream::ensure_stream(&js, &target).await?;

@@ -1,25 +1,7 @@
 -- healthprobe initial schema. Table and column names are a contract (DESIGN §4).
-
--- Owned by the runtime manager; created here only when absent so the worker can run
--- standalone (and tests can seed it).
-CREATE TABLE IF NOT EXISTS runtime_records (
-    game_id              text PRIMARY KEY,
-    status               text NOT NULL CHECK (status IN ('running', 'stopped', 'removed')),
-    current_container_id text NULL,
-    current_image_ref    text NULL,
-    engine_endpoint      text NOT NULL,
-    state_path           text NULL,
-    docker_network       text NULL,
-    started_at           timestamptz NULL,
-    stopped_at           timestamptz NULL,
-    removed_at           timestamptz NULL,
-    last_op_at           timestamptz NOT NULL DEFAULT now(),
-    created_at           timestamptz NOT NULL DEFAULT now()
-);
-
--- The worker's list query is `WHERE status = 'running' ORDER BY game_id`.
-CREATE INDEX IF NOT EXISTS runtime_records_running_idx
-    ON runtime_records (game_id) WHERE status = 'running';
+-- Only healthprobe's own tables: `runtime_records` belongs to the runtime manager, which
+-- creates it (DESIGN §16). Up to 0.5.0 this file also created it when absent; databases
+-- migrated then keep it, and `healthprobe migrate` updates this file's recorded checksum.
 
 -- The append-only event log and outbox. Rows are never updated except `published_at`.
 -- `seq` gives the relay a commit-ordered cursor that does not depend on clocks.

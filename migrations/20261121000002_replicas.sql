@@ -12,11 +12,18 @@ ALTER TABLE health_snapshots
     ADD COLUMN container_id text NULL;
 
 -- Rows written before this migration belong to the container the record has now, so an
--- upgrade does not restart any episode.
-UPDATE health_snapshots s
-   SET container_id = r.current_container_id
-  FROM runtime_records r
- WHERE r.game_id = s.game_id;
+-- upgrade does not restart any episode. A new database has no rows and may not have the
+-- runtime manager's table yet, hence the guard.
+DO $$
+BEGIN
+    IF to_regclass('runtime_records') IS NOT NULL THEN
+        UPDATE health_snapshots s
+           SET container_id = r.current_container_id
+          FROM runtime_records r
+         WHERE r.game_id = s.game_id;
+    END IF;
+END
+$$;
 
 -- `episode` numbers a game's failure episodes (1, 2, ...), never reset, so that a second
 -- `probe_failed` or `probe_recovered` for the same episode cannot be inserted, whoever

@@ -20,12 +20,13 @@ use healthprobe::config::RunArgs;
 use healthprobe::events::jetstream::{self, StreamTarget};
 use healthprobe::events::leader::RelayLeadership;
 use healthprobe::events::relay::{Relay, RelayMonitor};
+use healthprobe::events::retention::Retention;
 use healthprobe::http::{self, HttpState};
 use healthprobe::limits::DescriptorBudget;
 use healthprobe::probe::Prober;
 use healthprobe::retry;
 use healthprobe::status::StatusBoard;
-use healthprobe::store::Store;
+use healthprobe::store::{SchemaError, Store};
 use healthprobe::telemetry::{Metrics, Telemetry};
 use healthprobe::worker::hold::MassFailureSettings;
 use healthprobe::worker::membership::{self, Heartbeats, MembershipSettings};
@@ -89,26 +90,54 @@ impl Stages {
 /// Start-up retries against Postgres back off from this up to [`MAX_STARTUP_BACKOFF`].
 const MIN_STARTUP_BACKOFF: Duration = Duration::from_millis(200);
 
-/// Connects and migrates, retrying with back-off until Postgres answers or `stop`.
-async fn connect_store(url: &str, stop: &CancellationToken) -> Option<Store> {
+/// Connects and migrates (or, with `no_migrate`, checks the schema), retrying with back-off
+/// until Postgres answers or `stop`. A schema that is missing or older than this binary
+/// under `--no-migrate`, or a server that refuses the check, stops start-up.
+async fn connect_store(
+    url: &str,
+    no_migrate: bool,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<Store>> {
     let mut backoff = retry::backoff(MIN_STARTUP_BACKOFF, MAX_STARTUP_BACKOFF);
     loop {
         let attempt = async {
             let store = Store::connect(url)
                 .await
                 .context("connecting to Postgres")?;
-            store.migrate().await.context("applying migrations")?;
-            anyhow::Ok(store)
+            if !no_migrate {
+                store.migrate().await.context("applying migrations")?;
+                return anyhow::Ok(Ok(store));
+            }
+            match store.check_schema().await {
+                Ok(check) => {
+                    if !check.newer.is_empty() {
+                        tracing::warn!(newer = ?check.newer, "the schema has migrations this binary does not know (a newer version migrated it); running on it");
+                    }
+                    tracing::info!(
+                        "schema checked (--no-migrate): every migration of this version is applied"
+                    );
+                    Ok(Ok(store))
+                }
+                // Postgres answered: retrying would get the same answer.
+                Err(SchemaError::Database(sqlx::Error::Database(e))) => Ok(Err(anyhow::anyhow!(
+                    "checking the schema (HEALTHPROBE_NO_MIGRATE): {e}; the worker's role needs SELECT on _sqlx_migrations"
+                ))),
+                Err(SchemaError::Database(e)) => Err(e).context("checking the schema"),
+                Err(e) => Ok(Err(anyhow::Error::new(e).context(
+                    "the schema is not ready for this version (HEALTHPROBE_NO_MIGRATE)",
+                ))),
+            }
         };
         match attempt.await {
-            Ok(store) => return Some(store),
+            Ok(Ok(store)) => return Ok(Some(store)),
+            Ok(Err(fatal)) => return Err(fatal),
             Err(e) => {
                 let chain: &(dyn std::error::Error + 'static) = e.as_ref();
                 tracing::warn!(error = %ErrorChain(chain), "Postgres not ready; retrying");
             }
         }
         if !backoff.pause(stop).await {
-            return None;
+            return Ok(None);
         }
     }
 }
@@ -164,6 +193,12 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
         "healthprobe starting"
     );
 
+    if !args.http_addr.ip().is_loopback() && args.http_token.is_none() {
+        tracing::warn!(
+            addr = %args.http_addr,
+            "the status port listens beyond loopback and HEALTHPROBE_HTTP_TOKEN is not set: anyone who reaches it can trigger probes (POST /games/{{id}}/probe)"
+        );
+    }
     // Bound first, so a taken port or a bad address stops start-up before anything else.
     let listener = http::bind(args.http_addr).await.with_context(|| {
         format!(
@@ -175,21 +210,27 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
         .local_addr()
         .context("reading the bound status address")?;
 
-    let Some(store) = connect_store(&args.database.database_url, &stages.worker).await else {
+    let Some(store) =
+        connect_store(&args.database.database_url, args.no_migrate, &stages.worker).await?
+    else {
         tracing::info!("stopped before Postgres became available");
         return Ok(());
     };
     let metrics = Metrics::new(&telemetry.meter());
-    let prober = Prober::with_keepalive_budget(
-        args.probe.probe_timeout,
-        args.probe.probe_interval,
-        budget.keepalive,
-    )
-    .context("building the HTTP client")?;
+    let prober = Prober::builder(args.probe.probe_timeout, args.probe.probe_interval)
+        .keepalive_budget(budget.keepalive)
+        .ca_bundle(args.probe.probe_ca.clone())
+        .build()
+        .context("building the HTTP client (HEALTHPROBE_PROBE_CA)")?;
     let outbox_wake = Arc::new(Notify::new());
-    let nats = jetstream::connect_with_wake(&args.nats.nats_url, false, Some(outbox_wake.clone()))
-        .await
-        .context("configuring the NATS client (NATS_URL)")?;
+    let nats = jetstream::connect_with_wake(
+        &args.nats.nats_url,
+        &args.nats.auth,
+        false,
+        Some(outbox_wake.clone()),
+    )
+    .await
+    .context("configuring the NATS client (NATS_URL)")?;
 
     let replica_id = args
         .replica
@@ -211,8 +252,10 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
         stream: args.nats.stream.clone(),
         subject_prefix: args.nats.subject_prefix.clone(),
         duplicate_window: args.dedup_window,
+        max_age: args.stream_max_age,
     };
     let relay_monitor = RelayMonitor::default();
+    let cloudevents_source = args.cloudevents_source.clone();
     let make_relay = {
         let (store, nats, wake, metrics) = (
             store.clone(),
@@ -228,6 +271,7 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
                 wake.clone(),
                 metrics.clone(),
             )
+            .with_cloudevents_source(cloudevents_source.clone())
         }
     };
     let leadership = RelayLeadership {
@@ -237,6 +281,7 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
         board: board.clone(),
         relay_pid: relay_pid.clone(),
         monitor: relay_monitor.clone(),
+        retention: Some(Retention::new(store.clone(), args.event_retention)),
     };
     let relay_task = tasks.spawn(leadership.run(make_relay, stages.relay.clone()));
 
@@ -263,7 +308,8 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
         metrics.clone(),
         outbox_wake.clone(),
         hold_flags.clone(),
-    );
+    )
+    .with_probe_settings(args.probe.initial_delay, args.probe.probe_spec());
     let mut worker = Worker::new(
         store.clone(),
         prober,
@@ -280,7 +326,8 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
     .with_tick_budget(args.probe.probe_interval)
     .with_mass_failure_hold(MassFailureSettings::new(args.mass_failure_hold()))
     .with_replica_health(replica_health)
-    .with_hold_flags(hold_flags);
+    .with_hold_flags(hold_flags)
+    .with_probe_settings(args.probe.initial_delay, args.probe.probe_spec());
 
     // The HTTP surface reads the board; on-demand probes run beside the ticks.
     let router = http::router(HttpState {
@@ -292,6 +339,11 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
         metrics: telemetry.scrape(),
         relay: relay_monitor,
     });
+    // DESIGN §16: with HEALTHPROBE_HTTP_TOKEN, mutating requests need it; reads stay open.
+    let router = http::guard_mutations(
+        router,
+        args.http_token.as_deref().map(http::AccessToken::new),
+    );
     let http_limits = http::ServeLimits {
         max_connections: args.http_max_connections,
         ..http::ServeLimits::default()

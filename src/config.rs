@@ -4,11 +4,13 @@
 //! start-up with a message naming the variable before anything is touched.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::hysteresis::Thresholds;
+use crate::probe::spec::{ExpectedStatuses, ProbeHeaders, ProbeSpec, parse_path};
 
 /// Upper bound for `RTMANAGER_PROBE_MAX_CONCURRENCY`: beyond this the worker would run out
 /// of file descriptors long before it gained anything.
@@ -88,8 +90,8 @@ pub struct StatusArgs {
     /// Print JSON (the same objects as `GET /games`) instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Only games with this status: unknown, healthy, suspect or failing.
-    #[arg(long, value_parser = ["unknown", "healthy", "suspect", "failing"])]
+    /// Only games with this status: unknown, healthy, suspect, failing or disabled.
+    #[arg(long, value_parser = ["unknown", "healthy", "suspect", "failing", "disabled"])]
     pub status: Option<String>,
     /// Only games whose id matches this glob (`*` any run, `?` one character).
     #[arg(long)]
@@ -152,12 +154,53 @@ pub struct NatsArgs {
     /// NATS server URL (JetStream must be enabled).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    #[command(flatten)]
+    pub auth: NatsAuthArgs,
     /// JetStream stream that holds the health events.
     #[arg(long, env = "HEALTHPROBE_STREAM", default_value = "RUNTIME_HEALTH", value_parser = stream_name)]
     pub stream: String,
     /// Subject prefix; events go to `<prefix>.<event_type>`.
     #[arg(long, env = "HEALTHPROBE_SUBJECT_PREFIX", default_value = "runtime.health", value_parser = subject_prefix)]
     pub subject_prefix: String,
+}
+
+/// NATS credentials and TLS, named as the NATS clients name them (DESIGN §16). At most one
+/// way to authenticate; files are checked to be readable at start-up.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NatsAuthArgs {
+    /// Credentials file (a user JWT and its nkey seed), as `nsc` writes it.
+    #[arg(long, env = "NATS_CREDS", value_parser = readable_file("NATS_CREDS"),
+          conflicts_with_all = ["nats_nkey", "nats_user", "nats_token"])]
+    pub nats_creds: Option<PathBuf>,
+    /// File holding a user nkey seed (`SU...`).
+    #[arg(long, env = "NATS_NKEY", value_parser = readable_file("NATS_NKEY"),
+          conflicts_with_all = ["nats_user", "nats_token"])]
+    pub nats_nkey: Option<PathBuf>,
+    /// User name; needs NATS_PASSWORD.
+    #[arg(long, env = "NATS_USER", requires = "nats_password", conflicts_with = "nats_token",
+          value_parser = non_empty("NATS_USER"))]
+    pub nats_user: Option<String>,
+    /// Password of NATS_USER.
+    #[arg(
+        long,
+        env = "NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<String>,
+    /// Authentication token.
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true, value_parser = non_empty("NATS_TOKEN"))]
+    pub nats_token: Option<String>,
+    /// PEM file of the CA(s) that signed the server's certificate; set, TLS is required.
+    /// Certificates are always verified.
+    #[arg(long, env = "NATS_CA", value_parser = readable_file("NATS_CA"))]
+    pub nats_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that verify clients; needs NATS_KEY.
+    #[arg(long, env = "NATS_CERT", value_parser = readable_file("NATS_CERT"), requires = "nats_key")]
+    pub nats_cert: Option<PathBuf>,
+    /// Private key (PEM) of NATS_CERT.
+    #[arg(long, env = "NATS_KEY", value_parser = readable_file("NATS_KEY"), requires = "nats_cert")]
+    pub nats_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -182,6 +225,28 @@ pub struct ProbeArgs {
     /// see `limits::default_concurrency`).
     #[arg(long, env = "RTMANAGER_PROBE_MAX_CONCURRENCY", value_parser = concurrency)]
     pub max_concurrency: Option<usize>,
+    /// The probe's path (and query), appended to the engine endpoint.
+    #[arg(long, env = "RTMANAGER_PROBE_PATH", default_value = "/healthz",
+          value_parser = probe_path)]
+    pub probe_path: String,
+    /// Statuses that mean healthy: codes and ranges, e.g. `200-299,301`.
+    #[arg(long, env = "HEALTHPROBE_PROBE_EXPECT", default_value = "200",
+          value_parser = probe_expect)]
+    pub probe_expect: ExpectedStatuses,
+    /// Extra request headers, `Name=value,Other=value` (values percent-decoded), e.g. a
+    /// token the engines ask for.
+    #[arg(long, env = "HEALTHPROBE_PROBE_HEADERS", hide_env_values = true,
+          value_parser = probe_headers)]
+    pub probe_headers: Option<ProbeHeaders>,
+    /// PEM bundle of CAs trusted for `https` engines, beside the system's roots.
+    /// Certificates are always verified.
+    #[arg(long, env = "HEALTHPROBE_PROBE_CA", value_parser = readable_file("HEALTHPROBE_PROBE_CA"))]
+    pub probe_ca: Option<PathBuf>,
+    /// No probe until this long after the record's `started_at` (like Kubernetes'
+    /// `initialDelaySeconds`); a record without one is probed at once. 0: no grace.
+    #[arg(long, env = "RTMANAGER_PROBE_INITIAL_DELAY", default_value = "0s",
+          value_parser = duration_or_zero("RTMANAGER_PROBE_INITIAL_DELAY"))]
+    pub initial_delay: Duration,
     /// Fraction of the interval over which one tick's probe starts are spread evenly
     /// (0 = all at once).
     #[arg(long, env = "RTMANAGER_PROBE_SPREAD", default_value = "0", value_parser = spread)]
@@ -189,6 +254,16 @@ pub struct ProbeArgs {
 }
 
 impl ProbeArgs {
+    /// The probe every game gets unless its override says otherwise.
+    pub fn probe_spec(&self) -> ProbeSpec {
+        ProbeSpec {
+            path: self.probe_path.clone(),
+            expect: self.probe_expect.clone(),
+            headers: self.probe_headers.clone().unwrap_or_default(),
+            timeout: self.probe_timeout,
+        }
+    }
+
     /// `RTMANAGER_PROBE_SPREAD` × interval.
     pub fn spread_window(&self) -> Duration {
         self.probe_interval.mul_f64(self.probe_spread)
@@ -229,6 +304,32 @@ pub struct RunArgs {
     #[arg(long, env = "HEALTHPROBE_HTTP_MAX_CONNECTIONS", default_value = "256",
           value_parser = http_connections)]
     pub http_max_connections: usize,
+    /// Do not apply migrations: check that the schema is at this binary's version and stop
+    /// if it is not (for platforms that run `healthprobe migrate` as a separate step, with
+    /// a role that may create tables).
+    #[arg(long, env = "HEALTHPROBE_NO_MIGRATE", value_parser = boolean("HEALTHPROBE_NO_MIGRATE"),
+          num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    pub no_migrate: bool,
+    /// How long the stream keeps a message (`max_age`), set when the stream is created or
+    /// updated at start-up. At least HEALTHPROBE_DEDUP_WINDOW.
+    #[arg(long, env = "HEALTHPROBE_STREAM_MAX_AGE", default_value = "7days",
+          value_parser = positive_duration("HEALTHPROBE_STREAM_MAX_AGE"))]
+    pub stream_max_age: Duration,
+    /// Published events older than this are deleted from `health_events` (in small
+    /// batches, by the replica that holds the relay lock); unpublished and set-aside rows
+    /// never are.
+    #[arg(long, env = "HEALTHPROBE_EVENT_RETENTION", default_value = "30days",
+          value_parser = positive_duration("HEALTHPROBE_EVENT_RETENTION"))]
+    pub event_retention: Duration,
+    /// When set, every mutating request to the status port (`POST /games/{id}/probe`)
+    /// needs `Authorization: Bearer <token>`; reads stay open.
+    #[arg(long, env = "HEALTHPROBE_HTTP_TOKEN", hide_env_values = true,
+          value_parser = http_token)]
+    pub http_token: Option<String>,
+    /// CloudEvents `source` of every message (`ce-source` header).
+    #[arg(long, env = "HEALTHPROBE_CLOUDEVENTS_SOURCE", default_value = "healthprobe",
+          value_parser = cloudevents_source)]
+    pub cloudevents_source: String,
     #[command(flatten)]
     pub replica: ReplicaArgs,
     #[command(flatten)]
@@ -278,6 +379,18 @@ pub const LEASE_INTERVALS: u32 = 3;
 pub const MIN_DEFAULT_LEASE: Duration = Duration::from_secs(3);
 
 impl RunArgs {
+    /// Checks between variables that each parse alone; the message names them.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dedup_window > self.stream_max_age {
+            return Err(format!(
+                "HEALTHPROBE_DEDUP_WINDOW ({}) must not be longer than HEALTHPROBE_STREAM_MAX_AGE ({}): JetStream refuses a duplicate window longer than the stream keeps messages",
+                humantime::format_duration(self.dedup_window),
+                humantime::format_duration(self.stream_max_age)
+            ));
+        }
+        Ok(())
+    }
+
     /// `HEALTHPROBE_LEASE_TTL`, or its default tied to the interval.
     pub fn lease_ttl(&self) -> Duration {
         self.replica
@@ -304,6 +417,94 @@ pub struct TailArgs {
     /// Print every event the stream holds, then follow; default is only new events.
     #[arg(long)]
     pub from_start: bool,
+}
+
+fn probe_path(raw: &str) -> Result<String, String> {
+    parse_path(raw.trim()).map_err(|e| format!("RTMANAGER_PROBE_PATH: {e}"))
+}
+
+fn probe_expect(raw: &str) -> Result<ExpectedStatuses, String> {
+    ExpectedStatuses::parse(raw).map_err(|e| format!("HEALTHPROBE_PROBE_EXPECT: {e}"))
+}
+
+fn probe_headers(raw: &str) -> Result<ProbeHeaders, String> {
+    // The value may hold a secret: the error names the part, never echoes the whole.
+    ProbeHeaders::parse(raw).map_err(|e| format!("HEALTHPROBE_PROBE_HEADERS: {e}"))
+}
+
+/// A path to a file this process can read now.
+pub fn readable_file(
+    variable: &'static str,
+) -> impl Fn(&str) -> Result<PathBuf, String> + Clone + Send + Sync + 'static {
+    move |raw: &str| {
+        let path = PathBuf::from(raw.trim());
+        match std::fs::File::open(&path).and_then(|f| f.metadata()) {
+            Ok(meta) if meta.is_file() => Ok(path),
+            Ok(_) => Err(format!("{variable} must name a file, got {raw:?}")),
+            Err(e) => Err(format!("{variable}: cannot read {raw:?}: {e}")),
+        }
+    }
+}
+
+/// A value that is not empty (nor only spaces).
+pub fn non_empty(
+    variable: &'static str,
+) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync + 'static {
+    move |raw: &str| {
+        if raw.trim().is_empty() {
+            return Err(format!("{variable} must not be empty"));
+        }
+        Ok(raw.to_owned())
+    }
+}
+
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+pub fn boolean(
+    variable: &'static str,
+) -> impl Fn(&str) -> Result<bool, String> + Clone + Send + Sync + 'static {
+    move |raw: &str| match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(format!("{variable} must be true or false, got {raw:?}")),
+    }
+}
+
+/// A bearer token: visible ASCII without spaces (what an `Authorization` header carries),
+/// at most 4 KiB.
+fn http_token(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.len() > 4096 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "HEALTHPROBE_HTTP_TOKEN must be 1 to 4096 visible ASCII characters without spaces (got {} bytes)",
+            raw.len()
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// A CloudEvents `source`: a URI reference, here any non-empty visible ASCII.
+fn cloudevents_source(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.len() > 1024 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "HEALTHPROBE_CLOUDEVENTS_SOURCE must be a URI reference (visible ASCII, no spaces), got {:?}",
+            raw.chars().take(80).collect::<String>()
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// A humantime duration, zero allowed (`0` alone too).
+pub fn duration_or_zero(
+    variable: &'static str,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |raw: &str| {
+        let raw = raw.trim();
+        if raw == "0" {
+            return Ok(Duration::ZERO);
+        }
+        humantime::parse_duration(raw).map_err(|e| {
+            format!("{variable} must be a duration such as 0s, 30s or 2m, got {raw:?}: {e}")
+        })
+    }
 }
 
 /// A humantime duration strictly greater than zero.
@@ -402,6 +603,7 @@ fn subject_prefix(raw: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ops::Not as _;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         let mut full = vec!["healthprobe"];
@@ -461,6 +663,18 @@ mod tests {
                 "HEALTHPROBE_SUBJECT_PREFIX",
                 "runtime.health",
             ),
+            // DESIGN §16.
+            ("initial-delay", "RTMANAGER_PROBE_INITIAL_DELAY", "0s"),
+            ("probe-path", "RTMANAGER_PROBE_PATH", "/healthz"),
+            ("probe-expect", "HEALTHPROBE_PROBE_EXPECT", "200"),
+            ("stream-max-age", "HEALTHPROBE_STREAM_MAX_AGE", "7days"),
+            ("event-retention", "HEALTHPROBE_EVENT_RETENTION", "30days"),
+            ("no-migrate", "HEALTHPROBE_NO_MIGRATE", "false"),
+            (
+                "cloudevents-source",
+                "HEALTHPROBE_CLOUDEVENTS_SOURCE",
+                "healthprobe",
+            ),
         ];
         use clap::CommandFactory as _;
         let cli = Cli::command();
@@ -486,6 +700,47 @@ mod tests {
         );
         // No fixed default: the descriptor budget decides (DESIGN §15).
         assert_eq!(run_args(&[]).unwrap().probe.max_concurrency, None);
+        assert_eq!(
+            positive_duration("X")(&declared_default("stream-max-age")).unwrap(),
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(
+            positive_duration("X")(&declared_default("event-retention")).unwrap(),
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        assert_eq!(
+            duration_or_zero("X")(&declared_default("initial-delay")).unwrap(),
+            Duration::ZERO
+        );
+        // The defaults are the seed's probe exactly.
+        let defaults = run_args(&[]).unwrap();
+        if std::env::vars().all(|(k, _)| {
+            !k.starts_with("RTMANAGER_PROBE_") && !k.starts_with("HEALTHPROBE_PROBE_")
+        }) {
+            assert_eq!(defaults.probe.probe_spec(), ProbeSpec::default());
+            assert_eq!(defaults.probe.probe_ca, None);
+        }
+        // Variables without a default: their flags read the names DESIGN §16 gives.
+        for (long, variable) in [
+            ("probe-headers", "HEALTHPROBE_PROBE_HEADERS"),
+            ("probe-ca", "HEALTHPROBE_PROBE_CA"),
+            ("http-token", "HEALTHPROBE_HTTP_TOKEN"),
+            ("nats-creds", "NATS_CREDS"),
+            ("nats-nkey", "NATS_NKEY"),
+            ("nats-user", "NATS_USER"),
+            ("nats-password", "NATS_PASSWORD"),
+            ("nats-token", "NATS_TOKEN"),
+            ("nats-ca", "NATS_CA"),
+        ] {
+            let arg = run
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("no --{long}"));
+            assert_eq!(
+                arg.get_env().map(|e| e.to_string_lossy().into_owned()),
+                Some(variable.to_owned())
+            );
+        }
         // Replicas: none configured, lease tied to the interval.
         let run = run_args(&["--probe-interval", "15s"]).unwrap();
         if std::env::var_os("HEALTHPROBE_LEASE_TTL").is_none() {
@@ -536,6 +791,42 @@ mod tests {
                 vec!["--subject-prefix", "a..b"],
                 "HEALTHPROBE_SUBJECT_PREFIX",
             ),
+            (vec!["--initial-delay=-5s"], "RTMANAGER_PROBE_INITIAL_DELAY"),
+            (
+                vec!["--initial-delay", "later"],
+                "RTMANAGER_PROBE_INITIAL_DELAY",
+            ),
+            (vec!["--stream-max-age", "0s"], "HEALTHPROBE_STREAM_MAX_AGE"),
+            (
+                vec!["--event-retention", "forever"],
+                "HEALTHPROBE_EVENT_RETENTION",
+            ),
+            (vec!["--no-migrate=perhaps"], "HEALTHPROBE_NO_MIGRATE"),
+            (vec!["--probe-path", "healthz"], "RTMANAGER_PROBE_PATH"),
+            (vec!["--probe-path", "/a b"], "RTMANAGER_PROBE_PATH"),
+            (vec!["--probe-expect", "2xx"], "HEALTHPROBE_PROBE_EXPECT"),
+            (
+                vec!["--probe-expect", "299-200"],
+                "HEALTHPROBE_PROBE_EXPECT",
+            ),
+            (
+                vec!["--probe-headers", "NoEquals"],
+                "HEALTHPROBE_PROBE_HEADERS",
+            ),
+            (
+                vec!["--probe-ca", "/nonexistent/ca.pem"],
+                "HEALTHPROBE_PROBE_CA",
+            ),
+            (vec!["--http-token", "has space"], "HEALTHPROBE_HTTP_TOKEN"),
+            (vec!["--http-token="], "HEALTHPROBE_HTTP_TOKEN"),
+            (vec!["--nats-creds", "/nonexistent/x.creds"], "NATS_CREDS"),
+            (vec!["--nats-nkey", "/nonexistent/seed"], "NATS_NKEY"),
+            (vec!["--nats-ca", "/"], "NATS_CA"),
+            (vec!["--nats-token", " "], "NATS_TOKEN"),
+            (
+                vec!["--cloudevents-source", "a b"],
+                "HEALTHPROBE_CLOUDEVENTS_SOURCE",
+            ),
         ];
         for (args, variable) in cases {
             let err = run_args(&args).expect_err(&format!("{args:?} must be refused"));
@@ -544,6 +835,64 @@ mod tests {
                 "{args:?}: error {err:?} does not name {variable}"
             );
         }
+    }
+
+    #[test]
+    fn platform_settings_parse_and_check_each_other() {
+        let run = run_args(&[
+            "--no-migrate",
+            "--initial-delay",
+            "20s",
+            "--http-token",
+            "s3cret-token",
+        ])
+        .unwrap();
+        assert!(run.no_migrate);
+        assert_eq!(run.probe.initial_delay, Duration::from_secs(20));
+        let probe = run_args(&[
+            "--probe-path",
+            "/ready?full=1",
+            "--probe-expect",
+            "200-299,301",
+            "--probe-headers",
+            "X-Token=abc",
+            "--probe-timeout",
+            "5s",
+        ])
+        .unwrap()
+        .probe
+        .probe_spec();
+        assert_eq!(probe.path, "/ready?full=1");
+        assert!(
+            probe.expect.accepts(204) && probe.expect.accepts(301) && !probe.expect.accepts(302)
+        );
+        assert_eq!(probe.headers.len(), 1);
+        assert_eq!(probe.timeout, Duration::from_secs(5));
+        assert_eq!(run.http_token.as_deref(), Some("s3cret-token"));
+        assert!(run.validate().is_ok());
+        assert!(run_args(&["--no-migrate=false"]).unwrap().no_migrate.not());
+        // JetStream refuses a duplicate window longer than the stream keeps messages.
+        let run = run_args(&["--stream-max-age", "10m", "--dedup-window", "1h"]).unwrap();
+        let why = run.validate().unwrap_err();
+        assert!(
+            why.contains("HEALTHPROBE_DEDUP_WINDOW") && why.contains("HEALTHPROBE_STREAM_MAX_AGE"),
+            "{why}"
+        );
+        // One way to authenticate to NATS; a user needs a password.
+        let err = run_args(&[
+            "--nats-user",
+            "u",
+            "--nats-password",
+            "p",
+            "--nats-token",
+            "t",
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("--nats-token") || err.contains("--nats-user"),
+            "{err}"
+        );
+        assert!(run_args(&["--nats-user", "u"]).is_err());
     }
 
     #[test]

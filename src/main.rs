@@ -15,6 +15,12 @@ fn main() -> ExitCode {
     install_crypto_provider();
     // Parsing validates every value: a bad one exits here (code 2) naming the variable.
     let cli = Cli::parse();
+    if let Command::Run(args) = &cli.command
+        && let Err(why) = args.validate()
+    {
+        eprintln!("error: {why}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,7 +1,8 @@
 //! Postgres access. Every SQL statement of the service lives here, split by who asks:
 //! [`tick`] (the worker's list and writes), [`outbox`] (the relay and `healthprobe
 //! outbox`), [`read`] (the status surface's read models), [`members`] (replicas and the
-//! relay lock's holder) and [`fleet`] (the simulated fleet's runtime records). This file
+//! relay lock's holder), [`schema`] (migrations and the schema check) and [`fleet`] (the
+//! simulated fleet's runtime records). This file
 //! holds the pool and the bound every statement runs under.
 
 use std::sync::{Arc, Mutex};
@@ -24,14 +25,20 @@ mod leader;
 mod members;
 mod outbox;
 mod read;
+mod retention;
+mod schema;
 mod tick;
+pub use fleet::RUNTIME_RECORDS_SQL;
 pub use history::HISTORY_MAX_GAMES;
 pub use leader::{LOCK_CLASS, LOCK_ID, LockError, RelayLock};
 pub use members::{Heartbeat, Member};
 pub use outbox::{MAX_OUTBOX_ROW_BYTES, SetAsideRow, SetAsideSelection, UndecodableEvent};
 pub use read::{GameView, GamesQuery, LoggedEvent, glob_to_like};
+pub use retention::{RetentionBatch, RetentionCursor};
+pub use schema::{EDITED_MIGRATIONS, SchemaCheck, SchemaError};
 pub use tick::{
-    ListedGame, ProbeMarks, RuntimeRecord, SnapshotRow, SnapshotWrites, StoredSnapshot, WriteError,
+    ListedGame, ProbeMarks, ProbeOverride, RuntimeRecord, SnapshotRow, SnapshotWrites,
+    StoredSnapshot, WriteError,
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -153,11 +160,6 @@ impl Store {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    /// Applies pending migrations; a no-op when all are applied.
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.pool).await
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {

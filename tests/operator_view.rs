@@ -113,7 +113,7 @@ async fn counts_and_events_are_the_read_models_of_the_page() {
         counts.json(),
         serde_json::json!({
             "total": 4,
-            "by_status": { "failing": 2, "suspect": 0, "unknown": 1, "healthy": 1 },
+            "by_status": { "failing": 2, "suspect": 0, "unknown": 1, "healthy": 1, "disabled": 0 },
         })
     );
     let events = app.get("/events").await;

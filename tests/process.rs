@@ -80,9 +80,17 @@ async fn migrate_applies_once_and_again_is_a_no_op() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    for table in ["runtime_records", "health_events", "health_snapshots"] {
+    for table in [
+        "health_events",
+        "health_snapshots",
+        "health_probe_overrides",
+    ] {
         assert!(table_exists(&database_url, table).await, "{table} exists");
     }
+    assert!(
+        !table_exists(&database_url, "runtime_records").await,
+        "the runtime manager's table is not healthprobe's to create"
+    );
     let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(&pool)

@@ -12,8 +12,12 @@ pub async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     let store = match (&args.database_url, args.register) {
         (Some(url), true) => {
             let store = super::connect(url).await?;
-            // The runtime_records table may not exist yet when the fleet starts first.
-            store.migrate().await.context("applying migrations")?;
+            // The fleet plays the runtime manager's part: it creates runtime_records when
+            // absent (healthprobe's migrations never do).
+            store
+                .create_runtime_records()
+                .await
+                .context("creating runtime_records")?;
             Some(store)
         }
         (None, true) => anyhow::bail!("--register needs DATABASE_URL (or --database-url)"),

@@ -6,7 +6,7 @@ use healthprobe::events::jetstream::{self, StreamTarget};
 
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
     let stop = crate::app::stop_on_signals()?;
-    let client = jetstream::connect(&args.nats.nats_url, true)
+    let client = jetstream::connect_with_wake(&args.nats.nats_url, &args.nats.auth, true, None)
         .await
         .context("connecting to NATS (NATS_URL)")?;
     let js = jetstream::context(client);

@@ -9,6 +9,8 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt as _;
 use thiserror::Error;
 
+use crate::config::NatsAuthArgs;
+
 /// How long one publish waits for its JetStream acknowledgement. Long enough for a loaded
 /// server, short enough that an outage is noticed and backed off from quickly.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -19,21 +21,30 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// So it is the longest Postgres outage after a publish that can never give a duplicate.
 pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
 
-/// Where the events go: a stream, the subject prefix it captures, its duplicate window.
+/// How long the stream keeps a message when `HEALTHPROBE_STREAM_MAX_AGE` is not set
+/// (DESIGN §16): a consumer that was away for less than this misses nothing.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Where the events go: a stream, the subject prefix it captures, its duplicate window and
+/// how long it keeps messages.
 #[derive(Debug, Clone)]
 pub struct StreamTarget {
     pub stream: String,
     pub subject_prefix: String,
     pub duplicate_window: Duration,
+    /// The stream's `max_age`; never shorter than the duplicate window (JetStream refuses
+    /// that).
+    pub max_age: Duration,
 }
 
 impl StreamTarget {
-    /// A target with the default duplicate window.
+    /// A target with the default duplicate window and retention.
     pub fn new(stream: impl Into<String>, subject_prefix: impl Into<String>) -> Self {
         Self {
             stream: stream.into(),
             subject_prefix: subject_prefix.into(),
             duplicate_window: DEFAULT_DEDUP_WINDOW,
+            max_age: DEFAULT_MAX_AGE,
         }
     }
 
@@ -41,12 +52,14 @@ impl StreamTarget {
         format!("{}.>", self.subject_prefix)
     }
 
-    /// Stream settings kept plain: nats-server 2.9 rejects options added in 2.10+.
+    /// Stream settings kept plain: nats-server 2.9 rejects options added in 2.10+
+    /// (`max_age` and `duplicate_window` are older than that).
     pub fn config(&self) -> stream::Config {
         stream::Config {
             name: self.stream.clone(),
             subjects: vec![self.wildcard()],
             duplicate_window: self.duplicate_window,
+            max_age: self.max_age,
             ..Default::default()
         }
     }
@@ -84,17 +97,60 @@ pub async fn connect(
     url: &str,
     wait_for_server: bool,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    connect_with_wake(url, wait_for_server, None).await
+    connect_with_wake(url, &NatsAuthArgs::default(), wait_for_server, None).await
 }
 
-/// Like [`connect`], and notifies `on_connect` on every (re)connection, so the outbox relay
-/// publishes the moment NATS is back instead of at its next backoff step.
+/// The client's credentials and TLS settings from the `NATS_*` variables.
+fn secure(
+    mut options: async_nats::ConnectOptions,
+    auth: &NatsAuthArgs,
+) -> Result<async_nats::ConnectOptions, async_nats::ConnectError> {
+    use async_nats::{ConnectError, ConnectErrorKind};
+    let unreadable = |variable: &str, path: &std::path::Path, e: std::io::Error| {
+        ConnectError::with_source(
+            ConnectErrorKind::Io,
+            std::io::Error::new(
+                e.kind(),
+                format!("{variable}: cannot read {}: {e}", path.display()),
+            ),
+        )
+    };
+    if let Some(path) = &auth.nats_creds {
+        let text = std::fs::read_to_string(path).map_err(|e| unreadable("NATS_CREDS", path, e))?;
+        options = options
+            .credentials(&text)
+            .map_err(|e| unreadable("NATS_CREDS", path, e))?;
+    }
+    if let Some(path) = &auth.nats_nkey {
+        let seed = std::fs::read_to_string(path).map_err(|e| unreadable("NATS_NKEY", path, e))?;
+        options = options.nkey(seed.trim().to_owned());
+    }
+    if let (Some(user), Some(password)) = (&auth.nats_user, &auth.nats_password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &auth.nats_token {
+        options = options.token(token.clone());
+    }
+    if let Some(ca) = &auth.nats_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&auth.nats_cert, &auth.nats_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(options)
+}
+
+/// Like [`connect`], with the credentials and TLS settings of `auth`, and notifies
+/// `on_connect` on every (re)connection, so the outbox relay publishes the moment NATS is
+/// back instead of at its next backoff step.
 pub async fn connect_with_wake(
     url: &str,
+    auth: &NatsAuthArgs,
     wait_for_server: bool,
     on_connect: Option<Arc<Notify>>,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    let mut options = async_nats::ConnectOptions::new()
+    let options = async_nats::ConnectOptions::new();
+    let mut options = secure(options, auth)?
         .name(concat!("healthprobe/", env!("CARGO_PKG_VERSION")))
         .connection_timeout(Duration::from_secs(2))
         .reconnect_delay_callback(|attempts| {
@@ -142,9 +198,10 @@ pub async fn ensure_stream(
         })
 }
 
-/// Like [`ensure_stream`], and sets an existing stream's duplicate window to the target's:
-/// the relay, which publishes, owns that promise (`HEALTHPROBE_DEDUP_WINDOW`). Other
-/// settings an operator gave the stream are kept.
+/// Like [`ensure_stream`], and sets an existing stream's duplicate window and `max_age` to
+/// the target's: the relay, which publishes, owns those promises
+/// (`HEALTHPROBE_DEDUP_WINDOW`, `HEALTHPROBE_STREAM_MAX_AGE`). Other settings an operator
+/// gave the stream are kept.
 pub async fn ensure_stream_and_window(
     js: &jetstream::Context,
     target: &StreamTarget,
@@ -159,9 +216,19 @@ pub async fn ensure_stream_and_window(
         })?
         .config
         .clone();
-    if config.duplicate_window != target.duplicate_window {
-        tracing::info!(stream = %target.stream, from = ?config.duplicate_window, to = ?target.duplicate_window, "setting the stream's duplicate window");
+    let window_differs = config.duplicate_window != target.duplicate_window;
+    let age_differs = config.max_age != target.max_age;
+    if window_differs || age_differs {
+        tracing::info!(
+            stream = %target.stream,
+            duplicate_window_from = ?config.duplicate_window,
+            duplicate_window = ?target.duplicate_window,
+            max_age_from = ?config.max_age,
+            max_age = ?target.max_age,
+            "setting the stream's duplicate window and max_age"
+        );
         config.duplicate_window = target.duplicate_window;
+        config.max_age = target.max_age;
         js.update_stream(&config)
             .await
             .map_err(|e| JetStreamError::StreamSettings {

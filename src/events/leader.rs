@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::relay::{Relay, RelayMonitor, supervise};
+use super::retention::Retention;
 use crate::ErrorChain;
 use crate::status::StatusBoard;
 use crate::store::{LOCK_CLASS, LOCK_ID, RelayLock, Store};
@@ -44,6 +45,9 @@ pub struct RelayLeadership {
     pub relay_pid: Arc<AtomicI32>,
     /// Counts the relay's abnormal ends (it is restarted with back-off) for `/status`.
     pub monitor: RelayMonitor,
+    /// Deletes published events past their retention while the lock is held (one replica
+    /// at a time); `None`: never.
+    pub retention: Option<Retention>,
 }
 
 impl RelayLeadership {
@@ -128,6 +132,15 @@ impl RelayLeadership {
             self.monitor.clone(),
             self.metrics.clone()
         ));
+        // Retention beside the relay, stopped with it; it never delays a publish.
+        let retention = self.retention.clone();
+        let retention_stop = relay_stop.clone();
+        let mut retention_task = std::pin::pin!(async move {
+            if let Some(retention) = retention {
+                retention.run(retention_stop).await;
+            }
+        });
+        let mut retention_done = false;
         let mut check = tokio::time::interval(SESSION_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut relay_ended = false;
@@ -137,6 +150,7 @@ impl RelayLeadership {
                     relay_ended = true;
                     break "the relay stopped";
                 }
+                () = &mut retention_task, if !retention_done => retention_done = true,
                 _ = stop.cancelled() => {
                     // Shutdown: let the relay drain what it can while the lock is held.
                     relay_stop.cancel();

@@ -80,6 +80,8 @@ pub struct Relay {
     wake: Arc<Notify>,
     metrics: Metrics,
     stream_ready: bool,
+    /// `ce-source` of every message (`HEALTHPROBE_CLOUDEVENTS_SOURCE`).
+    cloudevents_source: String,
     /// Row-specific publish refusals seen so far, by event id (cleared when published or
     /// set aside). Bounded by the batch: only rows of the current head are in it.
     refusals: std::collections::HashMap<Uuid, u32>,
@@ -106,6 +108,7 @@ impl Relay {
             wake,
             metrics,
             stream_ready: false,
+            cloudevents_source: super::cloudevents::DEFAULT_SOURCE.to_owned(),
             refusals: std::collections::HashMap::new(),
             fence: CancellationToken::new(),
             set_aside_counted: None,
@@ -118,6 +121,28 @@ impl Relay {
     pub fn fenced_by(mut self, fence: CancellationToken) -> Self {
         self.fence = fence;
         self
+    }
+
+    /// Sets the CloudEvents `source` of the messages (default
+    /// [`super::cloudevents::DEFAULT_SOURCE`]).
+    pub fn with_cloudevents_source(mut self, source: impl Into<String>) -> Self {
+        self.cloudevents_source = source.into();
+        self
+    }
+
+    /// The message's headers: `Nats-Msg-Id` for JetStream's de-duplication and the
+    /// CloudEvents binary-mode attributes.
+    fn headers(&self, event: &HealthEvent) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, event.event_id.to_string().as_str());
+        for (name, value) in super::cloudevents::headers(
+            event,
+            &self.target.subject_prefix,
+            &self.cloudevents_source,
+        ) {
+            headers.insert(name, value.as_str());
+        }
+        headers
     }
 
     /// Runs until `stop` fires, then drains what it can within [`SHUTDOWN_DRAIN_LIMIT`].
@@ -249,8 +274,16 @@ impl Relay {
         for row in rows {
             match row {
                 Ok(event) => {
-                    // Envelope plus the message-id header; a little slack for the framing.
-                    let size = event.to_json().len() + 64;
+                    // Envelope plus the headers; a little slack for the framing.
+                    let header_bytes: usize = super::cloudevents::headers(
+                        &event,
+                        &self.target.subject_prefix,
+                        &self.cloudevents_source,
+                    )
+                    .iter()
+                    .map(|(name, value)| name.len() + value.len() + 4)
+                    .sum();
+                    let size = event.to_json().len() + header_bytes + 64;
                     if max_payload > 0 && size > max_payload {
                         report.undecodable += 1;
                         let why = format!(
@@ -341,8 +374,7 @@ impl Relay {
             if self.fence.is_cancelled() {
                 break;
             }
-            let mut headers = HeaderMap::new();
-            headers.insert(NATS_MESSAGE_ID, event.event_id.to_string().as_str());
+            let headers = self.headers(event);
             match self
                 .js
                 .publish_with_headers(

@@ -164,6 +164,9 @@ pub(super) async fn probe(
             ProbeOneError::NotRunning(_) => {
                 error(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
+            ProbeOneError::Disabled(_) | ProbeOneError::InitialDelay(_) => {
+                error(StatusCode::CONFLICT, "not_probed", e.to_string())
+            }
             _ => refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -236,10 +239,11 @@ struct GameCounts {
 pub(super) async fn game_counts(State(state): State<HttpState>, _: Params<NoParams>) -> Response {
     match state.store.status_counts().await {
         Ok(rows) => {
-            let mut by_status: BTreeMap<String, i64> = ["failing", "suspect", "unknown", "healthy"]
-                .into_iter()
-                .map(|status| (status.to_owned(), 0))
-                .collect();
+            let mut by_status: BTreeMap<String, i64> =
+                ["failing", "suspect", "unknown", "healthy", "disabled"]
+                    .into_iter()
+                    .map(|status| (status.to_owned(), 0))
+                    .collect();
             let mut total = 0;
             for (status, count) in rows {
                 total += count;

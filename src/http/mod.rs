@@ -6,13 +6,15 @@
 //! - `query`: typed query strings, one JSON `400` for every bad one;
 //! - `health`: `/healthz`, `/readyz`, `/status`;
 //! - `games`: `/games`, `/games/counts`, `/events`, `POST /games/{id}/probe`;
-//! - `page`: the fleet page, its live stream and `/metrics`.
+//! - `page`: the fleet page, its live stream and `/metrics`;
+//! - [`auth`]: `HEALTHPROBE_HTTP_TOKEN` in front of every mutating request.
 //!
 //! Handlers read the shared [`StatusBoard`] and Postgres; on-demand probes run beside the
 //! ticks ([`OnDemand`]), through the same commit rule, never through the run loop. Every
 //! answer is a typed JSON body (or plain text for `/status` when asked); bad input is a
 //! 400 with a JSON error, never a panic.
 
+pub mod auth;
 mod games;
 mod health;
 mod history;
@@ -32,6 +34,7 @@ use crate::status::StatusBoard;
 use crate::store::Store;
 use crate::worker::on_demand::OnDemand;
 
+pub use auth::{AccessToken, guard_mutations};
 pub use query::{DEFAULT_EVENTS, DEFAULT_LIMIT, MAX_EVENTS, MAX_LIMIT};
 pub use serve::{
     DEFAULT_MAX_CONNECTIONS, HEADER_READ_TIMEOUT, ServeLimits, bind, serve, serve_with_limits,

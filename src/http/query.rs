@@ -137,11 +137,12 @@ impl<'de> Deserialize<'de> for StatusFilter {
                 HealthStatus::Suspect,
                 HealthStatus::Failing,
             ];
-            if STATUSES.iter().any(|s| s.as_str() == raw) {
+            // `disabled`: games whose override keeps them from being probed (DESIGN §16).
+            if STATUSES.iter().any(|s| s.as_str() == raw) || raw == "disabled" {
                 Ok(Self(raw.to_owned()))
             } else {
                 Err(format!(
-                    "status must be one of unknown, healthy, suspect, failing, got {raw:?}"
+                    "status must be one of unknown, healthy, suspect, failing, disabled, got {raw:?}"
                 ))
             }
         })

@@ -58,6 +58,10 @@ pub struct TickSummary {
     pub error: Option<String>,
     /// The mass-failure hold after the tick (DESIGN §15).
     pub hold: HoldSummary,
+    /// Games whose `health_probe_overrides` row is bad (probed with the global settings),
+    /// with why: the first few, and how many in all (DESIGN §16).
+    pub bad_overrides: Vec<(String, String)>,
+    pub bad_override_count: usize,
 }
 
 /// The mass-failure hold (DESIGN §15) as the status surface shows it.

@@ -73,6 +73,8 @@ pub struct StatusReport {
     pub relay_held: Option<bool>,
 }
 
+pub const OVERRIDES_RULE: &str =
+    "rows of health_probe_overrides must parse (else WARN): a bad one is ignored for its game";
 pub const POSTGRES_RULE: &str = "must be up (else KO): without it nothing is listed or recorded";
 pub const NATS_RULE: &str =
     "should be up (else WARN): while it is away the outbox holds events and nothing is lost";
@@ -245,6 +247,26 @@ pub fn evaluate(observed: &Observed) -> StatusReport {
         stream,
         relay,
     ];
+    // Shown only while a row is bad, so a healthy status reads as before.
+    if let Some(t) = &board.last_tick
+        && t.bad_override_count > 0
+    {
+        let named: Vec<String> = t
+            .bad_overrides
+            .iter()
+            .map(|(game, why)| format!("{}: {why}", crate::bounded(game, 100)))
+            .collect();
+        components.push(Component {
+            name: "overrides",
+            level: Level::Warn,
+            rule: OVERRIDES_RULE,
+            detail: format!(
+                "{} bad rows in health_probe_overrides (those games are probed with the global settings): {}",
+                t.bad_override_count,
+                named.join("; ")
+            ),
+        });
+    }
     if let Some(members) = &board.members {
         components.push(replicas_component(members, board));
     }

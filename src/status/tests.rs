@@ -119,11 +119,33 @@ fn set_aside_rows_a_restarted_relay_and_local_faults_warn() {
         duration: Duration::ZERO,
         error: None,
         hold: HoldSummary::Clear,
+        bad_overrides: Vec::new(),
+        bad_override_count: 0,
     };
     seen.board.last_tick = Some(tick(5, 1));
     assert_eq!(evaluate(&seen).overall, Level::Warn);
     seen.board.last_tick = Some(tick(0, 6));
     assert_eq!(evaluate(&seen).overall, Level::Ko, "no probe attempted");
+    // A bad override row is that game's problem: WARN, naming it.
+    let mut bad = tick(5, 0);
+    bad.bad_overrides = vec![("game-7".into(), "expect: \"2xx\" is not a status".into())];
+    bad.bad_override_count = 1;
+    seen.board.last_tick = Some(bad);
+    let report = evaluate(&seen);
+    assert_eq!(report.overall, Level::Warn);
+    let overrides = report
+        .components
+        .iter()
+        .find(|c| c.name == "overrides")
+        .expect("an overrides component");
+    assert!(overrides.detail.contains("game-7"), "{}", overrides.detail);
+    seen.board.last_tick = Some(tick(5, 0));
+    assert!(
+        evaluate(&seen)
+            .components
+            .iter()
+            .all(|c| c.name != "overrides")
+    );
     seen.board.last_tick = Some(tick(6, 0));
     assert_eq!(evaluate(&seen).overall, Level::Ok);
 }
@@ -154,6 +176,8 @@ fn storms_show_as_warn_components() {
         duration: Duration::ZERO,
         error: error.map(str::to_owned),
         hold,
+        bad_overrides: Vec::new(),
+        bad_override_count: 0,
     };
     let level = |seen: &Observed, name: &str| {
         evaluate(seen)

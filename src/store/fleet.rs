@@ -3,7 +3,20 @@
 
 use super::Store;
 
+/// The runtime manager's `runtime_records` as healthprobe reads it, for whoever plays the
+/// runtime manager's part (the simulated fleet, the demo, tests, benchmarks). Idempotent.
+pub const RUNTIME_RECORDS_SQL: &str = include_str!("runtime_records.sql");
+
 impl Store {
+    /// Creates `runtime_records` (and its running index) when absent. Only for a stand-in
+    /// runtime manager: healthprobe's own migrations never create it.
+    pub async fn create_runtime_records(&self) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(RUNTIME_RECORDS_SQL)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+    }
+
     /// Records games as running at the given endpoints (insert or update). Used by the
     /// simulated fleet, which plays the runtime manager's part in demos and tests.
     pub async fn register_running(&self, games: &[(String, String)]) -> Result<(), sqlx::Error> {

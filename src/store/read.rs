@@ -9,7 +9,8 @@ use super::Store;
 
 /// One row of the per-game health view (`GET /games`, `healthprobe status`): a running
 /// record joined to its snapshot. A running game never probed yet has no snapshot and shows
-/// as `unknown` with empty observation fields.
+/// as `unknown` with empty observation fields; a game whose override disables it shows as
+/// `disabled` (DESIGN §16), with what its snapshot held before.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GameView {
     pub game_id: String,
@@ -43,7 +44,8 @@ pub struct LoggedEvent {
 /// Which games a page of [`Store::games_page`] holds.
 #[derive(Debug, Clone, Default)]
 pub struct GamesQuery {
-    /// `health_snapshots.status`; `unknown` also matches running games without a snapshot.
+    /// `health_snapshots.status`; `unknown` also matches running games without a snapshot,
+    /// `disabled` the games an override disables.
     pub status: Option<String>,
     /// A glob on `game_id` (`*` any run, `?` one character), matched in full.
     pub game_id_glob: Option<String>,
@@ -81,15 +83,17 @@ impl Store {
             let like = query.game_id_glob.as_deref().map(glob_to_like);
             let rows = sqlx::query(
                 "WITH page AS (SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
-                   COALESCE(s.status, 'unknown') AS status, \
+                   CASE WHEN o.disabled THEN 'disabled' ELSE COALESCE(s.status, 'unknown') END AS status, \
                    COALESCE(s.consecutive_failures, 0) AS consecutive_failures, \
                    s.last_probe_at, s.last_success_at, s.last_latency_ms, s.last_status, \
                    s.last_error, s.last_failure_kind \
                  FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
+                 LEFT JOIN health_probe_overrides o ON o.game_id = r.game_id \
                  WHERE r.status = 'running' \
                    AND ($1::text IS NULL OR r.game_id > $1) \
                    AND ($2::text IS NULL OR r.game_id LIKE $2) \
-                   AND ($3::text IS NULL OR COALESCE(s.status, 'unknown') = $3) \
+                   AND ($3::text IS NULL OR \
+                        CASE WHEN o.disabled THEN 'disabled' ELSE COALESCE(s.status, 'unknown') END = $3) \
                  ORDER BY r.game_id LIMIT $4), \
                  marks AS (SELECT DISTINCT ON (u.game_id) u.game_id, u.probed_at, \
                    u.latency_ms, u.succeeded \
@@ -140,8 +144,10 @@ impl Store {
     pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         self.bounded(
             sqlx::query_as(
-                "SELECT COALESCE(s.status, 'unknown') AS status, count(*) \
+                "SELECT CASE WHEN o.disabled THEN 'disabled' \
+                   ELSE COALESCE(s.status, 'unknown') END AS status, count(*) \
                  FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
+                 LEFT JOIN health_probe_overrides o ON o.game_id = r.game_id \
                  WHERE r.status = 'running' GROUP BY 1",
             )
             .fetch_all(&self.pool),

@@ -1,6 +1,8 @@
 //! What the tick asks: the running games with their snapshot rows, and the conditional
 //! writes of the commit rule (DESIGN §3, §12).
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
 use sqlx::postgres::PgRow;
@@ -35,6 +37,27 @@ pub struct StoredSnapshot {
 pub struct ListedGame {
     pub record: RuntimeRecord,
     pub stored: Option<StoredSnapshot>,
+    /// How long ago the record's `started_at` was, by Postgres' clock (zero when it is in
+    /// the future); `None` when the record has none.
+    pub since_start: Option<Duration>,
+    /// The game's row of `health_probe_overrides`, if any.
+    pub overrides: Option<ProbeOverride>,
+}
+
+/// A row of `health_probe_overrides` as stored (DESIGN §16): `None` is "the global
+/// value". Not validated here: the worker parses it, and a bad value is that game's
+/// problem only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProbeOverride {
+    pub path: Option<String>,
+    pub expect: Option<String>,
+    pub headers: Option<serde_json::Value>,
+    /// `timeout` in seconds (may be zero or negative: a bad row).
+    pub timeout_secs: Option<f64>,
+    pub failures_threshold: Option<i32>,
+    /// `initial_delay` in seconds (may be negative: a bad row).
+    pub initial_delay_secs: Option<f64>,
+    pub disabled: bool,
 }
 
 /// What the worker writes to `health_snapshots` for one game after one probe.
@@ -279,17 +302,39 @@ impl Store {
     }
 }
 
-/// The running games (all, or the one named by `$1`) joined to their snapshot rows.
+/// The running games (all, or the one named by `$1`) joined to their snapshot rows and
+/// their probe overrides: one statement, so a steady tick stays at two (DESIGN §16).
 const LISTED_GAMES_SQL: &str = "SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
        s.version, s.consecutive_failures, s.consecutive_successes, s.episode_failures, \
-       s.failure_published, s.last_status, s.last_failure_kind, s.container_id \
+       s.failure_published, s.last_status, s.last_failure_kind, s.container_id, \
+       CASE WHEN isfinite(r.started_at) \
+         THEN extract(epoch FROM greatest(now() - r.started_at, interval '0'))::float8 END, \
+       o.game_id IS NOT NULL, o.path, o.expect, o.headers, \
+       extract(epoch FROM o.timeout)::float8, o.failures_threshold, \
+       extract(epoch FROM o.initial_delay)::float8, coalesce(o.disabled, false) \
      FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
+     LEFT JOIN health_probe_overrides o ON o.game_id = r.game_id \
      WHERE r.status = 'running' AND ($1::text IS NULL OR r.game_id = $1) \
      ORDER BY r.game_id";
 
 /// Decodes a row of [`LISTED_GAMES_SQL`].
 fn listed_game(row: &PgRow) -> Result<ListedGame, sqlx::Error> {
     let version: Option<i64> = row.try_get(3)?;
+    let since_start: Option<f64> = row.try_get(11)?;
+    let has_override: bool = row.try_get(12)?;
+    let overrides = if has_override {
+        Some(ProbeOverride {
+            path: row.try_get(13)?,
+            expect: row.try_get(14)?,
+            headers: row.try_get(15)?,
+            timeout_secs: row.try_get(16)?,
+            failures_threshold: row.try_get(17)?,
+            initial_delay_secs: row.try_get(18)?,
+            disabled: row.try_get(19)?,
+        })
+    } else {
+        None
+    };
     Ok(ListedGame {
         record: RuntimeRecord {
             game_id: row.try_get(0)?,
@@ -297,6 +342,10 @@ fn listed_game(row: &PgRow) -> Result<ListedGame, sqlx::Error> {
             engine_endpoint: row.try_get(2)?,
         },
         stored: version.map(|_| stored_snapshot(row, 3)).transpose()?,
+        since_start: since_start
+            .filter(|secs| secs.is_finite())
+            .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)),
+        overrides,
     })
 }
 

@@ -12,6 +12,7 @@ pub mod games;
 pub mod hold;
 pub mod membership;
 pub mod on_demand;
+pub mod overrides;
 pub mod record;
 pub mod report;
 
@@ -26,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 pub use driver::run;
-pub use report::{ProbeOneError, ProbeOneReport, TickError, TickReport};
+pub use report::{MAX_REPORTED_OVERRIDES, ProbeOneError, ProbeOneReport, TickError, TickReport};
 
 use crate::hysteresis::{GameHealth, Thresholds};
+use crate::probe::spec::ProbeSpec;
 use crate::probe::{ProbeOutcome, Prober};
 use crate::status::{HoldSummary, Progress};
 use crate::store::{ListedGame, RuntimeRecord, Store};
@@ -37,6 +39,7 @@ use games::{GameTable, Rank, Synced};
 use hold::{Action, HoldState, MassFailure, MassFailureSettings, TickShare};
 use membership::{Membership, ReplicaHealth};
 use on_demand::HoldFlags;
+use overrides::{GameSettings, GlobalProbeSettings, Skip};
 use record::{PendingWrite, Recorder, SNAPSHOT_BATCH};
 
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +91,14 @@ pub struct Worker {
     /// `probe_failed` decided in this tick, waiting for its end to know whether it is a
     /// mass failure (only with the hold on).
     pending_failed: Vec<(RuntimeRecord, games::Decision, ProbeOutcome)>,
+    /// The global probe settings that per-game overrides replace (DESIGN §16).
+    probe_settings: GlobalProbeSettings,
+    /// Settings of the games whose override changes something (kept while they are
+    /// tracked, so a probe that ends in a later tick is decided with them).
+    game_settings: HashMap<String, GameSettings>,
+    /// Bad override rows already logged, with why: each is logged once, again when the
+    /// reason changes.
+    logged_bad_overrides: HashMap<String, String>,
 }
 
 /// Games a degraded replica probes per tick to learn that its own probes succeed again.
@@ -103,6 +114,7 @@ impl Worker {
         outbox_wake: Arc<Notify>,
     ) -> Self {
         let (_, alone) = watch::channel(Membership::alone("local"));
+        let prober_spec = prober.default_spec().clone();
         Self {
             recorder: Recorder::new(store.clone(), metrics.clone(), outbox_wake),
             store,
@@ -125,7 +137,70 @@ impl Worker {
             hold_flags: Arc::new(HoldFlags::default()),
             pending_failed: Vec::new(),
             progress: None,
+            probe_settings: GlobalProbeSettings {
+                spec: Arc::new(prober_spec),
+                ..GlobalProbeSettings::new(settings.thresholds)
+            },
+            game_settings: HashMap::new(),
+            logged_bad_overrides: HashMap::new(),
         }
+    }
+
+    /// The global probe settings that `health_probe_overrides` rows replace per game:
+    /// `RTMANAGER_PROBE_INITIAL_DELAY` and the probe spec (path, statuses, headers,
+    /// timeout); without this, no delay and the prober's default spec. The thresholds are
+    /// the worker's.
+    pub fn with_probe_settings(mut self, initial_delay: Duration, spec: ProbeSpec) -> Self {
+        self.probe_settings.initial_delay = initial_delay;
+        self.probe_settings.spec = Arc::new(spec);
+        self
+    }
+
+    /// The game's settings from its override row over the global ones; a bad row is
+    /// logged (once per reason) and counted in `report`.
+    fn game_settings(&mut self, game: &ListedGame, report: &mut TickReport) -> GameSettings {
+        let settings = GameSettings::resolve(game.overrides.as_ref(), &self.probe_settings);
+        let game_id = &game.record.game_id;
+        match &settings.problem {
+            Some(problem) => {
+                report.bad_override_count += 1;
+                if report.bad_overrides.len() < MAX_REPORTED_OVERRIDES {
+                    report
+                        .bad_overrides
+                        .push((game_id.clone(), crate::bounded(problem, 200)));
+                }
+                if self.logged_bad_overrides.get(game_id) != Some(problem) {
+                    tracing::warn!(game_id = %crate::bounded(game_id, 200), problem = %crate::bounded(problem, 200), "bad row in health_probe_overrides: the game is probed with the global settings");
+                    self.logged_bad_overrides
+                        .insert(game_id.clone(), problem.clone());
+                }
+            }
+            None => {
+                if self.logged_bad_overrides.remove(game_id).is_some() {
+                    tracing::info!(game_id = %crate::bounded(game_id, 200), "row in health_probe_overrides fixed: its settings apply");
+                }
+            }
+        }
+        if settings.is_global(&self.probe_settings) {
+            self.game_settings.remove(game_id);
+        } else {
+            self.game_settings.insert(game_id.clone(), settings.clone());
+        }
+        settings
+    }
+
+    /// The thresholds a game is decided with: its override's, or the worker's.
+    fn thresholds_of(&self, game_id: &str) -> Thresholds {
+        self.game_settings
+            .get(game_id)
+            .map_or(self.settings.thresholds, |s| s.thresholds)
+    }
+
+    /// What a game is probed with: its override's spec, or the global one.
+    fn spec_of(&self, game_id: &str) -> Arc<ProbeSpec> {
+        self.game_settings
+            .get(game_id)
+            .map_or_else(|| self.probe_settings.spec.clone(), |s| s.spec.clone())
     }
 
     /// Shares the hold with on-demand probes ([`on_demand::OnDemand`]), which hold
@@ -250,12 +325,18 @@ impl Worker {
                 }
             };
             report.records += 1;
-            let ListedGame { record, stored } = game;
-            if !membership.owns(&record.game_id) {
+            if !membership.owns(&game.record.game_id) {
                 // Another replica probes it and starts from its row.
-                self.games.release(&record.game_id);
+                self.games.release(&game.record.game_id);
                 continue;
             }
+            let settings = self.game_settings(&game, &mut report);
+            let ListedGame {
+                record,
+                stored,
+                since_start,
+                ..
+            } = game;
             report.owned += 1;
             match self.games.sync(
                 &record.game_id,
@@ -274,6 +355,18 @@ impl Worker {
                 // Its probe from an earlier tick is still running (a hung engine).
                 report.still_in_flight += 1;
                 continue;
+            }
+            // Kept in memory (and its row) as it is, not probed (DESIGN §16).
+            match settings.skip(since_start) {
+                Some(Skip::Disabled) => {
+                    report.disabled += 1;
+                    continue;
+                }
+                Some(Skip::InitialDelay) => {
+                    report.in_initial_delay += 1;
+                    continue;
+                }
+                None => {}
             }
             let rank = self.games.rank(&record.game_id);
             if rank != Rank::Healthy || backlog {
@@ -386,6 +479,9 @@ impl Worker {
             self.recorder
                 .mark_probes(&self.games, &membership.replica_id, &mut report)
                 .await;
+            let games = &self.games;
+            self.game_settings
+                .retain(|game_id, _| games.get(game_id).is_some());
             self.metrics.running_records(report.records);
             self.metrics.owned_games(report.owned);
             self.metrics.games_by_status(self.games.status_counts());
@@ -481,15 +577,14 @@ impl Worker {
             }
         };
         let prober = self.prober.clone();
+        let spec = self.spec_of(&record.game_id);
         let span = probe_span(&record.game_id);
         self.games.dispatched(&record.game_id, generation);
         self.probing.insert(record.game_id.clone());
         let game_id = record.game_id.clone();
         let task = self.in_flight.spawn(
             async move {
-                let outcome = prober
-                    .probe(&record.engine_endpoint, prober.default_spec())
-                    .await;
+                let outcome = prober.probe(&record.engine_endpoint, &spec).await;
                 drop(permit);
                 (record, outcome)
             }
@@ -568,9 +663,10 @@ impl Worker {
         }
         // An unchanged game's row is not rewritten: its probe time is recorded with the
         // tick's probe marks (`Recorder::mark_probes`).
-        let mut decision =
-            self.games
-                .decide(&record.game_id, &outcome, self.settings.thresholds, false);
+        let thresholds = self.thresholds_of(&record.game_id);
+        let mut decision = self
+            .games
+            .decide(&record.game_id, &outcome, thresholds, false);
         if decision.publishes_failure() {
             match &self.mass_failure {
                 Some(mass) if mass.holding() => {
@@ -743,19 +839,23 @@ impl Worker {
                 })?;
                 report.records += 1;
                 if sample.len() < DEGRADED_SAMPLE && membership.owns(&game.record.game_id) {
-                    sample.push(game.record);
+                    // A disabled game or one still starting says nothing about this
+                    // replica's own probes.
+                    let settings =
+                        GameSettings::resolve(game.overrides.as_ref(), &self.probe_settings);
+                    if settings.skip(game.since_start).is_none() {
+                        sample.push((game.record, settings.spec));
+                    }
                 }
             }
         }
         let mut probes = JoinSet::new();
-        for record in sample {
+        for (record, spec) in sample {
             let prober = self.prober.clone();
             let slots = self.slots.clone();
             probes.spawn(async move {
                 let _permit = slots.acquire_owned().await;
-                prober
-                    .probe(&record.engine_endpoint, prober.default_spec())
-                    .await
+                prober.probe(&record.engine_endpoint, &spec).await
             });
         }
         let (mut ok, mut not_ok) = (0usize, 0usize);

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
@@ -21,10 +22,12 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 use super::games::GameTable;
+use super::overrides::{GameSettings, GlobalProbeSettings};
 use super::record::Recorder;
 use super::report::{ProbeOneError, ProbeOneReport, TickReport};
 use crate::hysteresis::Thresholds;
 use crate::probe::Prober;
+use crate::probe::spec::ProbeSpec;
 use crate::store::{ListedGame, Store};
 use crate::telemetry::Metrics;
 
@@ -86,7 +89,8 @@ pub struct OnDemand {
 struct Inner {
     store: Store,
     prober: Prober,
-    thresholds: Thresholds,
+    /// The thresholds, and what per-game overrides replace (DESIGN §16).
+    probe_settings: GlobalProbeSettings,
     recorder: Recorder,
     metrics: Metrics,
     flags: Arc<HoldFlags>,
@@ -102,12 +106,16 @@ impl OnDemand {
         outbox_wake: Arc<Notify>,
         flags: Arc<HoldFlags>,
     ) -> Self {
+        let probe_settings = GlobalProbeSettings {
+            spec: Arc::new(prober.default_spec().clone()),
+            ..GlobalProbeSettings::new(thresholds)
+        };
         Self {
             inner: Arc::new(Inner {
                 recorder: Recorder::new(store.clone(), metrics.clone(), outbox_wake),
                 store,
                 prober,
-                thresholds,
+                probe_settings,
                 metrics,
                 flags,
                 in_flight: Mutex::new(HashMap::new()),
@@ -115,11 +123,20 @@ impl OnDemand {
         }
     }
 
+    /// The global initial delay and probe spec that per-game overrides replace (as
+    /// [`super::Worker::with_probe_settings`]); called before the prober is shared.
+    pub fn with_probe_settings(mut self, initial_delay: Duration, spec: ProbeSpec) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("set before the prober is shared");
+        inner.probe_settings.initial_delay = initial_delay;
+        inner.probe_settings.spec = Arc::new(spec);
+        self
+    }
+
     /// What `Retry-After` says to a refused request: one probe timeout, at least a second.
     pub fn retry_after_secs(&self) -> u64 {
         self.inner
-            .prober
-            .default_spec()
+            .probe_settings
+            .spec
             .timeout
             .as_secs_f64()
             .ceil()
@@ -173,10 +190,16 @@ impl OnDemand {
 
 impl Inner {
     async fn probe_and_record(&self, game_id: &str) -> Result<ProbeOneReport, ProbeOneError> {
-        let ListedGame { record, .. } = self.running(game_id).await?;
+        let listed = self.running(game_id).await?;
+        // The game's override applies as in a tick (a bad row: the global settings).
+        let settings = GameSettings::resolve(listed.overrides.as_ref(), &self.probe_settings);
+        if let Some(skip) = settings.skip(listed.since_start) {
+            return Err(ProbeOneError::skipped(game_id, skip));
+        }
+        let ListedGame { record, .. } = listed;
         let outcome = self
             .prober
-            .probe(&record.engine_endpoint, self.prober.default_spec())
+            .probe(&record.engine_endpoint, &settings.spec)
             .await;
         self.metrics
             .probe_completed(outcome.outcome_label(), outcome.status, outcome.latency);
@@ -195,7 +218,7 @@ impl Inner {
         // decided again from the new row (DESIGN §12), a few times at most.
         let mut last_errors = Vec::new();
         for _ in 0..COMMIT_ATTEMPTS {
-            let ListedGame { record, stored } = self.running(game_id).await?;
+            let ListedGame { record, stored, .. } = self.running(game_id).await?;
             let mut games = GameTable::new();
             games.sync(
                 &record.game_id,
@@ -203,7 +226,7 @@ impl Inner {
                 stored.as_ref(),
                 1,
             );
-            let mut decision = games.decide(&record.game_id, &outcome, self.thresholds, true);
+            let mut decision = games.decide(&record.game_id, &outcome, settings.thresholds, true);
             if decision.publishes_failure() && self.flags.holding() {
                 decision = decision.held();
                 self.metrics.mass_failure_held();

@@ -40,6 +40,14 @@ pub struct TickReport {
     pub failed_commits: usize,
     /// Other writes that failed (snapshots, pruning), as readable sentences.
     pub store_errors: Vec<String>,
+    /// Games not probed because their override disables them.
+    pub disabled: usize,
+    /// Games not probed yet: their record started less than the initial delay ago.
+    pub in_initial_delay: usize,
+    /// Games whose override row is bad (probed with the global settings), with why: at
+    /// most [`MAX_REPORTED_OVERRIDES`] of them; `bad_override_count` counts them all.
+    pub bad_overrides: Vec<(String, String)>,
+    pub bad_override_count: usize,
     /// Stopped early by shutdown: probes in flight finished, no new ones were started.
     pub interrupted: bool,
     /// Games not probed this tick because its budget ran out (games that are not healthy
@@ -89,9 +97,15 @@ impl TickReport {
                 }
                 errors.join("; ")
             }),
+            bad_overrides: self.bad_overrides.clone(),
+            bad_override_count: self.bad_override_count,
         }
     }
 }
+
+/// Bad override rows named in one report: enough to find them, bounded whatever the table
+/// holds.
+pub const MAX_REPORTED_OVERRIDES: usize = 20;
 
 #[derive(Debug, Error)]
 pub enum TickError {
@@ -106,12 +120,26 @@ pub enum TickError {
 /// Why an on-demand probe gave no outcome.
 #[derive(Debug, Error)]
 pub enum ProbeOneError {
+    #[error("game {0:?} is disabled by its row in health_probe_overrides")]
+    Disabled(String),
+    #[error("game {0:?} started less than its initial delay ago: not probed yet")]
+    InitialDelay(String),
     #[error("game {0:?} is not a running game")]
     NotRunning(String),
     #[error("looking up the game's runtime record")]
     Lookup(#[source] sqlx::Error),
     #[error("the probe ran but could not be recorded: {0}")]
     NotRecorded(String),
+}
+
+impl ProbeOneError {
+    /// Why a game its override keeps from probing was not probed.
+    pub fn skipped(game_id: &str, skip: super::overrides::Skip) -> Self {
+        match skip {
+            super::overrides::Skip::Disabled => Self::Disabled(game_id.to_owned()),
+            super::overrides::Skip::InitialDelay => Self::InitialDelay(game_id.to_owned()),
+        }
+    }
 }
 
 /// What an on-demand probe found and decided.
@@ -141,5 +169,7 @@ pub fn failed_tick_summary(error: &TickError, finished_at: DateTime<Utc>) -> Tic
         duration: Duration::ZERO,
         hold: HoldSummary::default(),
         error: Some(crate::ErrorChain(error).to_string()),
+        bad_overrides: Vec::new(),
+        bad_override_count: 0,
     }
 }

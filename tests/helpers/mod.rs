@@ -216,6 +216,8 @@ where
 pub struct StreamEvent {
     pub subject: String,
     pub msg_id: Option<String>,
+    /// Every header of the message (first value of each), by name.
+    pub headers: std::collections::BTreeMap<String, String>,
     pub payload: serde_json::Value,
 }
 
@@ -252,6 +254,11 @@ impl TestEnv {
             .await
             .expect("connect to the test database");
         store.migrate().await.expect("migrations apply");
+        // The runtime manager's table: healthprobe's migrations never create it.
+        store
+            .create_runtime_records()
+            .await
+            .expect("create runtime_records");
         Self::with_store(id, database_url, store).await
     }
 
@@ -262,6 +269,10 @@ impl TestEnv {
             .await
             .expect("connect to the given database");
         store.migrate().await.expect("migrations apply");
+        store
+            .create_runtime_records()
+            .await
+            .expect("create runtime_records");
         Self::with_store(id, database_url.to_owned(), store).await
     }
 
@@ -275,6 +286,7 @@ impl TestEnv {
             stream: format!("HP_{id}"),
             subject_prefix: format!("hp.{id}"),
             duplicate_window: healthprobe::events::jetstream::DEFAULT_DEDUP_WINDOW,
+            max_age: healthprobe::events::jetstream::DEFAULT_MAX_AGE,
         };
         ensure_stream(&js, &target)
             .await
@@ -415,6 +427,13 @@ impl TestEnv {
                     .headers
                     .get(async_nats::header::NATS_MESSAGE_ID)
                     .map(|v| v.to_string()),
+                headers: message
+                    .headers
+                    .iter()
+                    .filter_map(|(name, values)| {
+                        Some((name.to_string(), values.first()?.as_str().to_owned()))
+                    })
+                    .collect(),
                 payload: serde_json::from_slice(&message.payload).expect("payload is JSON"),
             });
         }
@@ -564,7 +583,8 @@ impl AsyncApi {
         if !errors.is_empty() {
             return Err(errors.join("; "));
         }
-        let headers = serde_json::json!({ "Nats-Msg-Id": event.msg_id });
+        let mut headers = serde_json::to_value(&event.headers).expect("headers as JSON");
+        headers["Nats-Msg-Id"] = serde_json::json!(event.msg_id);
         let header_errors: Vec<String> = self
             .validator(message, "headers")
             .iter_errors(&headers)
@@ -572,6 +592,39 @@ impl AsyncApi {
             .collect();
         if !header_errors.is_empty() {
             return Err(header_errors.join("; "));
+        }
+        // The CloudEvents attributes say what the body says.
+        let header = |name: &str| event.headers.get(name).map(String::as_str);
+        let same = [
+            (
+                "ce-id",
+                event.payload["event_id"].as_str().map(str::to_owned),
+            ),
+            ("ce-type", Some(event.subject.clone())),
+            (
+                "ce-subject",
+                Some(healthprobe::events::cloudevents::encode_value(
+                    event.game_id(),
+                )),
+            ),
+        ];
+        for (name, expected) in same {
+            if header(name) != expected.as_deref() {
+                return Err(format!(
+                    "{name} is {:?}, the body says {expected:?}",
+                    header(name)
+                ));
+            }
+        }
+        let time_ms = header("ce-time")
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis());
+        if time_ms != event.payload["occurred_at_ms"].as_i64() {
+            return Err(format!(
+                "ce-time {:?} is not occurred_at_ms {}",
+                header("ce-time"),
+                event.payload["occurred_at_ms"]
+            ));
         }
         Ok(())
     }
