@@ -75,6 +75,8 @@ def main(directory):
     (worker,) = pod["spec"]["containers"]
     container_hardened("Deployment", pod["spec"], worker)
     check(worker.get("args", [])[:1] == ["run"], "Deployment does not `run`")
+    # The migrate Job owns the schema; the worker's role may not change it.
+    check("--no-migrate" in worker.get("args", []), "Deployment does not `run --no-migrate`")
     replica_id = [e for e in worker.get("env", []) if e["name"] == "HEALTHPROBE_REPLICA_ID"]
     check(
         replica_id and replica_id[0].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
@@ -103,6 +105,12 @@ def main(directory):
                 check(key in known, f"{kind} {name}: {key} is not a variable healthprobe reads")
     secret_keys = set().union(*(objects[("Secret", s)].get("stringData", {}).keys() for s in secrets))
     check("DATABASE_URL" in secret_keys, "DATABASE_URL is not in the Secret")
+    worker_secrets = [s["secretRef"]["name"] for s in sources if s.get("secretRef", {}).get("name") in secrets]
+    worker_secret_keys = set().union(*(objects[("Secret", s)].get("stringData", {}).keys() for s in worker_secrets))
+    check(
+        "HEALTHPROBE_HTTP_TOKEN" in worker_secret_keys,
+        "HEALTHPROBE_HTTP_TOKEN is not in the worker's Secret (the status port binds beyond loopback)",
+    )
     config = next(iter(objects[("ConfigMap", c)]["data"] for c in configmaps))
     check(
         config.get("HEALTHPROBE_HTTP_ADDR", "").split(":")[-1] == str(ports.get("status")),
@@ -123,6 +131,13 @@ def main(directory):
         job_pod = jobs[0]["spec"]["template"]
         (migrate,) = job_pod["spec"]["containers"]
         check(migrate.get("args") == ["migrate"], "the Job does not run `migrate`")
+        url = [e for e in migrate.get("env", []) if e["name"] == "DATABASE_URL"]
+        ref = url[0].get("valueFrom", {}).get("secretKeyRef", {}) if url else {}
+        check(
+            ref.get("name") in secrets
+            and ref.get("key") in objects[("Secret", ref["name"])].get("stringData", {}),
+            "the Job's DATABASE_URL is not a key of a Secret",
+        )
         check(job_pod["spec"].get("restartPolicy") in ("OnFailure", "Never"), "Job restartPolicy")
         check(not job_pod["metadata"]["labels"].items() >= spec["selector"]["matchLabels"].items(),
               "the Job's pod is selected by the Deployment")
@@ -139,9 +154,10 @@ def main(directory):
         sys.exit(1)
     print(
         f"check-kubernetes: {len(objects)} objects; Deployment of {spec['replicas']} "
-        f"(replica id from the pod name, /readyz, /healthz, start-up probe, non-root, read-only root, "
+        f"(run --no-migrate, replica id from the pod name, /readyz, /healthz, start-up probe, non-root, read-only root, "
         f"no escalation, capabilities dropped, requests {worker['resources']['requests']}, "
-        f"limits {worker['resources']['limits']}), PDB, Service, migrate Job, ConfigMap, Secret: all checks pass",
+        f"limits {worker['resources']['limits']}, HTTP token from the Secret), PDB, Service, migrate Job, "
+        f"ConfigMap, Secrets: all checks pass",
         file=sys.stderr,
     )
 
