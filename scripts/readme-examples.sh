@@ -65,8 +65,9 @@ capture() { # NAME "shown command" command...
 }
 capture version "healthprobe --version" "$BIN" --version
 { grep -m2 probe_failed "$OUT/captured/events.raw"; grep -m1 probe_recovered "$OUT/captured/events.raw"; } >"$OUT/captured/events.txt"
-capture status-text "curl -s 'http://127.0.0.1:8097/status?format=text'" \
-    curl -s "http://$ADDR/status?format=text"
+# The rules are for operators reading /status itself; the README shows the components.
+capture status-text "curl -s 'http://127.0.0.1:8097/status?format=text' | grep -v 'rule:'" \
+    bash -c "curl -s 'http://$ADDR/status?format=text' | grep -v 'rule:'"
 capture status-table "healthprobe status" "$BIN" status
 capture members "healthprobe status --members" "$BIN" status --members
 capture health "curl -s http://127.0.0.1:8097/healthz; curl -s http://127.0.0.1:8097/readyz" \

@@ -129,3 +129,24 @@ fn the_readme_is_short_and_self_contained() {
         );
     }
 }
+
+/// The grants README.md gives are the ones the tests run the worker under
+/// (docs/deploying.md's block, read by tests/platform.rs).
+#[test]
+fn the_readme_gives_the_tested_grants() {
+    let grants = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("GRANT "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let deploying = read("docs/deploying.md");
+    let tested = deploying
+        .split("<!-- grants:begin -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- grants:end -->").next())
+        .expect("docs/deploying.md's grants block");
+    let tested = grants(tested);
+    assert!(tested.len() >= 5, "{tested:?}");
+    assert_eq!(grants(&read("README.md")), tested);
+}
