@@ -1,6 +1,7 @@
 //! The fleet page (`GET /`) in headless Chromium, against a running worker and simulated
 //! fleets: every game shown, live updates without reload, the filters, paging through
-//! 10,000 games, and the screenshot of the demo fleet shown in the README.
+//! 10,000 games, the history, "probe now" with the API token, disabled games, and the
+//! screenshot of the demo fleet shown in the README.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (see `helpers::browser`).
 
@@ -650,6 +651,164 @@ async fn the_page_shows_each_games_history_probes_on_demand_keeps_focus_and_slee
                    && Number(document.body.dataset.refreshes) > {} ? true : null;",
                 hidden_state["refreshes"]
             ),
+        )
+        .await;
+
+    drop(browser);
+    let (status, _) = worker.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", worker.log_text());
+}
+
+/// With `HEALTHPROBE_HTTP_TOKEN` set: "probe now" without the token shows the 401 and asks
+/// for it, a wrong token is refused (401 again, and forgotten), the right one runs the probe.
+/// A game disabled in `health_probe_overrides` has its own tile and count, is listed as
+/// `disabled`, and its "probe now" says why it is not probed (409).
+#[tokio::test]
+async fn probe_now_asks_for_the_token_and_disabled_games_have_their_tile() {
+    if !browser::available("the fleet page token test") {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let engines = Fleet::start().await;
+    env.add_running("fine", &engines.set("fine", Behavior::Healthy), None)
+        .await;
+    env.add_running("off", &engines.set("off", Behavior::Healthy), None)
+        .await;
+    sqlx::query("INSERT INTO health_probe_overrides (game_id, disabled) VALUES ('off', true)")
+        .execute(env.pool())
+        .await
+        .unwrap();
+    const TOKEN: &str = "page-test-token-7f3a";
+    let (mut worker, page) = start_worker(
+        &env,
+        "page-token",
+        &[
+            ("RTMANAGER_PROBE_INTERVAL", "1s"),
+            ("HEALTHPROBE_HTTP_TOKEN", TOKEN),
+        ],
+    )
+    .await;
+    let browser = Browser::start("page-token", LAPTOP.0, LAPTOP.1).await;
+    browser.goto(&page).await;
+    browser
+        .wait_until(
+            "fine healthy, off disabled, the disabled tile counting it",
+            WAIT_LIMIT,
+            &format!(
+                "const fine = (() => {{ {} }})(); const off = (() => {{ {} }})(); \
+                 return fine && off && document.getElementById('count-disabled').textContent === '1' \
+                   && document.getElementById('count-all').textContent === '2' ? true : null;",
+                shows("fine", "healthy"),
+                shows("off", "disabled")
+            ),
+        )
+        .await;
+    let off = browser.execute(&row_state("off"), json!([])).await;
+    assert_eq!(off["status"], "disabled", "{off}");
+    assert_eq!(
+        engines.requests("off"),
+        0,
+        "a disabled game is never probed"
+    );
+
+    // No token yet: the server's 401 shows in the row and the page asks for the token.
+    let token_form = "const f = document.getElementById('token-form'); \
+         return { shown: !f.hidden && getComputedStyle(f).display !== 'none', \
+                  why: document.getElementById('token-why').textContent, \
+                  stored: sessionStorage.getItem('healthprobe.token') };";
+    browser
+        .execute(
+            "document.querySelector(\"button[data-focus-key='probe:fine']\").click();",
+            json!([]),
+        )
+        .await;
+    let (probed, _) = browser
+        .wait_until(
+            "the 401 in the row",
+            WAIT_LIMIT,
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r.probed && r.probed.startsWith('not probed: HTTP 401') ? r.probed : null;",
+                row_state("fine")
+            ),
+        )
+        .await;
+    assert_eq!(probed, "not probed: HTTP 401, the API token is needed");
+    let form = browser.execute(token_form, json!([])).await;
+    assert_eq!(form["shown"], true, "{form}");
+    assert!(form["why"].as_str().unwrap().contains("401"), "{form}");
+    let active = browser
+        .execute("return document.activeElement.id;", json!([]))
+        .await;
+    assert_eq!(active, "token", "the token field has the focus");
+
+    // A wrong token: refused, forgotten, asked for again.
+    browser.type_text("#token", "not-the-token").await;
+    browser.click("#token-form button[type=submit]").await;
+    let (refused, _) = browser
+        .wait_until(
+            "the wrong token refused",
+            WAIT_LIMIT,
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r.probed === 'not probed: HTTP 401, the token was refused' ? r.probed : null;",
+                row_state("fine")
+            ),
+        )
+        .await;
+    assert_eq!(refused, "not probed: HTTP 401, the token was refused");
+    let form = browser.execute(token_form, json!([])).await;
+    assert_eq!(form["shown"], true, "{form}");
+    assert!(form["why"].as_str().unwrap().contains("refused"), "{form}");
+    assert_eq!(form["stored"], Value::Null, "a refused token is forgotten");
+
+    // The right token: the pending probe runs, and the token is kept for the tab.
+    browser.type_text("#token", TOKEN).await;
+    browser.click("#token-form button[type=submit]").await;
+    let (ran, _) = browser
+        .wait_until(
+            "the probe with the token",
+            WAIT_LIMIT,
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r.probed && r.probed.startsWith('healthy') ? r.probed : null;",
+                row_state("fine")
+            ),
+        )
+        .await;
+    assert!(ran.as_str().unwrap().starts_with("healthy · "), "{ran}");
+    let form = browser.execute(token_form, json!([])).await;
+    assert_eq!(
+        (form["shown"].clone(), form["stored"].clone()),
+        (json!(false), json!(TOKEN)),
+        "{form}"
+    );
+
+    // A disabled game's "probe now": the server's 409 says why.
+    browser
+        .execute(
+            "document.querySelector(\"button[data-focus-key='probe:off']\").click();",
+            json!([]),
+        )
+        .await;
+    let (why, _) = browser
+        .wait_until(
+            "the disabled game's answer",
+            WAIT_LIMIT,
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r.probed && r.probed.startsWith('not probed:') ? r.probed : null;",
+                row_state("off")
+            ),
+        )
+        .await;
+    assert!(why.as_str().unwrap().contains("disabled"), "{why}");
+    assert_eq!(engines.requests("off"), 0, "still never probed");
+
+    // The disabled tile filters the list to the disabled games.
+    browser.click("button[data-filter-status=disabled]").await;
+    browser
+        .wait_until(
+            "only the disabled game listed",
+            WAIT_LIMIT,
+            "const rows = [...document.querySelectorAll('#games tbody tr')].map((tr) => tr.dataset.gameId); \
+             return rows.length === 1 && rows[0] === 'off' ? rows : null;",
         )
         .await;
 
