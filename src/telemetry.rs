@@ -44,9 +44,10 @@ const TICK_BUCKETS: [f64; 12] = [
 ];
 
 /// Running-game statuses reported by `healthprobe.games` (the `health_snapshots` statuses,
-/// `unknown` for games not probed yet), so every one appears even at zero and an alert's
-/// ratio never divides by a missing series.
-pub const GAME_STATUSES: [&str; 4] = ["healthy", "suspect", "failing", "unknown"];
+/// `unknown` for games not probed yet, `disabled` for games an override keeps from being
+/// probed), so every one appears even at zero and an alert's ratio never divides by a
+/// missing series.
+pub const GAME_STATUSES: [&str; 5] = ["healthy", "suspect", "failing", "unknown", "disabled"];
 
 /// The service's instruments. Cheap to clone.
 ///

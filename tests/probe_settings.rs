@@ -217,6 +217,17 @@ async fn a_disabled_game_is_listed_as_disabled_and_refuses_probes_on_demand() {
     env.add_running("off", &format!("http://{addr}/e/off"), None)
         .await;
     set_override(&env, "off", "disabled", "true").await;
+    // Disabled while failing: it is no longer a failing game for anyone (an alert counts
+    // `healthprobe_games{status="failing"}`).
+    sqlx::query(
+        "INSERT INTO health_snapshots (game_id, status, consecutive_failures, \
+           consecutive_successes, episode_failures, failure_published, last_probe_at, \
+           last_status, last_latency_ms, updated_at) \
+         VALUES ('off', 'failing', 5, 0, 5, true, now(), 503, 1.0, now())",
+    )
+    .execute(env.pool())
+    .await
+    .unwrap();
     env.add_running("odd", &format!("http://{addr}/e/odd"), None)
         .await;
     set_override(&env, "odd", "initial_delay", "'-5 seconds'").await;
@@ -256,6 +267,31 @@ async fn a_disabled_game_is_listed_as_disabled_and_refuses_probes_on_demand() {
         "{table}"
     );
     assert_eq!(engines.requests("off"), 0);
+    let gauge = |metrics: &str, status: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("healthprobe_games{") && l.contains(&format!("status=\"{status}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let metrics = wait_for(
+        "the games gauge counting the disabled game",
+        WAIT_LIMIT,
+        || async {
+            let text = client
+                .get(format!("http://{status_addr}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (gauge(&text, "disabled") == Some(1)).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(gauge(&metrics, "failing"), Some(0), "{metrics}");
     // The bad row is named on /status and in the log; its game is probed all the same.
     let status = wait_for("the overrides component on /status", WAIT_LIMIT, || async {
         let status: serde_json::Value = serde_json::from_slice(

@@ -218,7 +218,11 @@ async fn a_prometheus_server_scrapes_the_probe_counters_from_metrics() {
         },
     )
     .await;
-    assert_eq!(games.len(), 4, "every status has its series: {games:?}");
+    assert_eq!(
+        games.len(),
+        healthprobe::telemetry::GAME_STATUSES.len(),
+        "every status has its series: {games:?}"
+    );
     // The probe duration with the OpenTelemetry HTTP client attributes.
     let by_code = query(
         &client,

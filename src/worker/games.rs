@@ -12,7 +12,7 @@
 //! 3. [`GameTable::settle`] moves memory on only when that write committed; after a
 //!    conflict or any error memory stays, and the next `sync` reads the truth.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::hysteresis::{self, GameHealth, HealthStatus, Observation, Thresholds, Transition};
 use crate::probe::{FailureKind, ProbeOutcome};
@@ -219,21 +219,29 @@ impl GameTable {
         self.games.is_empty()
     }
 
-    /// How many games of the table are in each status: the `healthprobe.games` gauge.
-    pub fn status_counts(&self) -> [(&'static str, u64); 4] {
+    /// How many games of the table are in each status: the `healthprobe.games` gauge. A
+    /// game in `disabled` (its override keeps it from being probed) counts as `disabled`,
+    /// whatever its last health: a game switched off while failing is not failing any more
+    /// for an alert.
+    pub fn status_counts(&self, disabled: &HashSet<String>) -> [(&'static str, u64); 5] {
         let mut counts = [
-            (hysteresis::HealthStatus::Healthy, 0),
-            (hysteresis::HealthStatus::Suspect, 0),
-            (hysteresis::HealthStatus::Failing, 0),
-            (hysteresis::HealthStatus::Unknown, 0),
+            (hysteresis::HealthStatus::Healthy.as_str(), 0),
+            (hysteresis::HealthStatus::Suspect.as_str(), 0),
+            (hysteresis::HealthStatus::Failing.as_str(), 0),
+            (hysteresis::HealthStatus::Unknown.as_str(), 0),
+            ("disabled", 0),
         ];
-        for game in self.games.values() {
-            let status = game.health.status();
+        for (game_id, game) in &self.games {
+            let status = if disabled.contains(game_id) {
+                "disabled"
+            } else {
+                game.health.status().as_str()
+            };
             if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
                 slot.1 += 1;
             }
         }
-        counts.map(|(status, count)| (status.as_str(), count))
+        counts
     }
 
     pub fn get(&self, game_id: &str) -> Option<&Game> {

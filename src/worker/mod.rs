@@ -308,6 +308,8 @@ impl Worker {
         let backlog = std::mem::take(&mut self.backlog);
         // Games that wait for the healthy ones: (rank, last tick that probed them, record).
         let mut later: Vec<(Rank, u64, RuntimeRecord)> = Vec::new();
+        // Owned games an override disables: `disabled` in the games gauge.
+        let mut disabled = HashSet::new();
 
         // What finished since the last tick, first.
         while let Some(done) = self.in_flight.try_join_next_with_id() {
@@ -360,6 +362,7 @@ impl Worker {
             match settings.skip(since_start) {
                 Some(Skip::Disabled) => {
                     report.disabled += 1;
+                    disabled.insert(record.game_id);
                     continue;
                 }
                 Some(Skip::InitialDelay) => {
@@ -484,7 +487,8 @@ impl Worker {
                 .retain(|game_id, _| games.get(game_id).is_some());
             self.metrics.running_records(report.records);
             self.metrics.owned_games(report.owned);
-            self.metrics.games_by_status(self.games.status_counts());
+            self.metrics
+                .games_by_status(self.games.status_counts(&disabled));
             self.last_owned = report.owned;
             let share = TickShare {
                 owned: report.owned,
