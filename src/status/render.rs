@@ -64,9 +64,29 @@ impl StatusReport {
 
     pub fn to_text(&self) -> String {
         let mut text = format!("healthprobe {VERSION}: {}\n", self.overall.as_str());
+        // Names in a column at least a space wider than the longest (`overrides` is 9).
+        let name_width = self
+            .components
+            .iter()
+            .map(|c| c.name.len() + 1)
+            .max()
+            .unwrap_or(0)
+            .max(9);
         for c in &self.components {
-            let _ = writeln!(text, "{:<9}{:<5} {}", c.name, c.level.as_str(), c.detail);
-            let _ = writeln!(text, "{:<15}rule: {}", "", c.rule);
+            let _ = writeln!(
+                text,
+                "{:<name_width$}{:<5} {}",
+                c.name,
+                c.level.as_str(),
+                c.detail
+            );
+            let _ = writeln!(
+                text,
+                "{:<width$}rule: {}",
+                "",
+                c.rule,
+                width = name_width + 6
+            );
         }
         match &self.last_tick {
             Some(t) => {

@@ -139,6 +139,10 @@ fn set_aside_rows_a_restarted_relay_and_local_faults_warn() {
         .find(|c| c.name == "overrides")
         .expect("an overrides component");
     assert!(overrides.detail.contains("game-7"), "{}", overrides.detail);
+    // Its name is the longest: the text keeps a space after every name.
+    let text = report.to_text();
+    assert!(text.contains("\noverrides WARN  1 bad rows"), "{text}");
+    assert!(text.contains("\npostgres  OK"), "{text}");
     seen.board.last_tick = Some(tick(5, 0));
     assert!(
         evaluate(&seen)
