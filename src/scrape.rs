@@ -150,22 +150,26 @@ mod tests {
         }
     }
 
+    /// The metric family names a `/metrics` text declares (its `# TYPE` lines).
+    fn families(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect()
+    }
+
     /// One namespace: every family is `healthprobe_…`, but the seed's compatibility name and
     /// the exporter's own `target_info`.
     #[test]
     fn every_metric_is_in_the_healthprobe_namespace() {
         let text = render_all();
-        let families: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| l.split(' ').next())
-            .collect();
+        let families = families(&text);
         assert!(families.len() > 15, "{families:?}");
-        for family in families {
+        for family in &families {
             assert!(
                 family.starts_with("healthprobe_")
-                    || family == "rtmanager_health_events_total"
-                    || family == "target_info",
+                    || *family == "rtmanager_health_events_total"
+                    || *family == "target_info",
                 "{family} is outside the healthprobe_ namespace"
             );
         }
@@ -176,11 +180,7 @@ mod tests {
     #[test]
     fn the_alert_rules_read_metrics_the_service_exports() {
         let text = render_all();
-        let families: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| l.split(' ').next())
-            .collect();
+        let families = families(&text);
         let rules = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml"),
         )

@@ -348,7 +348,7 @@ async fn a_tick_stuck_on_a_hung_postgres_ends_with_an_error_within_the_bound() {
     drop(proxy);
 }
 
-/// SIGTERM while Postgres hangs: the process exits within 10 s.
+/// SIGTERM while Postgres hangs: the process stops cleanly (exit 0) within 10 s.
 #[tokio::test]
 async fn sigterm_during_a_postgres_hang_exits_within_ten_seconds() {
     let env = TestEnv::new().await;
@@ -382,5 +382,16 @@ async fn sigterm_during_a_postgres_hang_exits_within_ten_seconds() {
         "FIGURE pg-hang: SIGTERM during the hang: exit {status:?} after {:.2} s",
         elapsed.as_secs_f64()
     );
-    assert!(elapsed <= Duration::from_secs(10), "{elapsed:?}");
+    // `terminate` already fails the test past 10 s; what is asserted here is how it ended:
+    // a clean stop (exit 0, the staged shutdown's last line), not a crash or a kill.
+    assert!(
+        status.success(),
+        "exit {status:?}; log: {}",
+        worker.log_text()
+    );
+    assert!(
+        worker.log_text().contains("healthprobe stopped"),
+        "the staged shutdown ran to its end; log: {}",
+        worker.log_text()
+    );
 }

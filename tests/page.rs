@@ -392,7 +392,7 @@ async fn a_screenshot_of_the_demo_fleet_on_a_laptop_and_a_phone() {
     eprintln!("screenshot taken of: {state}");
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let laptop = browser.screenshot().await;
-    assert!(laptop.starts_with(b"\x89PNG"), "a PNG");
+    assert_screenshot_of_the_viewport(&browser, &laptop).await;
     std::fs::write(out.join("fleet-page.png"), &laptop).unwrap();
     browser.set_window(PHONE.0, PHONE.1).await;
     browser
@@ -404,6 +404,7 @@ async fn a_screenshot_of_the_demo_fleet_on_a_laptop_and_a_phone() {
         )
         .await;
     let phone = browser.screenshot().await;
+    assert_screenshot_of_the_viewport(&browser, &phone).await;
     std::fs::write(out.join("fleet-page-phone.png"), &phone).unwrap();
     if std::env::var("HEALTHPROBE_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
         let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
@@ -416,6 +417,40 @@ async fn a_screenshot_of_the_demo_fleet_on_a_laptop_and_a_phone() {
     let (status, _) = worker.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "{}", worker.log_text());
     fleet.shutdown().await;
+}
+
+/// The screenshot is a PNG of the whole viewport (its header's size is the window's in
+/// device pixels) with something drawn on it: a blank or half-rendered page compresses to
+/// a few KiB, the demo fleet's page to several times more.
+async fn assert_screenshot_of_the_viewport(browser: &Browser, png: &[u8]) {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    const MIN_DRAWN_BYTES: usize = 24 * 1024;
+    assert!(png.starts_with(SIGNATURE), "a PNG");
+    // The IHDR chunk comes first: length (4), type (4), width (4), height (4), big-endian.
+    assert_eq!(
+        &png[12..16],
+        b"IHDR",
+        "the PNG starts with its header chunk"
+    );
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    let viewport = browser
+        .execute(
+            "return [Math.round(window.innerWidth * window.devicePixelRatio), \
+                     Math.round(window.innerHeight * window.devicePixelRatio)];",
+            serde_json::json!([]),
+        )
+        .await;
+    assert_eq!(
+        serde_json::json!([width, height]),
+        viewport,
+        "the screenshot covers the viewport"
+    );
+    assert!(
+        png.len() >= MIN_DRAWN_BYTES,
+        "{} bytes: the page looks blank",
+        png.len()
+    );
 }
 
 /// Appends an already-published event `hours_ago` hours back, as the worker would have.

@@ -310,8 +310,11 @@ async fn failures_are_classified_with_the_right_last_status() {
     assert_eq!(fleet.redirect_follows(), 0, "redirects are never followed");
 }
 
+/// An 8 MiB body counts as healthy and costs the worker its 4 KiB cap only: the rest is
+/// never read, so the connection cannot be reused and each probe opens a new one (reading
+/// the body to the end would keep one connection alive for all three).
 #[tokio::test]
-async fn a_huge_healthy_body_is_healthy_and_cheap() {
+async fn a_huge_healthy_body_is_healthy_and_read_only_to_the_cap() {
     let env = TestEnv::new().await;
     let fleet = Fleet::start().await;
     env.add_running(
@@ -326,6 +329,12 @@ async fn a_huge_healthy_body_is_healthy_and_cheap() {
         assert_eq!((report.healthy, report.failed), (1, 0));
     }
     assert_eq!(env.snapshot("big").await.unwrap().0, "healthy");
+    assert_eq!(fleet.requests("big"), 3);
+    assert_eq!(
+        fleet.connections(),
+        3,
+        "the body past the cap is abandoned with its connection, never drained"
+    );
 }
 
 #[tokio::test]

@@ -71,7 +71,8 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 6] = [
+    /// Every kind that counts against the engine: all but [`Self::LocalError`].
+    pub const ENGINE_FAILURES: [FailureKind; 6] = [
         Self::Timeout,
         Self::Connect,
         Self::Status,
@@ -92,9 +93,12 @@ impl FailureKind {
         }
     }
 
-    /// The engine failure kinds (`ALL`) only: `local_error` never reaches a snapshot.
+    /// The engine failure kinds ([`Self::ENGINE_FAILURES`]) only: `local_error` never
+    /// reaches a snapshot.
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+        Self::ENGINE_FAILURES
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
     }
 }
 
@@ -194,14 +198,7 @@ pub fn probe_url(endpoint: &str, path: &str) -> Result<Url, ProbeFailure> {
 /// Keeps hostile endpoint strings (10 KiB of junk) out of log lines and snapshots.
 fn shorten(text: &str) -> String {
     const MAX: usize = 200;
-    if text.len() <= MAX {
-        return format!("{text:?}");
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{:?}… ({} bytes)", &text[..end], text.len())
+    crate::bounded(text, MAX)
 }
 
 /// Probes engines. Cheap to clone: the connection pool is shared.
@@ -631,7 +628,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for kind in FailureKind::ALL {
+        for kind in FailureKind::ENGINE_FAILURES {
             assert_eq!(FailureKind::parse(kind.as_str()), Some(kind));
         }
     }

@@ -155,12 +155,9 @@ impl Recorder {
         }
     }
 
-    /// Commits a transition's snapshot and event. Public so tests can drive the rule.
-    pub async fn transition(
-        &self,
-        event: &HealthEvent,
-        row: &SnapshotRow,
-    ) -> Result<i64, RecordError> {
+    /// Commits a transition's snapshot and its event in one transaction, conditionally on
+    /// the version the decision was made from.
+    async fn transition(&self, event: &HealthEvent, row: &SnapshotRow) -> Result<i64, RecordError> {
         let result = self.store.record_transition(event, row).await;
         self.store_answered();
         match result {
