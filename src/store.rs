@@ -110,7 +110,7 @@ impl Store {
     /// Runs one statement (or transaction) within [`CLIENT_STATEMENT_BOUND`]. After one was
     /// given up on, the next ones fail at once until Postgres answers a short ping, so a
     /// tick with many writes does not wait the bound once per write.
-    async fn bounded<T>(
+    async fn within_statement_bound<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, sqlx::Error> {
@@ -163,8 +163,10 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        self.bounded(async { sqlx::query("SELECT 1").execute(&self.pool).await.map(drop) })
-            .await
+        self.within_statement_bound(async {
+            sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+        })
+        .await
     }
 }
 
@@ -175,7 +177,7 @@ impl Store {
 /// sqlx's slow-statement warning is moved to debug: the running list is read as a stream
 /// for the whole tick, so at 100,000 games (or with a spread) every tick "exceeded the
 /// alert threshold" and warned; statements that really hang are reported by
-/// [`Store::bounded`].
+/// [`Store::within_statement_bound`].
 fn connect_options(database_url: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
     use sqlx::ConnectOptions as _;
     use std::str::FromStr as _;

@@ -64,7 +64,9 @@ const LOG_VALUE_MAX: usize = 200;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DrainReport {
     pub published: usize,
-    pub undecodable: usize,
+    /// Rows that cannot be published as they are: they do not decode, or their message is
+    /// over the server's `max_payload`. Each one is set aside.
+    pub unpublishable: usize,
     /// Rows set aside in this pass (undecodable, too large, or refused by the server).
     pub set_aside: usize,
     /// More rows may be waiting (the batch was full).
@@ -285,7 +287,7 @@ impl Relay {
                     .sum();
                     let size = event.to_json().len() + header_bytes + 64;
                     if max_payload > 0 && size > max_payload {
-                        report.undecodable += 1;
+                        report.unpublishable += 1;
                         let why = format!(
                             "message of {size} bytes is over the server's max_payload ({max_payload} bytes)"
                         );
@@ -296,7 +298,7 @@ impl Relay {
                     }
                 }
                 Err(bad) => {
-                    report.undecodable += 1;
+                    report.unpublishable += 1;
                     self.set_aside(bad.event_id, None, &bad.reason, &mut report)
                         .await?;
                 }

@@ -20,7 +20,7 @@ impl Store {
         game_ids: &[String],
         since: DateTime<Utc>,
     ) -> Result<Vec<(String, Current, Vec<Transition>)>, sqlx::Error> {
-        self.bounded(async {
+        self.within_statement_bound(async {
             let current = sqlx::query(
                 "SELECT r.game_id, r.current_container_id, \
                    CASE WHEN isfinite(r.started_at) THEN r.started_at END, \

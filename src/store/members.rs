@@ -50,7 +50,7 @@ impl Store {
     /// clock decides what is live, so replicas' clocks need not agree.
     pub async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<Vec<Member>, sqlx::Error> {
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        let rows = self.bounded(sqlx::query(
+        let rows = self.within_statement_bound(sqlx::query(
             "WITH me AS ( \
                INSERT INTO healthprobe_members \
                  (replica_id, status_addr, version, heartbeat_at, lease_expires_at, relay_pid, \
@@ -88,7 +88,7 @@ impl Store {
     /// Every member, live or not, for `healthprobe status --members`.
     pub async fn members(&self) -> Result<Vec<Member>, sqlx::Error> {
         let rows = self
-            .bounded(
+            .within_statement_bound(
                 sqlx::query(
                     "SELECT replica_id, status_addr, version, heartbeat_at, lease_expires_at, \
                     lease_expires_at > now() AS live, owned_games, failing_games, degraded \
@@ -103,7 +103,7 @@ impl Store {
     /// Leaves the membership (SIGTERM): the others share this replica's games at their next
     /// heartbeat instead of waiting for its lease to expire.
     pub async fn leave(&self, replica_id: &str) -> Result<(), sqlx::Error> {
-        self.bounded(
+        self.within_statement_bound(
             sqlx::query("DELETE FROM healthprobe_members WHERE replica_id = $1")
                 .bind(replica_id)
                 .execute(&self.pool),
@@ -123,7 +123,7 @@ impl Store {
     ) -> Result<Option<String>, sqlx::Error> {
         // The holder is chosen first, in a materialised step: in one WHERE clause Postgres
         // may call pg_terminate_backend before it checks the lease, ending live holders.
-        self.bounded(
+        self.within_statement_bound(
             sqlx::query_scalar(
                 "WITH expired AS MATERIALIZED ( \
                SELECT m.replica_id, m.relay_pid FROM healthprobe_members m \

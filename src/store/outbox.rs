@@ -48,7 +48,7 @@ impl Store {
         &self,
         limit: i64,
     ) -> Result<Vec<Result<HealthEvent, UndecodableEvent>>, sqlx::Error> {
-        self.bounded(async {
+        self.within_statement_bound(async {
             let rows = sqlx::query(
                 "SELECT e.event_id, e.event_type, \
                    CASE WHEN isfinite(e.occurred_at) \
@@ -96,7 +96,7 @@ impl Store {
     /// Sets a row aside with why; a row set aside before (and retried) counts one more
     /// attempt.
     pub async fn set_aside(&self, event_id: Uuid, error: &str) -> Result<(), sqlx::Error> {
-        self.bounded(async {
+        self.within_statement_bound(async {
             sqlx::query(
                 "INSERT INTO health_events_set_aside (event_id, error) VALUES ($1, left($2, $3)) \
                  ON CONFLICT (event_id) DO UPDATE SET state = 'set_aside', error = EXCLUDED.error, \
@@ -115,7 +115,7 @@ impl Store {
 
     /// Rows set aside and not yet retried or discarded.
     pub async fn count_set_aside(&self) -> Result<i64, sqlx::Error> {
-        self.bounded(async {
+        self.within_statement_bound(async {
             sqlx::query_scalar(
                 "SELECT count(*) FROM health_events_set_aside WHERE state = 'set_aside'",
             )
@@ -298,7 +298,7 @@ pub struct UndecodableEvent {
 
 impl Store {
     pub async fn mark_published(&self, event_ids: &[Uuid]) -> Result<(), sqlx::Error> {
-        self.bounded(async {
+        self.within_statement_bound(async {
             if event_ids.is_empty() {
                 return Ok(());
             }
@@ -315,7 +315,7 @@ impl Store {
     }
 
     pub async fn count_unpublished(&self) -> Result<i64, sqlx::Error> {
-        self.bounded(async {
+        self.within_statement_bound(async {
             // Set-aside rows are counted apart (`count_set_aside`): they wait for an operator.
             sqlx::query_scalar(
                 "SELECT count(*) FROM health_events e WHERE published_at IS NULL \

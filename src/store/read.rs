@@ -79,7 +79,7 @@ impl Store {
     /// Served by the partial index on running records. The probe times are the later of the
     /// snapshot row's and the probe marks' (a steady game's row is not rewritten per probe).
     pub async fn games_page(&self, query: &GamesQuery) -> Result<Vec<GameView>, sqlx::Error> {
-        self.bounded(async {
+        self.within_statement_bound(async {
             let like = query.game_id_glob.as_deref().map(glob_to_like);
             let rows = sqlx::query(
                 "WITH page AS (SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
@@ -142,7 +142,7 @@ impl Store {
     /// How many running games are in each health status (`unknown` includes games without
     /// a snapshot yet): the fleet page's totals. One pass over the running records.
     pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        self.bounded(
+        self.within_statement_bound(
             sqlx::query_as(
                 "SELECT CASE WHEN o.disabled THEN 'disabled' \
                    ELSE COALESCE(s.status, 'unknown') END AS status, count(*) \
@@ -159,7 +159,7 @@ impl Store {
     /// as stored, whether the relay has published them). Served by the `seq` index.
     pub async fn latest_events(&self, limit: i64) -> Result<Vec<LoggedEvent>, sqlx::Error> {
         let rows = self
-            .bounded(
+            .within_statement_bound(
                 sqlx::query(
                     "SELECT event_id, game_id, container_id, event_type, \
                        CASE WHEN isfinite(occurred_at) \

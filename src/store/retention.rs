@@ -36,7 +36,7 @@ impl Store {
         after: Option<RetentionCursor>,
         limit: i64,
     ) -> Result<RetentionBatch, sqlx::Error> {
-        self.bounded(async {
+        self.within_statement_bound(async {
             let mut tx = self.pool.begin().await?;
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "SET LOCAL statement_timeout = {}",

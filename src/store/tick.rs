@@ -136,7 +136,10 @@ impl Store {
         // a server that stops answering mid-list ends the stream with an error.
         futures::stream::unfold(Some(rows), move |rows| async move {
             let mut rows = rows?;
-            match self.bounded(async { Ok(rows.next().await) }).await {
+            match self
+                .within_statement_bound(async { Ok(rows.next().await) })
+                .await
+            {
                 Ok(Some(Ok(game))) => Some((Ok(game), Some(rows))),
                 Ok(Some(Err(e))) | Err(e) => Some((Err(e), None)),
                 Ok(None) => None,
@@ -147,7 +150,7 @@ impl Store {
 
     /// One running game with its snapshot row, `None` when it is unknown or not running.
     pub async fn running_game(&self, game_id: &str) -> Result<Option<ListedGame>, sqlx::Error> {
-        self.bounded(async {
+        self.within_statement_bound(async {
             let row = sqlx::query(LISTED_GAMES_SQL)
                 .bind(Some(game_id))
                 .fetch_optional(&self.pool)
@@ -160,7 +163,7 @@ impl Store {
     /// Every snapshot row, to warm the worker's memory at start-up (each game is read
     /// again with the running list before it is decided, so this is only a head start).
     pub async fn load_snapshots(&self) -> Result<Vec<(String, StoredSnapshot)>, sqlx::Error> {
-        self.bounded(async {
+        self.within_statement_bound(async {
             let rows = sqlx::query(
                 "SELECT game_id, version, consecutive_failures, consecutive_successes, \
                  episode_failures, failure_published, last_status, last_failure_kind, container_id \
@@ -188,7 +191,7 @@ impl Store {
         snapshot: &SnapshotRow,
     ) -> Result<i64, WriteError> {
         let outcome = self
-            .bounded(async {
+            .within_statement_bound(async {
                 let mut tx = self.pool.begin().await?;
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                     "SET LOCAL statement_timeout = {}",
@@ -244,7 +247,9 @@ impl Store {
         if rows.is_empty() {
             return Ok(SnapshotWrites::default());
         }
-        let written = self.bounded(write_snapshots(&self.pool, rows)).await?;
+        let written = self
+            .within_statement_bound(write_snapshots(&self.pool, rows))
+            .await?;
         let mut done: std::collections::HashSet<&str> =
             std::collections::HashSet::with_capacity(written.len());
         for (game_id, _) in &written {
@@ -265,7 +270,7 @@ impl Store {
         replica_id: &str,
         marks: &ProbeMarks<'_>,
     ) -> Result<(), sqlx::Error> {
-        self.bounded(async {
+        self.within_statement_bound(async {
             sqlx::query(
                 "INSERT INTO health_probe_marks \
                    (replica_id, game_ids, probed_at, latency_ms, succeeded, updated_at) \
@@ -291,7 +296,7 @@ impl Store {
         if game_ids.is_empty() {
             return Ok(0);
         }
-        self.bounded(async {
+        self.within_statement_bound(async {
             let done = sqlx::query("DELETE FROM health_snapshots WHERE game_id = ANY($1)")
                 .bind(game_ids)
                 .execute(&self.pool)
