@@ -159,8 +159,8 @@ pub struct BoardSnapshot {
 }
 
 impl BoardSnapshot {
-    /// Liveness (DESIGN §11): progress within [`liveness_limit`] (3 × interval, at least
-    /// [`LIVENESS_FLOOR`]): a tick ended (even a failed one), a tick started, a probe was
+    /// Liveness (DESIGN §11): progress within [`Self::liveness_limit`] (3 × interval, at
+    /// least 10 s): a tick ended (even a failed one), a tick started, a probe was
     /// recorded or a store call of the tick answered. Before any, the same grace is counted
     /// from start-up, so a worker that just started is live.
     pub fn live(&self) -> bool {

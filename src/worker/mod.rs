@@ -3,13 +3,20 @@
 //! that are gone (DESIGN §1, §3, §12).
 //!
 //! [`Worker::tick`] is one pass and returns a [`TickReport`]; [`driver::run`] is the loop
-//! around it. The parts: [`games`] (the per-game table, pure), [`record`] (the commit rule:
+//! around it. The parts: [`games`] (the per-game table, pure), `dispatch` (the tick's
+//! schedule: ranked starts, the budget, probes in flight), [`record`] (the commit rule:
 //! memory moves only after Postgres committed, conditionally on the version it read),
-//! [`membership`] (replicas and who owns which game), [`report`] (what a tick says).
+//! [`hold`] (the mass-failure rule, pure) and `mass_failure` (the worker's side of it, and
+//! the degraded replica's sample tick), [`overrides`] (per-game settings, pure) and
+//! `game_settings` (the worker's copy of them), [`membership`] (replicas and who owns which
+//! game), [`on_demand`] (probes beside the ticks), [`report`] (what a tick says).
 
+mod dispatch;
 pub mod driver;
+mod game_settings;
 pub mod games;
 pub mod hold;
+mod mass_failure;
 pub mod membership;
 pub mod on_demand;
 pub mod overrides;
@@ -24,7 +31,6 @@ use futures::StreamExt as _;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 pub use driver::run;
 pub use report::{MAX_REPORTED_OVERRIDES, ProbeOneError, ProbeOneReport, TickError, TickReport};
@@ -32,15 +38,16 @@ pub use report::{MAX_REPORTED_OVERRIDES, ProbeOneError, ProbeOneReport, TickErro
 use crate::hysteresis::{GameHealth, Thresholds};
 use crate::probe::spec::ProbeSpec;
 use crate::probe::{ProbeOutcome, Prober};
-use crate::status::{HoldSummary, Progress};
+use crate::status::Progress;
 use crate::store::{ListedGame, RuntimeRecord, Store};
 use crate::telemetry::Metrics;
+use dispatch::{LaterGame, Start};
 use games::{GameTable, Rank, Synced};
-use hold::{Action, HoldState, MassFailure, MassFailureSettings, TickShare};
+use hold::{Action, MassFailure, MassFailureSettings};
 use membership::{Membership, ReplicaHealth};
 use on_demand::HoldFlags;
 use overrides::{GameSettings, GlobalProbeSettings, Skip};
-use record::{PendingWrite, Recorder, SNAPSHOT_BATCH};
+use record::{PendingWrite, Recorder};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerSettings {
@@ -101,9 +108,6 @@ pub struct Worker {
     logged_bad_overrides: HashMap<String, String>,
 }
 
-/// Games a degraded replica probes per tick to learn that its own probes succeed again.
-const DEGRADED_SAMPLE: usize = 20;
-
 impl Worker {
     /// A worker alone: it owns every game until [`Self::with_membership`] says otherwise.
     pub fn new(
@@ -154,53 +158,6 @@ impl Worker {
         self.probe_settings.initial_delay = initial_delay;
         self.probe_settings.spec = Arc::new(spec);
         self
-    }
-
-    /// The game's settings from its override row over the global ones; a bad row is
-    /// logged (once per reason) and counted in `report`.
-    fn game_settings(&mut self, game: &ListedGame, report: &mut TickReport) -> GameSettings {
-        let settings = GameSettings::resolve(game.overrides.as_ref(), &self.probe_settings);
-        let game_id = &game.record.game_id;
-        match &settings.problem {
-            Some(problem) => {
-                report.bad_override_count += 1;
-                if report.bad_overrides.len() < MAX_REPORTED_OVERRIDES {
-                    report
-                        .bad_overrides
-                        .push((game_id.clone(), crate::bounded(problem, 200)));
-                }
-                if self.logged_bad_overrides.get(game_id) != Some(problem) {
-                    tracing::warn!(game_id = %crate::bounded(game_id, 200), problem = %crate::bounded(problem, 200), "bad row in health_probe_overrides: the game is probed with the global settings");
-                    self.logged_bad_overrides
-                        .insert(game_id.clone(), problem.clone());
-                }
-            }
-            None => {
-                if self.logged_bad_overrides.remove(game_id).is_some() {
-                    tracing::info!(game_id = %crate::bounded(game_id, 200), "row in health_probe_overrides fixed: its settings apply");
-                }
-            }
-        }
-        if settings.is_global(&self.probe_settings) {
-            self.game_settings.remove(game_id);
-        } else {
-            self.game_settings.insert(game_id.clone(), settings.clone());
-        }
-        settings
-    }
-
-    /// The thresholds a game is decided with: its override's, or the worker's.
-    fn thresholds_of(&self, game_id: &str) -> Thresholds {
-        self.game_settings
-            .get(game_id)
-            .map_or(self.settings.thresholds, |s| s.thresholds)
-    }
-
-    /// What a game is probed with: its override's spec, or the global one.
-    fn spec_of(&self, game_id: &str) -> Arc<ProbeSpec> {
-        self.game_settings
-            .get(game_id)
-            .map_or_else(|| self.probe_settings.spec.clone(), |s| s.spec.clone())
     }
 
     /// Shares the hold with on-demand probes ([`on_demand::OnDemand`]), which hold
@@ -290,24 +247,11 @@ impl Worker {
         let store = self.store.clone();
         let mut listed = store.running_games();
         let mut list_error = None;
-        // With a spread, owned game i starts no earlier than `started + i × slot`, and no
-        // later than the window's end; the fleet size is the last tick's until this one
-        // has counted it.
-        let expected = self.fleet_estimate();
-        let window = self.settings.spread_window;
-        let slot = if window.is_zero() || expected == 0 {
-            Duration::ZERO
-        } else {
-            window / expected as u32
-        };
-        let tick_start = tokio::time::Instant::from_std(started);
-        let deadline = self.tick_budget.map(|budget| tick_start + budget);
-        let mut dispatched = 0usize;
+        let mut schedule = self.schedule(started, generation);
         // The last tick left healthy games behind: this one orders every game by how long
         // it waited (memory for the list, only while overloaded).
         let backlog = std::mem::take(&mut self.backlog);
-        // Games that wait for the healthy ones: (rank, last tick that probed them, record).
-        let mut later: Vec<(Rank, u64, RuntimeRecord)> = Vec::new();
+        let mut later: Vec<LaterGame> = Vec::new();
         // Owned games an override disables: `disabled` in the games gauge.
         let mut disabled = HashSet::new();
 
@@ -377,98 +321,18 @@ impl Worker {
                 later.push((rank, waited, record));
                 continue;
             }
-            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                // Even healthy games wait for the next tick once the budget is spent
-                // (slots held by engines that just hung); they go first then.
-                report.deferred += 1;
-                self.backlog = true;
-                continue;
+            let start = self
+                .start_or_defer(&mut schedule, record, rank, stop, &mut report, &mut batch)
+                .await;
+            if start == Start::Interrupted {
+                break;
             }
-            let start_at = tick_start + (slot * dispatched as u32).min(window);
-            if !self
-                .dispatch(
-                    record,
-                    start_at,
-                    deadline,
-                    stop,
-                    generation,
-                    &mut report,
-                    &mut batch,
-                )
-                .await
-            {
-                if report.interrupted {
-                    break;
-                }
-                report.deferred += 1;
-                self.backlog = true;
-                continue;
-            }
-            dispatched += 1;
         }
         drop(listed);
-        // Longest-waiting first within a rank; ties in an order that changes every tick, so
-        // no game is always last.
-        later.sort_by_cached_key(|(rank, waited, record)| {
-            (
-                *rank,
-                *waited,
-                games::shuffle_key(&record.game_id, generation),
-            )
-        });
-        let mut later = later.into_iter();
-        if !report.interrupted {
-            for (_, _, record) in later.by_ref() {
-                let start_at = tick_start + (slot * dispatched as u32).min(window);
-                if !self
-                    .dispatch(
-                        record,
-                        start_at,
-                        deadline,
-                        stop,
-                        generation,
-                        &mut report,
-                        &mut batch,
-                    )
-                    .await
-                {
-                    if !report.interrupted {
-                        report.deferred += 1;
-                    }
-                    break;
-                }
-                dispatched += 1;
-            }
-        }
-        // Not started: their turn comes first among their group next tick.
-        let rest: Vec<_> = later.collect();
-        report.deferred += rest.len();
-        if rest.iter().any(|(rank, _, _)| *rank == Rank::Healthy) {
-            self.backlog = true;
-        }
-        // Probes in flight: all of them on shutdown; up to the budget otherwise.
-        loop {
-            if self.in_flight.is_empty() {
-                break;
-            }
-            let past_budget =
-                !report.interrupted && deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-            if past_budget {
-                break;
-            }
-            let done = match deadline {
-                Some(deadline) if !report.interrupted => tokio::select! {
-                    done = self.in_flight.join_next_with_id() => done,
-                    _ = tokio::time::sleep_until(deadline) => None,
-                },
-                _ => self.in_flight.join_next_with_id().await,
-            };
-            if let Some(done) = done {
-                let done = self.finished(done);
-                self.apply(done, &mut report, &mut batch).await;
-            }
-        }
-        report.in_flight = self.in_flight.len();
+        self.start_later(&mut schedule, later, stop, &mut report, &mut batch)
+            .await;
+        self.collect_in_flight(&schedule, &mut report, &mut batch)
+            .await;
         self.recorder
             .flush(&mut self.games, &mut batch, &mut report)
             .await;
@@ -490,25 +354,7 @@ impl Worker {
             self.metrics
                 .games_by_status(self.games.status_counts(&disabled));
             self.last_owned = report.owned;
-            let share = TickShare {
-                owned: report.owned,
-                failing: self.games.failing_seen_in(generation),
-                local_errors: report.local_errors,
-            };
-            let pending_new = self
-                .pending_failed
-                .iter()
-                .filter(|(record, _, _)| {
-                    self.games
-                        .get(&record.game_id)
-                        .is_some_and(|g| g.health.consecutive_failures == 0)
-                })
-                .count();
-            let share = TickShare {
-                failing: share.failing + pending_new,
-                ..share
-            };
-            action = self.judge_mass_failure(share, &membership);
+            action = self.judge_mass_failure(&report, generation, &membership);
         }
         self.settle_pending_failures(action, &mut report).await;
         report.hold = self.hold_report();
@@ -540,80 +386,6 @@ impl Worker {
         self.settle_pending_failures(Action::Nothing, &mut report)
             .await;
         report
-    }
-
-    /// Starts one probe at `start_at` once a slot is free, recording finished probes
-    /// meanwhile. Returns false when it did not start it: `stop` (the tick is interrupted)
-    /// or the `deadline` passed first.
-    #[allow(clippy::too_many_arguments)]
-    async fn dispatch(
-        &mut self,
-        record: RuntimeRecord,
-        start_at: tokio::time::Instant,
-        deadline: Option<tokio::time::Instant>,
-        stop: &CancellationToken,
-        generation: u64,
-        report: &mut TickReport,
-        batch: &mut Vec<PendingWrite>,
-    ) -> bool {
-        let permit = loop {
-            let now = tokio::time::Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                return false;
-            }
-            let due = now >= start_at;
-            let far = deadline.unwrap_or(start_at + Duration::from_secs(3600));
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => {
-                    report.interrupted = true;
-                    return false;
-                }
-                Some(done) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => {
-                    let done = self.finished(done);
-                    self.apply(done, report, batch).await;
-                }
-                _ = tokio::time::sleep_until(start_at), if !due => {}
-                _ = tokio::time::sleep_until(far), if due && deadline.is_some() => {}
-                permit = self.slots.clone().acquire_owned(), if due => {
-                    break permit.expect("the semaphore is never closed");
-                }
-            }
-        };
-        let prober = self.prober.clone();
-        let spec = self.spec_of(&record.game_id);
-        let span = probe_span(&record.game_id);
-        self.games.dispatched(&record.game_id, generation);
-        self.probing.insert(record.game_id.clone());
-        let game_id = record.game_id.clone();
-        let task = self.in_flight.spawn(
-            async move {
-                let outcome = prober.probe(&record.engine_endpoint, &spec).await;
-                drop(permit);
-                (record, outcome)
-            }
-            .instrument(span),
-        );
-        self.probing_tasks.insert(task.id(), game_id);
-        if batch.len() >= SNAPSHOT_BATCH {
-            self.recorder.flush(&mut self.games, batch, report).await;
-        }
-        true
-    }
-
-    /// Clears the bookkeeping of a probe that ended (normally or not).
-    fn finished(
-        &mut self,
-        done: Result<(tokio::task::Id, (RuntimeRecord, ProbeOutcome)), tokio::task::JoinError>,
-    ) -> Result<(RuntimeRecord, ProbeOutcome), tokio::task::JoinError> {
-        let id = match &done {
-            Ok((id, _)) => *id,
-            Err(e) => e.id(),
-        };
-        if let Some(game_id) = self.probing_tasks.remove(&id) {
-            self.probing.remove(&game_id);
-        }
-        done.map(|(_, done)| done)
     }
 
     /// Applies one finished probe: hysteresis on the synced state, then the commit rule.
@@ -693,219 +465,5 @@ impl Worker {
         self.recorder
             .record(&mut self.games, &record, decision, &outcome, report, batch)
             .await;
-    }
-}
-
-impl Worker {
-    /// Records the `probe_failed` that waited for the tick's end: held if the hold is on
-    /// (or the checker's fault just cleared), dropped if this replica steps out, as they
-    /// were otherwise. Then forgives what the checker's fault made, if it cleared.
-    async fn settle_pending_failures(&mut self, action: Action, report: &mut TickReport) {
-        let pending = std::mem::take(&mut self.pending_failed);
-        if action == Action::StepOut {
-            // Everything goes: the others start from the rows.
-            self.games = GameTable::new();
-            return;
-        }
-        let hold = action == Action::Dropped
-            || self.mass_failure.as_ref().is_some_and(MassFailure::holding);
-        let mut batch = Vec::new();
-        for (record, decision, outcome) in pending {
-            if !self
-                .games
-                .expects(&record.game_id, record.container_id.as_deref())
-            {
-                report.dropped += 1;
-                continue;
-            }
-            let decision = if hold {
-                report.held += 1;
-                self.metrics.mass_failure_held();
-                decision.held()
-            } else {
-                decision
-            };
-            self.recorder
-                .record(
-                    &mut self.games,
-                    &record,
-                    decision,
-                    &outcome,
-                    report,
-                    &mut batch,
-                )
-                .await;
-        }
-        self.recorder
-            .flush(&mut self.games, &mut batch, report)
-            .await;
-        if action == Action::Dropped {
-            let forgiven = self.games.forgive_unpublished_failures();
-            tracing::warn!(
-                forgiven,
-                "the checker's own fault cleared: failures seen during the hold are dropped, engines judged afresh"
-            );
-        }
-    }
-
-    /// Folds the tick into the mass-failure hold (DESIGN §15): logs, metric, figures for
-    /// the other replicas. The caller acts on the returned action.
-    fn judge_mass_failure(&mut self, share: TickShare, membership: &Membership) -> Action {
-        let Some(mass) = self.mass_failure.as_mut() else {
-            self.publish_health(share.owned, share.not_ok());
-            return Action::Nothing;
-        };
-        let peers = membership.peers(&mass.settings);
-        let hold = mass.settings.hold;
-        let action = mass.observe(share, peers, Instant::now());
-        match action {
-            Action::Nothing => {}
-            Action::Started => tracing::warn!(
-                owned = share.owned,
-                failing = share.failing,
-                local_errors = share.local_errors,
-                ?hold,
-                "mass failure: most engines failed at once, more likely the checker than the fleet; probe_failed held"
-            ),
-            Action::Released => tracing::warn!(
-                owned = share.owned,
-                failing = share.failing,
-                ?hold,
-                "mass failure lasted the hold with no local fault and no replica seeing otherwise: the failures are real; probe_failed published again"
-            ),
-            Action::Dropped => {}
-            Action::Cleared => tracing::info!(
-                failing = share.failing,
-                "mass failure over: probe_failed no longer held"
-            ),
-            Action::StepOut => {
-                tracing::error!(
-                    owned = share.owned,
-                    failing = share.failing,
-                    local_errors = share.local_errors,
-                    "this replica's probes fail where the other replicas' do not: stepping out of the membership until they succeed again; its games go to the others, nothing is recorded meanwhile"
-                );
-                self.degraded = true;
-            }
-        }
-        let holding = self.mass_failure.as_ref().is_some_and(MassFailure::holding);
-        self.metrics.mass_failure_holding(holding);
-        self.publish_health(share.owned, share.not_ok());
-        action
-    }
-
-    fn publish_health(&self, owned: usize, failing: usize) {
-        let holding = self.mass_failure.as_ref().is_some_and(MassFailure::holding);
-        self.hold_flags.set(holding, self.degraded);
-        if let Some(health) = &self.replica_health {
-            let clamp = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
-            health.send_replace(ReplicaHealth {
-                owned_games: Some(clamp(owned)),
-                failing_games: Some(clamp(failing)),
-                degraded: self.degraded,
-            });
-        }
-    }
-
-    /// The hold as the status surface shows it.
-    fn hold_report(&self) -> HoldSummary {
-        if self.degraded {
-            return HoldSummary::Degraded;
-        }
-        match self.mass_failure.as_ref().map(MassFailure::state) {
-            None | Some(HoldState::Clear) => HoldSummary::Clear,
-            Some(HoldState::Holding { since, local_fault }) => HoldSummary::Holding {
-                for_: since.elapsed(),
-                local_fault,
-            },
-            Some(HoldState::Released { since }) => HoldSummary::Released {
-                for_: since.elapsed(),
-            },
-        }
-    }
-
-    /// A degraded replica's tick: probe a sample of the games it would own, record nothing,
-    /// and come back when most of the sample succeeds.
-    async fn sample_tick(
-        &mut self,
-        membership: &Membership,
-        stop: &CancellationToken,
-        started: Instant,
-    ) -> Result<TickReport, TickError> {
-        let mut report = TickReport::default();
-        let mut sample = Vec::new();
-        {
-            let mut listed = self.store.running_games();
-            while let Some(game) = listed.next().await {
-                let game = game.map_err(|source| TickError::List {
-                    listed: report.records,
-                    source,
-                })?;
-                report.records += 1;
-                if sample.len() < DEGRADED_SAMPLE && membership.owns(&game.record.game_id) {
-                    // A disabled game or one still starting says nothing about this
-                    // replica's own probes.
-                    let settings =
-                        GameSettings::resolve(game.overrides.as_ref(), &self.probe_settings);
-                    if settings.skip(game.since_start).is_none() {
-                        sample.push((game.record, settings.spec));
-                    }
-                }
-            }
-        }
-        let mut probes = JoinSet::new();
-        for (record, spec) in sample {
-            let prober = self.prober.clone();
-            let slots = self.slots.clone();
-            probes.spawn(async move {
-                let _permit = slots.acquire_owned().await;
-                prober.probe(&record.engine_endpoint, &spec).await
-            });
-        }
-        let (mut ok, mut not_ok) = (0usize, 0usize);
-        loop {
-            let outcome = tokio::select! {
-                _ = stop.cancelled() => { report.interrupted = true; break }
-                outcome = probes.join_next() => outcome,
-            };
-            match outcome {
-                None => break,
-                Some(Ok(outcome)) if outcome.is_healthy() => ok += 1,
-                Some(_) => not_ok += 1,
-            }
-        }
-        report.sampled = ok + not_ok;
-        report.sample_failing = not_ok;
-        let back = self
-            .mass_failure
-            .as_ref()
-            .is_none_or(|m| m.settings.share_is_fine(not_ok, ok + not_ok));
-        if back && !report.interrupted {
-            tracing::info!(
-                sampled = ok + not_ok,
-                failing = not_ok,
-                "this replica's probes succeed again: rejoining the membership"
-            );
-            self.degraded = false;
-            if let Some(mass) = self.mass_failure.as_mut() {
-                mass.reset();
-            }
-        }
-        self.metrics.mass_failure_holding(false);
-        self.publish_health(ok + not_ok, not_ok);
-        report.hold = self.hold_report();
-        report.duration = started.elapsed();
-        Ok(report)
-    }
-}
-
-/// The span of one probe, a child of the tick's: made only when spans are exported
-/// ([`crate::telemetry::traces_exported`]), since nothing else reads it and it costs about
-/// 5 % of the CPU per probe (BENCHMARKS.md).
-fn probe_span(game_id: &str) -> tracing::Span {
-    if crate::telemetry::traces_exported() {
-        tracing::info_span!("probe", game_id = %crate::bounded(game_id, 200))
-    } else {
-        tracing::Span::none()
     }
 }
