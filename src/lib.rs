@@ -7,14 +7,13 @@
 //! [`telemetry`] and [`scrape`]. Above them the status surface: [`status`] (board, pure
 //! rules, renderings), [`live`] (the fleet page's feed) and [`http`] (the accept loop,
 //! typed queries, handlers). [`retry`] gives every retrying loop its back-off; [`limits`]
-//! the descriptor budget. [`fleet`] is the simulated engine fleet of the demo and the
-//! tests. The binary (`main.rs`) parses the command line and calls `app.rs` (`run`: the
+//! the descriptor budget. [`sim`] (the `sim` feature) is the simulated engine fleet of
+//! the demo and the tests. The binary (`main.rs`) parses the command line and calls `app.rs` (`run`: the
 //! wiring and the staged stop) or one of the operator commands in `cli/`.
 
 pub mod config;
 pub mod envelope;
 pub mod events;
-pub mod fleet;
 pub mod history;
 pub mod http;
 pub mod hysteresis;
@@ -23,6 +22,8 @@ pub mod live;
 pub mod probe;
 pub mod retry;
 pub mod scrape;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod status;
 pub mod store;
 pub mod telemetry;

@@ -6,16 +6,41 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-use healthprobe::config::{Cli, Command};
+use clap::{Parser, Subcommand};
+use healthprobe::config::Command;
 use healthprobe::telemetry;
 use healthprobe::{ErrorChain, install_crypto_provider};
+
+/// The binary's command line: the worker's commands ([`Command`]) and, with the `sim`
+/// feature, the simulator's `fleet`, so the worker's configuration never imports it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "healthprobe",
+    version,
+    about = "Active health worker for game engines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: BinaryCommand,
+}
+
+// Parsed once at start and consumed at once: the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum BinaryCommand {
+    #[command(flatten)]
+    Worker(Command),
+    /// Run a simulated fleet of engines on one HTTP server until Ctrl-C, optionally
+    /// registered as running records.
+    #[cfg(feature = "sim")]
+    Fleet(Box<healthprobe::sim::FleetArgs>),
+}
 
 fn main() -> ExitCode {
     install_crypto_provider();
     // Parsing validates every value: a bad one exits here (code 2) naming the variable.
     let cli = Cli::parse();
-    if let Command::Run(args) = &cli.command
+    if let BinaryCommand::Worker(Command::Run(args)) = &cli.command
         && let Err(why) = args.validate()
     {
         eprintln!("error: {why}");
@@ -34,12 +59,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let telemetry = telemetry::init()?;
         let result = match cli.command {
-            Command::Migrate(args) => cli::migrate::migrate(args).await,
-            Command::Run(args) => app::run(*args, &telemetry).await,
-            Command::Tail(args) => cli::tail::tail(args).await,
-            Command::Status(args) => cli::status::status(args).await,
-            Command::Fleet(args) => cli::fleet::fleet(*args).await,
-            Command::Outbox(args) => cli::outbox::outbox(args).await,
+            BinaryCommand::Worker(command) => match command {
+                Command::Migrate(args) => cli::migrate::migrate(args).await,
+                Command::Run(args) => app::run(*args, &telemetry).await,
+                Command::Tail(args) => cli::tail::tail(args).await,
+                Command::Status(args) => cli::status::status(args).await,
+                Command::Outbox(args) => cli::outbox::outbox(args).await,
+            },
+            #[cfg(feature = "sim")]
+            BinaryCommand::Fleet(args) => cli::fleet::fleet(*args).await,
         };
         telemetry.shutdown().await;
         result

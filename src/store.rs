@@ -19,6 +19,7 @@ const POOL_SIZE: u32 = 6;
 /// out a connection in milliseconds, and a dead one should fail the tick quickly.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[cfg(feature = "sim")]
 mod fleet;
 mod history;
 mod leader;
@@ -28,6 +29,7 @@ mod read;
 mod retention;
 mod schema;
 mod tick;
+#[cfg(feature = "sim")]
 pub use fleet::RUNTIME_RECORDS_SQL;
 pub use history::HISTORY_MAX_GAMES;
 pub use leader::{LOCK_CLASS, LOCK_ID, LockError, RelayLock};

@@ -1,4 +1,4 @@
-//! The simulated fleet (`healthprobe::fleet`, `healthprobe fleet`) and `healthprobe status`,
+//! The simulated fleet (`healthprobe::sim`, `healthprobe fleet`) and `healthprobe status`,
 //! against real Postgres and NATS.
 
 mod helpers;
@@ -6,8 +6,8 @@ mod helpers;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use healthprobe::fleet::{Behavior, Fleet, FleetSpec};
 use healthprobe::hysteresis::Thresholds;
+use healthprobe::sim::{Behavior, Fleet, FleetSpec};
 use helpers::process::{binary, signal};
 use helpers::{TestEnv, WAIT_LIMIT, wait_for};
 use tokio::io::{AsyncBufReadExt as _, BufReader};

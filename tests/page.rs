@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use healthprobe::fleet::{Fleet as DemoFleet, FleetSpec};
+use healthprobe::sim::{Fleet as DemoFleet, FleetSpec};
 use helpers::app::{AppOptions, TestApp};
 use helpers::browser::{self, Browser};
 use helpers::engines::{Behavior, Fleet};

@@ -3,8 +3,7 @@
 
 use anyhow::Context as _;
 use healthprobe::ErrorChain;
-use healthprobe::config::FleetArgs;
-use healthprobe::fleet::{Fleet, FleetSpec};
+use healthprobe::sim::{Fleet, FleetArgs, FleetSpec};
 use healthprobe::store::Store;
 
 pub async fn fleet(args: FleetArgs) -> anyhow::Result<()> {

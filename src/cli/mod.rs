@@ -1,7 +1,8 @@
 //! The operator commands, one file each: `migrate`, `status` (games and members), `outbox`,
-//! `tail` and `fleet` (the simulated engine fleet). `run`, the service itself, is
+//! `tail` and, with the `sim` feature, `fleet` (the simulated engine fleet). `run`, the service itself, is
 //! [`crate::app`].
 
+#[cfg(feature = "sim")]
 pub mod fleet;
 pub mod migrate;
 pub mod outbox;

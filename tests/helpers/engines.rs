@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt as _;
-use healthprobe::fleet::InFlightGauge;
+use healthprobe::sim::InFlightGauge;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Behavior {
