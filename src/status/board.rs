@@ -49,6 +49,8 @@ pub struct TickSummary {
     pub failures: usize,
     /// Probes the worker's own machine could not attempt (DESIGN §2).
     pub local_errors: usize,
+    /// Probe tasks that panicked: a fault inside the worker, not the engine's.
+    pub probe_panics: usize,
     pub events: usize,
     pub pruned: usize,
     /// Writes refused because another writer changed the game first.

@@ -186,6 +186,15 @@ pub fn evaluate(observed: &Observed) -> StatusReport {
         },
     };
     let probes = match &board.last_tick {
+        Some(t) if t.probe_panics > 0 => Component {
+            name: "probes",
+            level: Level::Warn,
+            rule: PROBES_RULE,
+            detail: format!(
+                "last tick: {} probe tasks panicked (an internal fault in the worker, not the engines'); {} probes were attempted",
+                t.probe_panics, t.probes
+            ),
+        },
         Some(t) if t.local_errors > 0 => Component {
             name: "probes",
             level: if t.probes == 0 {

@@ -113,6 +113,7 @@ fn set_aside_rows_a_restarted_relay_and_local_faults_warn() {
         healthy: probes,
         failures: 0,
         local_errors,
+        probe_panics: 0,
         events: 0,
         pruned: 0,
         conflicts: 0,
@@ -126,6 +127,29 @@ fn set_aside_rows_a_restarted_relay_and_local_faults_warn() {
     assert_eq!(evaluate(&seen).overall, Level::Warn);
     seen.board.last_tick = Some(tick(0, 6));
     assert_eq!(evaluate(&seen).overall, Level::Ko, "no probe attempted");
+    // A panicked probe task is the worker's own fault: the probes component says so, the
+    // commits component (the store's) stays OK.
+    let mut panicked = tick(5, 0);
+    panicked.probe_panics = 1;
+    seen.board.last_tick = Some(panicked);
+    let report = evaluate(&seen);
+    assert_eq!(report.overall, Level::Warn);
+    let component = |name: &str| {
+        report
+            .components
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("a {name} component"))
+    };
+    assert_eq!(component("probes").level, Level::Warn);
+    assert!(
+        component("probes")
+            .detail
+            .contains("1 probe tasks panicked"),
+        "{}",
+        component("probes").detail
+    );
+    assert_eq!(component("commits").level, Level::Ok);
     // A bad override row is that game's problem: WARN, naming it.
     let mut bad = tick(5, 0);
     bad.bad_overrides = vec![("game-7".into(), "expect: \"2xx\" is not a status".into())];
@@ -174,6 +198,7 @@ fn storms_show_as_warn_components() {
         healthy: 0,
         failures: 20,
         local_errors: 0,
+        probe_panics: 0,
         events: 0,
         pruned: 0,
         conflicts: 0,

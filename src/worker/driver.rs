@@ -160,6 +160,13 @@ fn log_tick(result: &Result<TickReport, TickError>, interval: Duration) {
                     "probes not attempted: the worker ran out of descriptors, ports or buffers; these engines were not judged this tick"
                 );
             }
+            if report.probe_panics > 0 {
+                tracing::error!(
+                    probe_panics = report.probe_panics,
+                    probes = report.probes,
+                    "probe tasks panicked: an internal fault in the worker (a bug), not the engines' or Postgres'; their games are probed again next tick"
+                );
+            }
             if !report.is_clean() {
                 tracing::warn!(failed_commits = report.failed_commits, errors = ?report.store_errors, "tick could not record everything");
             }

@@ -359,7 +359,7 @@ impl Worker {
         self.settle_pending_failures(action, &mut report).await;
         report.hold = self.hold_report();
         report.duration = started.elapsed();
-        let clean = list_error.is_none() && report.is_clean();
+        let clean = list_error.is_none() && report.is_clean() && report.probe_panics == 0;
         self.metrics.tick_completed(report.duration, clean);
         match list_error {
             Some(source) => Err(TickError::List {
@@ -401,11 +401,10 @@ impl Worker {
         let (record, outcome) = match done {
             Ok(done) => done,
             Err(e) => {
-                // A probe never panics by design; if one does, count it and go on.
-                tracing::error!(error = %e, "probe task ended abnormally");
-                report
-                    .store_errors
-                    .push(format!("probe task ended abnormally: {e}"));
+                // A probe never panics by design; if one does, it is a bug in the worker:
+                // count it as what it is (not a store error) and go on.
+                tracing::error!(error = %e, "probe task panicked: an internal fault in the worker, not the engine's; the game is probed again next tick");
+                report.probe_panics += 1;
                 return;
             }
         };

@@ -40,6 +40,10 @@ pub struct TickReport {
     pub failed_commits: usize,
     /// Other writes that failed (snapshots, pruning), as readable sentences.
     pub store_errors: Vec<String>,
+    /// Probe tasks that panicked: a fault inside the worker (a bug), never the engine's or
+    /// the store's. The outcome is lost, nothing is recorded, and the game is probed again
+    /// next tick.
+    pub probe_panics: usize,
     /// Games not probed because their override disables them.
     pub disabled: usize,
     /// Games not probed yet: their record started less than the initial delay ago.
@@ -71,6 +75,7 @@ pub struct TickReport {
 
 impl TickReport {
     /// Everything decided was recorded (a conflict is not an error: it is the rule working).
+    /// Only the store's side: a probe panic is not a recording failure ([`Self::probe_panics`]).
     pub fn is_clean(&self) -> bool {
         self.failed_commits == 0 && self.store_errors.is_empty()
     }
@@ -85,6 +90,7 @@ impl TickReport {
             healthy: self.healthy,
             failures: self.failed,
             local_errors: self.local_errors,
+            probe_panics: self.probe_panics,
             events: self.events.len(),
             pruned: self.pruned,
             conflicts: self.conflicts,
@@ -163,6 +169,7 @@ pub fn failed_tick_summary(error: &TickError, finished_at: DateTime<Utc>) -> Tic
         healthy: 0,
         failures: 0,
         local_errors: 0,
+        probe_panics: 0,
         events: 0,
         pruned: 0,
         conflicts: 0,
