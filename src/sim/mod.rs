@@ -3,7 +3,9 @@
 //! `sim` cargo feature (on by default); the worker's modules never import it.
 
 mod args;
+mod behavior;
 mod fleet;
 
 pub use args::FleetArgs;
+pub use behavior::{Behavior, Mix, Phase, Schedule};
 pub use fleet::*;
