@@ -3,13 +3,30 @@
 //! written for it.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
 use super::Store;
 use crate::history::{Current, Transition};
 
 /// Most games one request may ask about: a page of the fleet page holds 100.
 pub const HISTORY_MAX_GAMES: usize = 200;
+
+/// A running game's record and snapshot, as [`Store::failure_history`] reads them.
+#[derive(sqlx::FromRow)]
+struct CurrentRow {
+    game_id: String,
+    container_id: Option<String>,
+    started_at: Option<DateTime<Utc>>,
+    failing: bool,
+}
+
+/// One transition of the log, with the game it belongs to.
+#[derive(sqlx::FromRow)]
+struct TransitionRow {
+    game_id: String,
+    failed: bool,
+    at: DateTime<Utc>,
+    container_id: String,
+}
 
 impl Store {
     /// For each of `game_ids` that is running: its `probe_failed` / `probe_recovered` since
@@ -21,10 +38,10 @@ impl Store {
         since: DateTime<Utc>,
     ) -> Result<Vec<(String, Current, Vec<Transition>)>, sqlx::Error> {
         self.within_statement_bound(async {
-            let current = sqlx::query(
-                "SELECT r.game_id, r.current_container_id, \
-                   CASE WHEN isfinite(r.started_at) THEN r.started_at END, \
-                   coalesce(s.status = 'failing', false) \
+            let current: Vec<CurrentRow> = sqlx::query_as(
+                "SELECT r.game_id, r.current_container_id AS container_id, \
+                   CASE WHEN isfinite(r.started_at) THEN r.started_at END AS started_at, \
+                   coalesce(s.status = 'failing', false) AS failing \
                  FROM runtime_records r LEFT JOIN health_snapshots s USING (game_id) \
                  WHERE r.game_id = ANY($1) AND r.status = 'running' ORDER BY r.game_id",
             )
@@ -33,8 +50,9 @@ impl Store {
             .await?;
             // Events of the window, and the last one before it (whether the window opens
             // on an episode). Rows with a timestamp no client can show are skipped.
-            let events = sqlx::query(
-                "SELECT game_id, event_type = 'probe_failed', occurred_at, container_id FROM ( \
+            let events: Vec<TransitionRow> = sqlx::query_as(
+                "SELECT game_id, event_type = 'probe_failed' AS failed, occurred_at AS at, \
+                   container_id FROM ( \
                    SELECT game_id, event_type, occurred_at, container_id, seq FROM health_events \
                     WHERE game_id = ANY($1) AND occurred_at >= $2 \
                       AND event_type IN ('probe_failed', 'probe_recovered') \
@@ -51,18 +69,17 @@ impl Store {
             .bind(since)
             .fetch_all(&self.pool)
             .await?;
-            let mut out = Vec::with_capacity(current.len());
-            for row in current {
-                out.push((
-                    row.try_get::<String, _>(0)?,
-                    Current {
-                        container_id: row.try_get(1)?,
-                        started_at: row.try_get(2)?,
-                        failing: row.try_get(3)?,
-                    },
-                    Vec::new(),
-                ));
-            }
+            let mut out: Vec<(String, Current, Vec<Transition>)> = current
+                .into_iter()
+                .map(|row| {
+                    let current = Current {
+                        container_id: row.container_id,
+                        started_at: row.started_at,
+                        failing: row.failing,
+                    };
+                    (row.game_id, current, Vec::new())
+                })
+                .collect();
             // Postgres orders by its collation, not by bytes: look games up by id.
             let index: std::collections::HashMap<String, usize> = out
                 .iter()
@@ -70,12 +87,11 @@ impl Store {
                 .map(|(i, (id, _, _))| (id.clone(), i))
                 .collect();
             for row in events {
-                let game_id: String = row.try_get(0)?;
-                if let Some(&i) = index.get(&game_id) {
+                if let Some(&i) = index.get(&row.game_id) {
                     out[i].2.push(Transition {
-                        failed: row.try_get(1)?,
-                        at: row.try_get(2)?,
-                        container_id: row.try_get(3)?,
+                        failed: row.failed,
+                        at: row.at,
+                        container_id: row.container_id,
                     });
                 }
             }

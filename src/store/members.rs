@@ -4,13 +4,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 
 use super::Store;
 
-/// A replica as the membership table shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A replica as the membership table shows it (a row of [`Store::heartbeat`] and
+/// [`Store::members`], columns named as the fields).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Member {
     pub replica_id: String,
     pub status_addr: Option<String>,
@@ -50,7 +49,7 @@ impl Store {
     /// clock decides what is live, so replicas' clocks need not agree.
     pub async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<Vec<Member>, sqlx::Error> {
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        let rows = self.within_statement_bound(sqlx::query(
+        self.within_statement_bound(sqlx::query_as(
             "WITH me AS ( \
                INSERT INTO healthprobe_members \
                  (replica_id, status_addr, version, heartbeat_at, lease_expires_at, relay_pid, \
@@ -81,23 +80,20 @@ impl Store {
         .bind(beat.failing_games)
         .bind(beat.degraded)
         .fetch_all(&self.pool))
-        .await?;
-        rows.iter().map(member).collect()
+        .await
     }
 
     /// Every member, live or not, for `healthprobe status --members`.
     pub async fn members(&self) -> Result<Vec<Member>, sqlx::Error> {
-        let rows = self
-            .within_statement_bound(
-                sqlx::query(
-                    "SELECT replica_id, status_addr, version, heartbeat_at, lease_expires_at, \
+        self.within_statement_bound(
+            sqlx::query_as(
+                "SELECT replica_id, status_addr, version, heartbeat_at, lease_expires_at, \
                     lease_expires_at > now() AS live, owned_games, failing_games, degraded \
              FROM healthprobe_members ORDER BY replica_id",
-                )
-                .fetch_all(&self.pool),
             )
-            .await?;
-        rows.iter().map(member).collect()
+            .fetch_all(&self.pool),
+        )
+        .await
     }
 
     /// Leaves the membership (SIGTERM): the others share this replica's games at their next
@@ -138,18 +134,4 @@ impl Store {
         )
         .await
     }
-}
-
-fn member(row: &PgRow) -> Result<Member, sqlx::Error> {
-    Ok(Member {
-        replica_id: row.try_get(0)?,
-        status_addr: row.try_get(1)?,
-        version: row.try_get(2)?,
-        heartbeat_at: row.try_get(3)?,
-        lease_expires_at: row.try_get(4)?,
-        live: row.try_get(5)?,
-        owned_games: row.try_get(6)?,
-        failing_games: row.try_get(7)?,
-        degraded: row.try_get(8)?,
-    })
 }

@@ -7,7 +7,6 @@
 //! bound.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::Store;
@@ -21,8 +20,9 @@ pub const MAX_OUTBOX_ROW_BYTES: i64 = 1024 * 1024;
 /// Longest error text stored with a set-aside row.
 const MAX_ERROR_CHARS: i32 = 2000;
 
-/// A set-aside row, as `healthprobe outbox list` shows it.
-#[derive(Debug, Clone, PartialEq)]
+/// A set-aside row, as `healthprobe outbox list` shows it ([`Store::list_set_aside`] names
+/// its columns as the fields).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct SetAsideRow {
     pub event_id: Uuid,
     /// At most 200 characters of it (the row may be set aside because it is huge).
@@ -32,6 +32,21 @@ pub struct SetAsideRow {
     pub error: String,
     pub attempts: i32,
     pub set_aside_at: DateTime<Utc>,
+}
+
+/// An unpublished row as [`Store::unpublished_events`] fetches it: the timestamp as epoch
+/// milliseconds (`NULL` for `infinity`), the details as text, and `game_id`,
+/// `container_id` and details `NULL` when together they exceed [`MAX_OUTBOX_ROW_BYTES`].
+#[derive(Debug, sqlx::FromRow)]
+struct OutboxRow {
+    event_id: Uuid,
+    event_type: String,
+    occurred_ms: Option<i64>,
+    /// Bytes of `game_id`, `container_id` and details together.
+    size: i64,
+    game_id: Option<String>,
+    container_id: Option<String>,
+    details: Option<String>,
 }
 
 /// Which set-aside rows a command acts on.
@@ -49,14 +64,14 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Result<HealthEvent, UndecodableEvent>>, sqlx::Error> {
         self.within_statement_bound(async {
-            let rows = sqlx::query(
+            let rows: Vec<OutboxRow> = sqlx::query_as(
                 "SELECT e.event_id, e.event_type, \
                    CASE WHEN isfinite(e.occurred_at) \
-                     THEN floor(extract(epoch FROM e.occurred_at) * 1000)::int8 END, \
+                     THEN floor(extract(epoch FROM e.occurred_at) * 1000)::int8 END AS occurred_ms, \
                    s.size, \
-                   CASE WHEN s.size <= $2 THEN e.game_id END, \
-                   CASE WHEN s.size <= $2 THEN e.container_id END, \
-                   CASE WHEN s.size <= $2 THEN e.details::text END \
+                   CASE WHEN s.size <= $2 THEN e.game_id END AS game_id, \
+                   CASE WHEN s.size <= $2 THEN e.container_id END AS container_id, \
+                   CASE WHEN s.size <= $2 THEN e.details::text END AS details \
                  FROM health_events e \
                  CROSS JOIN LATERAL (SELECT octet_length(e.game_id)::int8 \
                    + octet_length(e.container_id) + octet_length(e.details::text) AS size) s \
@@ -69,26 +84,7 @@ impl Store {
             .bind(MAX_OUTBOX_ROW_BYTES)
             .fetch_all(&self.pool)
             .await?;
-            rows.into_iter()
-                .map(|row| {
-                    let event_id: Uuid = row.try_get(0)?;
-                    let event_type: String = row.try_get(1)?;
-                    let occurred_ms: Option<i64> = row.try_get(2)?;
-                    let size: i64 = row.try_get(3)?;
-                    let game_id: Option<String> = row.try_get(4)?;
-                    let container_id: Option<String> = row.try_get(5)?;
-                    let details: Option<String> = row.try_get(6)?;
-                    Ok(decode(
-                        event_id,
-                        &event_type,
-                        occurred_ms,
-                        size,
-                        game_id,
-                        container_id,
-                        details,
-                    ))
-                })
-                .collect()
+            Ok(rows.into_iter().map(decode).collect())
         })
         .await
     }
@@ -131,8 +127,8 @@ impl Store {
         every_state: bool,
         limit: i64,
     ) -> Result<Vec<SetAsideRow>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT a.event_id, left(e.game_id, 200), e.event_type, a.state, a.error, \
+        sqlx::query_as(
+            "SELECT a.event_id, left(e.game_id, 200) AS game_id, e.event_type, a.state, a.error, \
                a.attempts, a.set_aside_at \
              FROM health_events_set_aside a JOIN health_events e USING (event_id) \
              WHERE $1 OR a.state = 'set_aside' ORDER BY e.seq LIMIT $2",
@@ -140,20 +136,7 @@ impl Store {
         .bind(every_state)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(SetAsideRow {
-                    event_id: row.try_get(0)?,
-                    game_id: row.try_get(1)?,
-                    event_type: row.try_get(2)?,
-                    state: row.try_get(3)?,
-                    error: row.try_get(4)?,
-                    attempts: row.try_get(5)?,
-                    set_aside_at: row.try_get(6)?,
-                })
-            })
-            .collect()
+        .await
     }
 
     /// Gives set-aside rows back to the relay. Returns how many.
@@ -189,15 +172,17 @@ impl Store {
 }
 
 /// Turns the defensively fetched columns into an event, or says why not.
-fn decode(
-    event_id: Uuid,
-    event_type: &str,
-    occurred_ms: Option<i64>,
-    size: i64,
-    game_id: Option<String>,
-    container_id: Option<String>,
-    details: Option<String>,
-) -> Result<HealthEvent, UndecodableEvent> {
+fn decode(row: OutboxRow) -> Result<HealthEvent, UndecodableEvent> {
+    let OutboxRow {
+        event_id,
+        event_type,
+        occurred_ms,
+        size,
+        game_id,
+        container_id,
+        details,
+    } = row;
+    let event_type = event_type.as_str();
     let undecodable = |reason: String| UndecodableEvent { event_id, reason };
     let (Some(game_id), Some(container_id), Some(details)) = (game_id, container_id, details)
     else {
@@ -244,15 +229,15 @@ mod tests {
         event_type: &str,
         details: Option<&str>,
     ) -> Result<HealthEvent, UndecodableEvent> {
-        decode(
-            Uuid::nil(),
-            event_type,
+        decode(OutboxRow {
+            event_id: Uuid::nil(),
+            event_type: event_type.to_owned(),
             occurred_ms,
-            10,
-            Some("g".into()),
-            Some(String::new()),
-            details.map(str::to_owned),
-        )
+            size: 10,
+            game_id: Some("g".into()),
+            container_id: Some(String::new()),
+            details: details.map(str::to_owned),
+        })
     }
 
     #[test]

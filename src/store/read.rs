@@ -2,7 +2,6 @@
 //! `healthprobe status`): read models over the running records, the snapshots and the log.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::Store;
@@ -10,8 +9,9 @@ use super::Store;
 /// One row of the per-game health view (`GET /games`, `healthprobe status`): a running
 /// record joined to its snapshot. A running game never probed yet has no snapshot and shows
 /// as `unknown` with empty observation fields; a game whose override disables it shows as
-/// `disabled` (DESIGN §16), with what its snapshot held before.
-#[derive(Debug, Clone, PartialEq)]
+/// `disabled` (DESIGN §16), with what its snapshot held before. [`Store::games_page`]
+/// names its columns as the fields.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct GameView {
     pub game_id: String,
     pub container_id: Option<String>,
@@ -39,6 +39,33 @@ pub struct LoggedEvent {
     pub occurred_at: Option<DateTime<Utc>>,
     pub details: serde_json::Value,
     pub published: bool,
+}
+
+/// A row of [`Store::latest_events`]: the timestamp as epoch milliseconds (`NULL` for
+/// `infinity`), so a row beyond chrono's range is read, not decoded into an error.
+#[derive(sqlx::FromRow)]
+struct LoggedEventRow {
+    event_id: Uuid,
+    game_id: String,
+    container_id: String,
+    event_type: String,
+    occurred_ms: Option<i64>,
+    details: serde_json::Value,
+    published: bool,
+}
+
+impl From<LoggedEventRow> for LoggedEvent {
+    fn from(row: LoggedEventRow) -> Self {
+        Self {
+            event_id: row.event_id,
+            game_id: row.game_id,
+            container_id: row.container_id,
+            event_type: row.event_type,
+            occurred_at: row.occurred_ms.and_then(DateTime::from_timestamp_millis),
+            details: row.details,
+            published: row.published,
+        }
+    }
 }
 
 /// Which games a page of [`Store::games_page`] holds.
@@ -81,7 +108,7 @@ impl Store {
     pub async fn games_page(&self, query: &GamesQuery) -> Result<Vec<GameView>, sqlx::Error> {
         self.within_statement_bound(async {
             let like = query.game_id_glob.as_deref().map(glob_to_like);
-            let rows = sqlx::query(
+            sqlx::query_as(
                 "WITH page AS (SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
                    CASE WHEN o.disabled THEN 'disabled' ELSE COALESCE(s.status, 'unknown') END AS status, \
                    COALESCE(s.consecutive_failures, 0) AS consecutive_failures, \
@@ -102,12 +129,13 @@ impl Store {
                      AS u(game_id, probed_at, latency_ms, succeeded) \
                  WHERE u.game_id IN (SELECT game_id FROM page) \
                  ORDER BY u.game_id, u.probed_at DESC) \
-                 SELECT p.game_id, p.current_container_id, p.engine_endpoint, p.status, \
-                   p.consecutive_failures, \
-                   GREATEST(p.last_probe_at, k.probed_at), \
-                   GREATEST(p.last_success_at, CASE WHEN k.succeeded THEN k.probed_at END), \
+                 SELECT p.game_id, p.current_container_id AS container_id, p.engine_endpoint, \
+                   p.status, p.consecutive_failures, \
+                   GREATEST(p.last_probe_at, k.probed_at) AS last_probe_at, \
+                   GREATEST(p.last_success_at, CASE WHEN k.succeeded THEN k.probed_at END) \
+                     AS last_success_at, \
                    CASE WHEN k.probed_at > p.last_probe_at THEN k.latency_ms::float8 \
-                     ELSE p.last_latency_ms END, \
+                     ELSE p.last_latency_ms END AS last_latency_ms, \
                    p.last_status, p.last_error, p.last_failure_kind \
                  FROM page p LEFT JOIN marks k ON k.game_id = p.game_id \
                  ORDER BY p.game_id",
@@ -117,24 +145,7 @@ impl Store {
             .bind(query.status.as_deref())
             .bind(query.limit)
             .fetch_all(&self.pool)
-            .await?;
-            rows.into_iter()
-                .map(|row| {
-                    Ok(GameView {
-                        game_id: row.try_get(0)?,
-                        container_id: row.try_get(1)?,
-                        engine_endpoint: row.try_get(2)?,
-                        status: row.try_get(3)?,
-                        consecutive_failures: row.try_get(4)?,
-                        last_probe_at: row.try_get(5)?,
-                        last_success_at: row.try_get(6)?,
-                        last_latency_ms: row.try_get(7)?,
-                        last_status: row.try_get(8)?,
-                        last_error: row.try_get(9)?,
-                        last_failure_kind: row.try_get(10)?,
-                    })
-                })
-                .collect()
+            .await
         })
         .await
     }
@@ -158,34 +169,20 @@ impl Store {
     /// The latest `limit` events of the log, newest first, as they were recorded (details
     /// as stored, whether the relay has published them). Served by the `seq` index.
     pub async fn latest_events(&self, limit: i64) -> Result<Vec<LoggedEvent>, sqlx::Error> {
-        let rows = self
+        let rows: Vec<LoggedEventRow> = self
             .within_statement_bound(
-                sqlx::query(
+                sqlx::query_as(
                     "SELECT event_id, game_id, container_id, event_type, \
                        CASE WHEN isfinite(occurred_at) \
-                         THEN floor(extract(epoch FROM occurred_at) * 1000)::int8 END, \
-                       details, published_at IS NOT NULL \
+                         THEN floor(extract(epoch FROM occurred_at) * 1000)::int8 END AS occurred_ms, \
+                       details, published_at IS NOT NULL AS published \
                      FROM health_events ORDER BY seq DESC LIMIT $1",
                 )
                 .bind(limit)
                 .fetch_all(&self.pool),
             )
             .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(LoggedEvent {
-                    event_id: row.try_get(0)?,
-                    game_id: row.try_get(1)?,
-                    container_id: row.try_get(2)?,
-                    event_type: row.try_get(3)?,
-                    occurred_at: row
-                        .try_get::<Option<i64>, _>(4)?
-                        .and_then(DateTime::from_timestamp_millis),
-                    details: row.try_get(5)?,
-                    published: row.try_get(6)?,
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(LoggedEvent::from).collect())
     }
 }
 

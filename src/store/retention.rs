@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::Row as _;
 
 use super::{STATEMENT_TIMEOUT, Store};
 
@@ -24,6 +23,15 @@ pub struct RetentionBatch {
     pub examined: u64,
     /// Where the next batch starts; `None` when nothing was examined.
     pub cursor: Option<RetentionCursor>,
+}
+
+/// What the batch's statement answers: counts, and the last row it examined.
+#[derive(sqlx::FromRow)]
+struct BatchRow {
+    deleted: i64,
+    examined: i64,
+    last_published_at: Option<DateTime<Utc>>,
+    last_seq: Option<i64>,
 }
 
 impl Store {
@@ -44,7 +52,7 @@ impl Store {
             )))
             .execute(&mut *tx)
             .await?;
-            let row = sqlx::query(
+            let row: BatchRow = sqlx::query_as(
                 "WITH examined AS ( \
                    SELECT e.event_id, e.game_id, e.episode, e.published_at, e.seq \
                      FROM health_events e \
@@ -64,8 +72,10 @@ impl Store {
                    RETURNING 1), \
                  last AS ( \
                    SELECT published_at, seq FROM examined ORDER BY published_at DESC, seq DESC LIMIT 1) \
-                 SELECT (SELECT count(*) FROM deleted), (SELECT count(*) FROM examined), \
-                        (SELECT published_at FROM last), (SELECT seq FROM last)",
+                 SELECT (SELECT count(*) FROM deleted) AS deleted, \
+                        (SELECT count(*) FROM examined) AS examined, \
+                        (SELECT published_at FROM last) AS last_published_at, \
+                        (SELECT seq FROM last) AS last_seq",
             )
             .bind(retention.as_secs_f64())
             .bind(after.map(|(at, _)| at))
@@ -74,14 +84,10 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
             tx.commit().await?;
-            let deleted: i64 = row.try_get(0)?;
-            let examined: i64 = row.try_get(1)?;
-            let at: Option<DateTime<Utc>> = row.try_get(2)?;
-            let seq: Option<i64> = row.try_get(3)?;
             Ok(RetentionBatch {
-                deleted: deleted.max(0) as u64,
-                examined: examined.max(0) as u64,
-                cursor: at.zip(seq),
+                deleted: row.deleted.max(0) as u64,
+                examined: row.examined.max(0) as u64,
+                cursor: row.last_published_at.zip(row.last_seq),
             })
         })
         .await

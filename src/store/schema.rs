@@ -8,8 +8,6 @@
 //! whoever created it), so [`Store::migrate`] replaces exactly the recorded 0.5.0 checksums
 //! by the new ones before sqlx compares them, and [`Store::check_schema`] accepts either.
 
-use sqlx::Row as _;
-
 use super::{MIGRATOR, Store};
 
 /// sqlx's bookkeeping table.
@@ -71,6 +69,14 @@ pub struct SchemaCheck {
     pub newer: Vec<i64>,
 }
 
+/// A row of sqlx's bookkeeping table, as far as the check reads it.
+#[derive(sqlx::FromRow)]
+struct AppliedMigration {
+    version: i64,
+    success: bool,
+    checksum: Vec<u8>,
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -127,14 +133,17 @@ impl Store {
         if !exists {
             return Err(SchemaError::Missing);
         }
-        let rows = sqlx::query("SELECT version, success, checksum FROM _sqlx_migrations")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<AppliedMigration> =
+            sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations")
+                .fetch_all(&self.pool)
+                .await?;
         let mut applied = std::collections::HashMap::new();
-        for row in &rows {
-            let version: i64 = row.try_get(0)?;
-            let success: bool = row.try_get(1)?;
-            let checksum: Vec<u8> = row.try_get(2)?;
+        for AppliedMigration {
+            version,
+            success,
+            checksum,
+        } in rows
+        {
             if !success {
                 return Err(SchemaError::Failed { version });
             }

@@ -5,15 +5,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
-use sqlx::postgres::PgRow;
-use sqlx::{PgExecutor, Row};
+use sqlx::PgExecutor;
+use sqlx::error::UnexpectedNullError;
 
 use super::{STATEMENT_TIMEOUT, Store};
 use crate::envelope::HealthEvent;
 use crate::hysteresis::GameHealth;
 
-/// A running game as the runtime manager recorded it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A running game as the runtime manager recorded it (the running list names its columns
+/// as the fields).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RuntimeRecord {
     pub game_id: String,
     pub container_id: Option<String>,
@@ -46,8 +47,8 @@ pub struct ListedGame {
 
 /// A row of `health_probe_overrides` as stored (DESIGN §16): `None` is "the global
 /// value". Not validated here: the worker parses it, and a bad value is that game's
-/// problem only.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// problem only. The running list names its columns as the fields.
+#[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow)]
 pub struct ProbeOverride {
     pub path: Option<String>,
     pub expect: Option<String>,
@@ -128,10 +129,10 @@ impl Store {
     /// result. Every replica lists every running game (the full list is what pruning
     /// needs); which of them it probes is decided by ownership, in the worker.
     pub fn running_games(&self) -> BoxStream<'_, Result<ListedGame, sqlx::Error>> {
-        let rows = sqlx::query(LISTED_GAMES_SQL)
+        let rows = sqlx::query_as::<_, ListedGameRow>(LISTED_GAMES_SQL)
             .bind(None::<&str>)
             .fetch(&self.pool)
-            .map(|row| listed_game(&row?));
+            .map(|row| ListedGame::try_from(row?));
         // Each row (the first one included) must arrive within [`CLIENT_STATEMENT_BOUND`];
         // a server that stops answering mid-list ends the stream with an error.
         futures::stream::unfold(Some(rows), move |rows| async move {
@@ -151,11 +152,11 @@ impl Store {
     /// One running game with its snapshot row, `None` when it is unknown or not running.
     pub async fn running_game(&self, game_id: &str) -> Result<Option<ListedGame>, sqlx::Error> {
         self.within_statement_bound(async {
-            let row = sqlx::query(LISTED_GAMES_SQL)
+            let row: Option<ListedGameRow> = sqlx::query_as(LISTED_GAMES_SQL)
                 .bind(Some(game_id))
                 .fetch_optional(&self.pool)
                 .await?;
-            row.as_ref().map(listed_game).transpose()
+            row.map(ListedGame::try_from).transpose()
         })
         .await
     }
@@ -164,15 +165,22 @@ impl Store {
     /// again with the running list before it is decided, so this is only a head start).
     pub async fn load_snapshots(&self) -> Result<Vec<(String, StoredSnapshot)>, sqlx::Error> {
         self.within_statement_bound(async {
-            let rows = sqlx::query(
+            let rows: Vec<SnapshotEntryRow> = sqlx::query_as(
                 "SELECT game_id, version, consecutive_failures, consecutive_successes, \
-                 episode_failures, failure_published, last_status, last_failure_kind, container_id \
+                 episode_failures, failure_published, last_status, last_failure_kind, \
+                 container_id AS snapshot_container_id \
                  FROM health_snapshots",
             )
             .fetch_all(&self.pool)
             .await?;
-            rows.iter()
-                .map(|row| Ok((row.try_get(0)?, stored_snapshot(row, 1)?)))
+            rows.into_iter()
+                .map(|row| {
+                    let stored = row
+                        .snapshot
+                        .into_stored()?
+                        .ok_or_else(|| unexpected_null("version"))?;
+                    Ok((row.game_id, stored))
+                })
                 .collect()
         })
         .await
@@ -309,69 +317,114 @@ impl Store {
 
 /// The running games (all, or the one named by `$1`) joined to their snapshot rows and
 /// their probe overrides: one statement, so a steady tick stays at two (DESIGN §16).
-const LISTED_GAMES_SQL: &str = "SELECT r.game_id, r.current_container_id, r.engine_endpoint, \
+/// Columns are named as the fields of [`ListedGameRow`].
+const LISTED_GAMES_SQL: &str = "SELECT r.game_id, r.current_container_id AS container_id, \
+       r.engine_endpoint, \
        s.version, s.consecutive_failures, s.consecutive_successes, s.episode_failures, \
-       s.failure_published, s.last_status, s.last_failure_kind, s.container_id, \
+       s.failure_published, s.last_status, s.last_failure_kind, \
+       s.container_id AS snapshot_container_id, \
        CASE WHEN isfinite(r.started_at) \
-         THEN extract(epoch FROM greatest(now() - r.started_at, interval '0'))::float8 END, \
-       o.game_id IS NOT NULL, o.path, o.expect, o.headers, \
-       extract(epoch FROM o.timeout)::float8, o.failures_threshold, \
-       extract(epoch FROM o.initial_delay)::float8, coalesce(o.disabled, false) \
+         THEN extract(epoch FROM greatest(now() - r.started_at, interval '0'))::float8 END \
+         AS since_start_secs, \
+       o.game_id IS NOT NULL AS has_override, o.path, o.expect, o.headers, \
+       extract(epoch FROM o.timeout)::float8 AS timeout_secs, o.failures_threshold, \
+       extract(epoch FROM o.initial_delay)::float8 AS initial_delay_secs, \
+       coalesce(o.disabled, false) AS disabled \
      FROM runtime_records r LEFT JOIN health_snapshots s ON s.game_id = r.game_id \
      LEFT JOIN health_probe_overrides o ON o.game_id = r.game_id \
      WHERE r.status = 'running' AND ($1::text IS NULL OR r.game_id = $1) \
      ORDER BY r.game_id";
 
-/// Decodes a row of [`LISTED_GAMES_SQL`].
-fn listed_game(row: &PgRow) -> Result<ListedGame, sqlx::Error> {
-    let version: Option<i64> = row.try_get(3)?;
-    let since_start: Option<f64> = row.try_get(11)?;
-    let has_override: bool = row.try_get(12)?;
-    let overrides = if has_override {
-        Some(ProbeOverride {
-            path: row.try_get(13)?,
-            expect: row.try_get(14)?,
-            headers: row.try_get(15)?,
-            timeout_secs: row.try_get(16)?,
-            failures_threshold: row.try_get(17)?,
-            initial_delay_secs: row.try_get(18)?,
-            disabled: row.try_get(19)?,
-        })
-    } else {
-        None
-    };
-    Ok(ListedGame {
-        record: RuntimeRecord {
-            game_id: row.try_get(0)?,
-            container_id: row.try_get(1)?,
-            engine_endpoint: row.try_get(2)?,
-        },
-        stored: version.map(|_| stored_snapshot(row, 3)).transpose()?,
-        since_start: since_start
-            .filter(|secs| secs.is_finite())
-            .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)),
-        overrides,
-    })
+/// A row of [`LISTED_GAMES_SQL`].
+#[derive(sqlx::FromRow)]
+struct ListedGameRow {
+    #[sqlx(flatten)]
+    record: RuntimeRecord,
+    #[sqlx(flatten)]
+    snapshot: SnapshotColumns,
+    since_start_secs: Option<f64>,
+    has_override: bool,
+    /// Meaningful only when `has_override`.
+    #[sqlx(flatten)]
+    overrides: ProbeOverride,
 }
 
-/// Decodes `version, consecutive_failures, consecutive_successes, episode_failures,
-/// failure_published, last_status, last_failure_kind, container_id` starting at `first`.
-fn stored_snapshot(row: &PgRow, first: usize) -> Result<StoredSnapshot, sqlx::Error> {
-    let count = |i: usize| -> Result<u32, sqlx::Error> {
-        Ok(row.try_get::<i32, _>(first + i)?.max(0) as u32)
-    };
-    Ok(StoredSnapshot {
-        version: row.try_get(first)?,
-        health: GameHealth {
-            consecutive_failures: count(1)?,
-            consecutive_successes: count(2)?,
-            episode_failures: count(3)?,
-            failure_published: row.try_get(first + 4)?,
-        },
-        last_status: u16::try_from(row.try_get::<i32, _>(first + 5)?).unwrap_or(0),
-        last_failure_kind: row.try_get(first + 6)?,
-        container_id: row.try_get(first + 7)?,
-    })
+impl TryFrom<ListedGameRow> for ListedGame {
+    type Error = sqlx::Error;
+
+    fn try_from(row: ListedGameRow) -> Result<Self, sqlx::Error> {
+        Ok(ListedGame {
+            record: row.record,
+            stored: row.snapshot.into_stored()?,
+            since_start: row
+                .since_start_secs
+                .filter(|secs| secs.is_finite())
+                .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)),
+            overrides: row.has_override.then_some(row.overrides),
+        })
+    }
+}
+
+/// A row of `load_snapshots`.
+#[derive(sqlx::FromRow)]
+struct SnapshotEntryRow {
+    game_id: String,
+    #[sqlx(flatten)]
+    snapshot: SnapshotColumns,
+}
+
+/// A snapshot row's columns as far as deciding goes. Every one is `NOT NULL` in the table,
+/// but the running list reads them through a `LEFT JOIN`: all are `NULL` for a game without
+/// a snapshot row, which `version` tells.
+#[derive(sqlx::FromRow)]
+struct SnapshotColumns {
+    version: Option<i64>,
+    consecutive_failures: Option<i32>,
+    consecutive_successes: Option<i32>,
+    episode_failures: Option<i32>,
+    failure_published: Option<bool>,
+    last_status: Option<i32>,
+    last_failure_kind: Option<String>,
+    snapshot_container_id: Option<String>,
+}
+
+impl SnapshotColumns {
+    /// `None` when there is no snapshot row (`version` is `NULL`); an error when there is
+    /// one and a `NOT NULL` column is `NULL` anyway.
+    fn into_stored(self) -> Result<Option<StoredSnapshot>, sqlx::Error> {
+        let Some(version) = self.version else {
+            return Ok(None);
+        };
+        let count = |value: Option<i32>, column: &str| -> Result<u32, sqlx::Error> {
+            Ok(value.ok_or_else(|| unexpected_null(column))?.max(0) as u32)
+        };
+        Ok(Some(StoredSnapshot {
+            version,
+            health: GameHealth {
+                consecutive_failures: count(self.consecutive_failures, "consecutive_failures")?,
+                consecutive_successes: count(self.consecutive_successes, "consecutive_successes")?,
+                episode_failures: count(self.episode_failures, "episode_failures")?,
+                failure_published: self
+                    .failure_published
+                    .ok_or_else(|| unexpected_null("failure_published"))?,
+            },
+            last_status: u16::try_from(
+                self.last_status
+                    .ok_or_else(|| unexpected_null("last_status"))?,
+            )
+            .unwrap_or(0),
+            last_failure_kind: self.last_failure_kind,
+            container_id: self.snapshot_container_id,
+        }))
+    }
+}
+
+/// The error sqlx reports for a `NULL` in a column decoded as not nullable.
+fn unexpected_null(column: &str) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: format!("{column:?}"),
+        source: Box::new(UnexpectedNullError),
+    }
 }
 
 /// One statement for any number of rows (UNNEST of column arrays), each row written only
