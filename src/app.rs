@@ -7,7 +7,6 @@
 //! so nothing outlives [`run`].
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicI32;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -243,7 +242,7 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
     // Present from the start, so an alert on it sees 0 rather than no series.
     metrics.mass_failure_holding(false);
     let board = StatusBoard::new(args.probe.probe_interval);
-    let relay_pid = Arc::new(AtomicI32::new(0));
+    let (relay_pid, relay_pid_rx) = tokio::sync::watch::channel(None);
     let tasks = TaskTracker::new();
 
     // The relay runs only while this replica holds the relay lock (one publisher at a
@@ -279,7 +278,7 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
         store: store.clone(),
         metrics: metrics.clone(),
         board: board.clone(),
-        relay_pid: relay_pid.clone(),
+        relay_pid,
         monitor: relay_monitor.clone(),
         retention: Some(Retention::new(store.clone(), args.event_retention)),
     };
@@ -293,7 +292,7 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
             lease_ttl,
         },
         metrics.clone(),
-        relay_pid,
+        relay_pid_rx,
     );
     let (replica_health, replica_health_rx) =
         tokio::sync::watch::channel(membership::ReplicaHealth::default());

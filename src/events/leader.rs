@@ -12,10 +12,9 @@
 //! work. A batch already sent when the loss is seen is only acknowledged; JetStream drops
 //! its repeats by `Nats-Msg-Id`. The lock's statements are in `store::RelayLock`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::relay::{Relay, RelayMonitor, supervise};
@@ -40,9 +39,9 @@ pub struct RelayLeadership {
     pub store: Store,
     pub metrics: Metrics,
     pub board: StatusBoard,
-    /// The lock session's backend pid while held, else 0; shown to the other replicas with
-    /// the membership heartbeat.
-    pub relay_pid: Arc<AtomicI32>,
+    /// The lock session's backend pid while held, else `None`: the membership heartbeat
+    /// shows it to the other replicas.
+    pub relay_pid: watch::Sender<Option<i32>>,
     /// Counts the relay's abnormal ends (it is restarted with back-off) for `/status`.
     pub monitor: RelayMonitor,
     /// Deletes published events past their retention while the lock is held (one replica
@@ -64,7 +63,7 @@ impl RelayLeadership {
                 Ok(Some(lock)) => {
                     let pid = lock.backend_pid();
                     announced_waiting = false;
-                    self.relay_pid.store(pid, Ordering::Relaxed);
+                    self.relay_pid.send_replace(Some(pid));
                     self.board.relay_held(true);
                     self.metrics.relay_held(true);
                     tracing::info!(
@@ -72,7 +71,7 @@ impl RelayLeadership {
                         "holding the relay lock: this replica publishes the outbox"
                     );
                     let ended = self.hold(lock, make_relay.clone(), &stop).await;
-                    self.relay_pid.store(0, Ordering::Relaxed);
+                    self.relay_pid.send_replace(None);
                     self.board.relay_held(false);
                     self.metrics.relay_held(false);
                     tracing::info!(reason = ended, "relay lock released");

@@ -11,7 +11,6 @@
 //! publishes the membership on a `watch` channel that each tick reads once at its start.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -174,9 +173,9 @@ pub struct Heartbeats {
     store: Store,
     settings: MembershipSettings,
     metrics: Metrics,
-    /// Backend pid of the relay lock's connection while this replica holds it, else 0;
-    /// written by the relay leadership task, told to the others with each heartbeat.
-    relay_pid: Arc<AtomicI32>,
+    /// Backend pid of the relay lock's connection while this replica holds it, published by
+    /// the relay leadership task, told to the others with each heartbeat.
+    relay_pid: watch::Receiver<Option<i32>>,
     tx: watch::Sender<Membership>,
     board: Option<StatusBoard>,
     /// The worker's last tick, published with each heartbeat.
@@ -188,7 +187,7 @@ impl Heartbeats {
         store: Store,
         settings: MembershipSettings,
         metrics: Metrics,
-        relay_pid: Arc<AtomicI32>,
+        relay_pid: watch::Receiver<Option<i32>>,
     ) -> (Self, watch::Receiver<Membership>) {
         let (tx, rx) = watch::channel(Membership::alone(&settings.replica_id));
         (
@@ -220,7 +219,7 @@ impl Heartbeats {
 
     /// One heartbeat: renew, read, publish. Returns the membership it published.
     pub async fn beat(&self) -> Result<Membership, sqlx::Error> {
-        let pid = self.relay_pid.load(Ordering::Relaxed);
+        let pid = *self.relay_pid.borrow();
         let health = *self.health.borrow();
         let rows = self
             .store
@@ -229,7 +228,7 @@ impl Heartbeats {
                 status_addr: self.settings.status_addr.as_deref(),
                 version: env!("CARGO_PKG_VERSION"),
                 lease_ttl: self.settings.lease_ttl,
-                relay_pid: (pid != 0).then_some(pid),
+                relay_pid: pid,
                 forget_after: self.settings.lease_ttl * FORGET_AFTER_LEASES,
                 owned_games: health.owned_games,
                 failing_games: health.failing_games,
