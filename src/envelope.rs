@@ -109,7 +109,7 @@ impl HealthEvent {
     }
 
     /// The message body: the envelope as UTF-8 JSON.
-    pub fn to_json(&self) -> Vec<u8> {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(&self.envelope()).expect("an envelope always serializes")
     }
 }

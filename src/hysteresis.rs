@@ -85,7 +85,7 @@ impl GameHealth {
 }
 
 /// Applies one observation. Returns the next state and the transition it causes, if any.
-pub fn observe(
+pub(crate) fn observe(
     state: GameHealth,
     observation: Observation,
     thresholds: Thresholds,

@@ -31,7 +31,7 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimits> {
 }
 
 /// The current soft descriptor limit.
-pub fn soft_nofile_limit() -> io::Result<u64> {
+pub(crate) fn soft_nofile_limit() -> io::Result<u64> {
     rlimit::Resource::NOFILE.get().map(|(soft, _)| soft)
 }
 
@@ -40,7 +40,7 @@ pub fn soft_nofile_limit() -> io::Result<u64> {
 /// (1), the OTLP exporters (a few), migrations and the odd file. Measured at 16 in use
 /// besides the engine connections (RELIABILITY.md); four times that leaves room without
 /// starving the keep-alive pool.
-pub const FIXED_RESERVE: u64 = 64;
+pub(crate) const FIXED_RESERVE: u64 = 64;
 
 /// Idle keep-alive connections at most, whatever the descriptor limit allows. The prober
 /// keeps only the socket of an idle connection (its HTTP state and buffers are made per
@@ -49,7 +49,7 @@ pub const FIXED_RESERVE: u64 = 64;
 /// of a 10,000-engine fleet at distinct addresses alive within a few MiB; beyond it a
 /// probe pays a connect (tens of µs of CPU on loopback, one round trip on a LAN) and no
 /// memory.
-pub const KEEPALIVE_CAP: usize = 16_384;
+pub(crate) const KEEPALIVE_CAP: usize = 16_384;
 
 /// The default `RTMANAGER_PROBE_MAX_CONCURRENCY` (DESIGN §15): a quarter of the
 /// descriptors left after the fixed reserve and the status port (each probe in flight may
@@ -57,7 +57,7 @@ pub const KEEPALIVE_CAP: usize = 16_384;
 /// and 256. Hung engines cost a slot for their timeout each, so slots are what lets the
 /// healthy games keep their interval through a storm: 256 slots absorb 1,000 hung engines
 /// at a 2 s timeout in 8 s of each 15 s tick, for about 5 MB of connection buffers.
-pub fn default_concurrency(soft_limit: u64, http_connections: usize) -> usize {
+pub(crate) fn default_concurrency(soft_limit: u64, http_connections: usize) -> usize {
     let spare = soft_limit.saturating_sub(FIXED_RESERVE + 1 + http_connections as u64);
     usize::try_from(spare / 4)
         .unwrap_or(usize::MAX)

@@ -63,7 +63,7 @@ impl LiveUpdate {
     }
 
     /// The subscriber missed `missed` updates: read everything again.
-    pub fn resync(missed: u64) -> Self {
+    pub(crate) fn resync(missed: u64) -> Self {
         Self {
             kind: "resync",
             data: json!({ "missed": missed }).to_string(),
@@ -86,12 +86,12 @@ impl LiveFeed {
 
     /// A tick ended, with its figures as JSON. The single call site is where the run loop
     /// reports a tick's end (the status board); this module imports nothing from it.
-    pub fn tick_ended(&self, summary: &Value) {
+    pub(crate) fn tick_ended(&self, summary: &Value) {
         self.send(LiveUpdate::tick(summary));
     }
 
     /// An event was committed outside a tick.
-    pub fn event_recorded(&self, event: Value) {
+    pub(crate) fn event_recorded(&self, event: Value) {
         self.send(LiveUpdate::health_event(event));
     }
 
@@ -100,13 +100,16 @@ impl LiveFeed {
         let _ = self.sender.send(update);
     }
 
-    pub fn subscribers(&self) -> usize {
+    pub(crate) fn subscribers(&self) -> usize {
         self.sender.receiver_count()
     }
 
     /// The updates from now on, starting with [`LiveUpdate::hello`], until `stop` (the
     /// server's shutdown: an open stream would otherwise hold a graceful shutdown forever).
-    pub fn subscribe(&self, stop: CancellationToken) -> impl Stream<Item = LiveUpdate> + use<> {
+    pub(crate) fn subscribe(
+        &self,
+        stop: CancellationToken,
+    ) -> impl Stream<Item = LiveUpdate> + use<> {
         let receiver = self.sender.subscribe();
         let hello = LiveUpdate::hello(self.interval);
         futures::stream::unfold(

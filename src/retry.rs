@@ -39,7 +39,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// The delay before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         self.delays.next().unwrap_or(self.max)
     }
 

@@ -55,7 +55,7 @@ pub struct Store {
 /// statement_timeout`): a commit stuck on a sick server ends with an error instead of
 /// holding a tick. Not set for the whole session: the running list is one statement that
 /// streams for as long as the tick spreads its probes.
-pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Server-side bound on waiting for a row lock (`lock_timeout`).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,7 +65,7 @@ const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// stopped answering at all (a hung host, a proxy that swallows the bytes) is given up on.
 /// A tick stuck on Postgres therefore ends with an error at most this long after its last
 /// probe, plus [`STALL_PING_TIMEOUT`] for each further statement tried while stalled.
-pub const CLIENT_STATEMENT_BOUND: Duration = Duration::from_secs(7);
+pub(crate) const CLIENT_STATEMENT_BOUND: Duration = Duration::from_secs(7);
 
 /// Once a statement was given up on, later statements fail at once unless Postgres answers
 /// a ping this quickly; pings are tried at most every [`STALL_PING_EVERY`].
@@ -75,7 +75,7 @@ const STALL_PING_EVERY: Duration = Duration::from_secs(1);
 /// The longest one statement can keep its caller waiting, whatever Postgres does: a stall
 /// ping, then the statement's own bound (the pool's [`ACQUIRE_TIMEOUT`] is inside it).
 /// Liveness allows at least this long without progress (`status::LIVENESS_FLOOR`).
-pub const LONGEST_STATEMENT_WAIT: Duration =
+pub(crate) const LONGEST_STATEMENT_WAIT: Duration =
     STALL_PING_TIMEOUT.saturating_add(CLIENT_STATEMENT_BOUND);
 
 /// Whether Postgres stopped answering, as the last bounded statement saw it.

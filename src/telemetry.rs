@@ -185,7 +185,7 @@ impl Metrics {
     }
 
     /// One `probe_failed` held by the mass-failure hold.
-    pub fn mass_failure_held(&self) {
+    pub(crate) fn mass_failure_held(&self) {
         self.mass_failure_held.add(1, &[]);
     }
 
@@ -194,7 +194,7 @@ impl Metrics {
         Self::new(&SdkMeterProvider::builder().build().meter(METER_NAME))
     }
 
-    pub fn event_emitted(&self, event_type: EventType) {
+    pub(crate) fn event_emitted(&self, event_type: EventType) {
         let attributes = [KeyValue::new("event_type", event_type.as_str())];
         self.health_events.add(1, &attributes);
         self.events.add(1, &attributes);
@@ -208,7 +208,7 @@ impl Metrics {
     /// `error.type` when the probe failed: the status code for an unexpected status, as the
     /// semantic conventions say, the failure kind (`timeout`, `connect`, `tls`, …)
     /// otherwise. All of low cardinality; the engine's address is deliberately not one.
-    pub fn probe_completed(&self, outcome: &'static str, status: u16, duration: Duration) {
+    pub(crate) fn probe_completed(&self, outcome: &'static str, status: u16, duration: Duration) {
         self.probes.add(1, &[KeyValue::new("outcome", outcome)]);
         let mut attributes = Vec::with_capacity(3);
         attributes.push(KeyValue::new("http.request.method", "GET"));
@@ -244,7 +244,7 @@ impl Metrics {
     }
 
     /// Running games by status; statuses missing from `counts` are recorded as 0.
-    pub fn games_by_status<'a>(&self, counts: impl IntoIterator<Item = (&'a str, u64)>) {
+    pub(crate) fn games_by_status<'a>(&self, counts: impl IntoIterator<Item = (&'a str, u64)>) {
         let counts: Vec<(&str, u64)> = counts.into_iter().collect();
         for status in GAME_STATUSES {
             let count = counts
@@ -256,7 +256,7 @@ impl Metrics {
         }
     }
 
-    pub fn outbox_set_aside_rows(&self, count: u64) {
+    pub(crate) fn outbox_set_aside_rows(&self, count: u64) {
         self.outbox_set_aside_rows.record(count, &[]);
     }
 
@@ -266,7 +266,7 @@ impl Metrics {
         self.mass_failure_holding.record(u64::from(holding), &[]);
     }
 
-    pub fn tick_completed(&self, duration: Duration, clean: bool) {
+    pub(crate) fn tick_completed(&self, duration: Duration, clean: bool) {
         self.tick_duration.record(duration.as_secs_f64(), &[]);
         if !clean {
             self.tick_errors.add(1, &[]);
@@ -277,11 +277,11 @@ impl Metrics {
         self.running_records.record(count as u64, &[]);
     }
 
-    pub fn outbox_pending(&self, count: u64) {
+    pub(crate) fn outbox_pending(&self, count: u64) {
         self.outbox_pending.record(count, &[]);
     }
 
-    pub fn publish_failed(&self) {
+    pub(crate) fn publish_failed(&self) {
         self.publish_errors.add(1, &[]);
     }
 
@@ -289,11 +289,11 @@ impl Metrics {
         self.owned_games.record(count as u64, &[]);
     }
 
-    pub fn membership_changed(&self) {
+    pub(crate) fn membership_changed(&self) {
         self.membership_changes.add(1, &[]);
     }
 
-    pub fn commit_conflicts(&self, count: usize) {
+    pub(crate) fn commit_conflicts(&self, count: usize) {
         if count > 0 {
             self.commit_conflicts.add(count as u64, &[]);
         }
@@ -303,11 +303,11 @@ impl Metrics {
         self.relay_held.record(u64::from(held), &[]);
     }
 
-    pub fn outbox_set_aside(&self) {
+    pub(crate) fn outbox_set_aside(&self) {
         self.outbox_set_aside.add(1, &[]);
     }
 
-    pub fn relay_restarted(&self) {
+    pub(crate) fn relay_restarted(&self) {
         self.relay_restarts.add(1, &[]);
     }
 }
@@ -375,12 +375,12 @@ static TRACES_EXPORTED: AtomicBool = AtomicBool::new(false);
 /// serve nothing (no log line is written inside a probe at the usual levels) and cost about
 /// 5 % of the worker's CPU (a registry slot, the `game_id` formatted, enter and exit on
 /// every poll; BENCHMARKS.md).
-pub fn traces_exported() -> bool {
+pub(crate) fn traces_exported() -> bool {
     TRACES_EXPORTED.load(Ordering::Relaxed)
 }
 
 /// Whether OTLP export is wanted: an endpoint is configured and the SDK is not disabled.
-pub fn otlp_enabled() -> bool {
+pub(crate) fn otlp_enabled() -> bool {
     !env_true("OTEL_SDK_DISABLED")
         && (env_set("OTEL_EXPORTER_OTLP_ENDPOINT")
             || env_set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")

@@ -25,7 +25,7 @@ use values::{
 
 /// Upper bound for `RTMANAGER_PROBE_MAX_CONCURRENCY`: beyond this the worker would run out
 /// of file descriptors long before it gained anything.
-pub const MAX_CONCURRENCY_LIMIT: usize = 65_536;
+pub(crate) const MAX_CONCURRENCY_LIMIT: usize = 65_536;
 
 /// The worker's commands on their own, as the tests parse them. The binary's parser
 /// (`main.rs`) wraps [`Command`] and adds the simulator's `fleet` with the `sim` feature.
@@ -338,11 +338,11 @@ pub struct ReplicaArgs {
 
 /// The default lease is this many intervals: a replica misses a couple of heartbeats (one
 /// every third of the lease) before its games move.
-pub const LEASE_INTERVALS: u32 = 3;
+pub(crate) const LEASE_INTERVALS: u32 = 3;
 
 /// The lease is never shorter than this by default: a heartbeat is a Postgres round trip,
 /// and a lease shorter than a few of them would flap under load.
-pub const MIN_DEFAULT_LEASE: Duration = Duration::from_secs(3);
+pub(crate) const MIN_DEFAULT_LEASE: Duration = Duration::from_secs(3);
 
 impl RunArgs {
     /// Checks between variables that each parse alone; the message names them.

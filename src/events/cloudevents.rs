@@ -8,15 +8,15 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::envelope::HealthEvent;
 
 /// The CloudEvents version these headers follow.
-pub const SPEC_VERSION: &str = "1.0";
+pub(crate) const SPEC_VERSION: &str = "1.0";
 
 /// `datacontenttype`, which the binary mode carries in `content-type`.
-pub const DATA_CONTENT_TYPE: &str = "application/json";
+pub(crate) const DATA_CONTENT_TYPE: &str = "application/json";
 
 /// The source when `HEALTHPROBE_CLOUDEVENTS_SOURCE` is not set. The same for every
 /// replica: CloudEvents identifies an event by `source` and `id`, and a publish repeated by
 /// another replica must be the same event.
-pub const DEFAULT_SOURCE: &str = "healthprobe";
+pub(crate) const DEFAULT_SOURCE: &str = "healthprobe";
 
 /// The headers of `event`, names lower-case as the binding writes them. `prefix` is the
 /// subject prefix (`ce-type` = `<prefix>.<event_type>`), `source` the `ce-source`.

@@ -13,7 +13,7 @@ use crate::config::NatsAuthArgs;
 
 /// How long one publish waits for its JetStream acknowledgement. Long enough for a loaded
 /// server, short enough that an outage is noticed and backed off from quickly.
-pub const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// JetStream's duplicate window when `HEALTHPROBE_DEDUP_WINDOW` is not set (DESIGN §13).
 /// A publish that Postgres could not mark published (an outage right after the ack) is
@@ -48,7 +48,7 @@ impl StreamTarget {
         }
     }
 
-    pub fn wildcard(&self) -> String {
+    pub(crate) fn wildcard(&self) -> String {
         format!("{}.>", self.subject_prefix)
     }
 

@@ -25,7 +25,7 @@ use crate::store::{LOCK_CLASS, LOCK_ID, RelayLock, Store};
 use crate::telemetry::Metrics;
 
 /// A replica without the lock tries again this often.
-pub const CANDIDATE_RETRY: Duration = Duration::from_secs(1);
+pub(crate) const CANDIDATE_RETRY: Duration = Duration::from_secs(1);
 
 /// The holder checks that its session (and so the lock) is alive this often.
 const SESSION_CHECK: Duration = Duration::from_secs(1);

@@ -39,7 +39,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 const STARTUP_GRACE: Duration = Duration::from_secs(3);
 
 /// At shutdown, keep draining for at most this long.
-pub const SHUTDOWN_DRAIN_LIMIT: Duration = Duration::from_secs(3);
+pub(crate) const SHUTDOWN_DRAIN_LIMIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Error)]
 pub enum RelayError {

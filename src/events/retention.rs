@@ -9,9 +9,6 @@ use tokio_util::sync::CancellationToken;
 use crate::ErrorChain;
 use crate::store::{RetentionCursor, Store};
 
-/// `HEALTHPROBE_EVENT_RETENTION` when not set.
-pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
-
 /// Rows examined per batch: one short transaction of a few milliseconds.
 pub const RETENTION_BATCH: i64 = 500;
 
@@ -21,7 +18,7 @@ const BATCH_PAUSE: Duration = Duration::from_millis(50);
 
 /// A pass runs when the relay lock is taken, then this often: rows expire by the day, so a
 /// pass every few minutes keeps the log within a few minutes of its retention.
-pub const RETENTION_EVERY: Duration = Duration::from_secs(300);
+pub(crate) const RETENTION_EVERY: Duration = Duration::from_secs(300);
 
 /// What one pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -24,7 +24,7 @@ impl AccessToken {
     /// Whether `authorization` is `Bearer <this token>` (the scheme in any case, as
     /// RFC 7235 has it). The comparison takes the same time whichever byte differs; only
     /// the length of a wrong token can show.
-    pub fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
+    pub(crate) fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
         let Some(value) = authorization.map(HeaderValue::as_bytes) else {
             return false;
         };

@@ -122,7 +122,7 @@ impl Mix {
     /// Behaviors for `n` engines: counts by largest remainder (so `1:1:1` over 10 gives
     /// 4,3,3, never 3,3,3), spread with smooth weighted round robin so failing engines are
     /// interleaved with healthy ones rather than bunched at the end.
-    pub fn assign(&self, n: usize) -> Vec<Behavior> {
+    pub(crate) fn assign(&self, n: usize) -> Vec<Behavior> {
         let total: f64 = self.0.iter().map(|(_, w)| w).sum();
         let exact: Vec<f64> = self.0.iter().map(|(_, w)| w / total * n as f64).collect();
         let mut counts: Vec<usize> = exact.iter().map(|e| e.floor() as usize).collect();
@@ -180,7 +180,7 @@ impl FromStr for Schedule {
 
 impl Schedule {
     /// The phase `elapsed` into the (repeating) cycle.
-    pub fn phase_at(&self, elapsed: Duration) -> Phase {
+    pub(crate) fn phase_at(&self, elapsed: Duration) -> Phase {
         let cycle: Duration = self.0.iter().map(|(_, d)| *d).sum();
         let mut at = Duration::from_nanos((elapsed.as_nanos() % cycle.as_nanos()) as u64);
         for (phase, duration) in &self.0 {

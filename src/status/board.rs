@@ -28,11 +28,11 @@ pub const LIVENESS_INTERVALS: u32 = 3;
 /// pool waiting 2 s for a connection), so the limit has this floor: the longest statement
 /// wait plus 2 s of scheduling slack. A loop that is really stuck (an unbounded wait, a
 /// deadlock) beats nothing and still turns red within this floor or 3 × interval.
-pub const LIVENESS_FLOOR: Duration =
+pub(crate) const LIVENESS_FLOOR: Duration =
     crate::store::LONGEST_STATEMENT_WAIT.saturating_add(Duration::from_secs(2));
 
 /// How long liveness allows without progress at this interval.
-pub fn liveness_limit(interval: Duration) -> Duration {
+pub(crate) fn liveness_limit(interval: Duration) -> Duration {
     (interval * LIVENESS_INTERVALS).max(LIVENESS_FLOOR)
 }
 
@@ -170,12 +170,12 @@ impl BoardSnapshot {
     }
 
     /// How long liveness allows without progress.
-    pub fn liveness_limit(&self) -> Duration {
+    pub(crate) fn liveness_limit(&self) -> Duration {
         liveness_limit(self.interval)
     }
 
     /// Time since the latest sign of progress (or start-up, before any).
-    pub fn since_alive(&self) -> Duration {
+    pub(crate) fn since_alive(&self) -> Duration {
         [self.since_last_tick, self.since_progress]
             .into_iter()
             .flatten()
@@ -205,12 +205,12 @@ impl StatusBoard {
     }
 
     /// The live stream of the fleet page, fed by [`StatusBoard::tick_ended`].
-    pub fn live_feed(&self) -> &LiveFeed {
+    pub(crate) fn live_feed(&self) -> &LiveFeed {
         &self.live
     }
 
     /// Records a tick that ended just now.
-    pub fn tick_ended(&self, summary: TickSummary) {
+    pub(crate) fn tick_ended(&self, summary: TickSummary) {
         self.live.tick_ended(&summary.to_json());
         self.tx.send_modify(|view| {
             view.last_beat = Some(Instant::now());

@@ -14,7 +14,7 @@ use super::rules::StatusReport;
 use crate::store::{GameView, Member, SetAsideRow};
 
 impl TickSummary {
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "finished_at": rfc3339(self.finished_at),
             "records": self.records,
@@ -33,7 +33,7 @@ impl TickSummary {
 }
 
 impl StatusReport {
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let components: serde_json::Map<String, Value> = self
             .components
             .iter()
@@ -62,7 +62,7 @@ impl StatusReport {
         })
     }
 
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut text = format!("healthprobe {VERSION}: {}\n", self.overall.as_str());
         // Names in a column at least a space wider than the longest (`overrides` is 9).
         let name_width = self

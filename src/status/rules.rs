@@ -24,7 +24,7 @@ impl Level {
 
     /// `GET /status`: 200 OK, 207 WARN (Multi-Status: up, with something to look at),
     /// 503 KO, so a plain HTTP check tells the three apart without parsing the body.
-    pub fn http_code(self) -> u16 {
+    pub(crate) fn http_code(self) -> u16 {
         match self {
             Self::Ok => 200,
             Self::Warn => 207,
@@ -73,23 +73,24 @@ pub struct StatusReport {
     pub relay_held: Option<bool>,
 }
 
-pub const OVERRIDES_RULE: &str =
+pub(crate) const OVERRIDES_RULE: &str =
     "rows of health_probe_overrides must parse (else WARN): a bad one is ignored for its game";
-pub const POSTGRES_RULE: &str = "must be up (else KO): without it nothing is listed or recorded";
-pub const NATS_RULE: &str =
+pub(crate) const POSTGRES_RULE: &str =
+    "must be up (else KO): without it nothing is listed or recorded";
+pub(crate) const NATS_RULE: &str =
     "should be up (else WARN): while it is away the outbox holds events and nothing is lost";
 /// Says "10 s" for [`super::board::LIVENESS_FLOOR`] (a unit test keeps them equal).
-pub const TICKS_RULE: &str = "must make progress (else KO): a tick starts or ends, a probe is recorded or a store call answers, at least every 3 x interval (10 s at the least); a tick made long by the fleet or by Postgres is progress";
-pub const OUTBOX_RULE: &str = "events committed to Postgres and not yet acknowledged by JetStream; WARN while rows are set aside (healthprobe outbox list)";
-pub const RELAY_RULE: &str =
+pub(crate) const TICKS_RULE: &str = "must make progress (else KO): a tick starts or ends, a probe is recorded or a store call answers, at least every 3 x interval (10 s at the least); a tick made long by the fleet or by Postgres is progress";
+pub(crate) const OUTBOX_RULE: &str = "events committed to Postgres and not yet acknowledged by JetStream; WARN while rows are set aside (healthprobe outbox list)";
+pub(crate) const RELAY_RULE: &str =
     "should not end (else WARN for 15 min after it was restarted): publishes the outbox";
-pub const MASS_FAILURE_RULE: &str = "WARN while probe_failed is held because most engines failed at once (the checker more likely than the fleet), or while this replica stepped out because its probes fail where the others' do not";
-pub const COMMITS_RULE: &str = "the last tick should record everything (else WARN): decisions not committed are taken again next tick, nothing is lost";
-pub const STREAM_RULE: &str = "the JetStream stream should exist (else WARN): the relay recreates it before its next publish; events wait in the outbox";
-pub const PROBES_RULE: &str = "every probe should be attempted (else WARN; KO when none could be): the worker's own descriptors, ports and buffers";
+pub(crate) const MASS_FAILURE_RULE: &str = "WARN while probe_failed is held because most engines failed at once (the checker more likely than the fleet), or while this replica stepped out because its probes fail where the others' do not";
+pub(crate) const COMMITS_RULE: &str = "the last tick should record everything (else WARN): decisions not committed are taken again next tick, nothing is lost";
+pub(crate) const STREAM_RULE: &str = "the JetStream stream should exist (else WARN): the relay recreates it before its next publish; events wait in the outbox";
+pub(crate) const PROBES_RULE: &str = "every probe should be attempted (else WARN; KO when none could be): the worker's own descriptors, ports and buffers";
 
 /// How long after an abnormal end of the relay `/status` keeps it at WARN.
-pub const RESTART_WARN_FOR: Duration = Duration::from_secs(15 * 60);
+pub(crate) const RESTART_WARN_FOR: Duration = Duration::from_secs(15 * 60);
 
 /// Abnormal ends of the relay task so far (the relay's supervisor counts them).
 #[derive(Debug, Clone, Default)]
@@ -337,7 +338,7 @@ fn mass_failure_component(hold: Option<HoldSummary>) -> Component {
     }
 }
 
-pub const REPLICAS_RULE: &str =
+pub(crate) const REPLICAS_RULE: &str =
     "informational: the live replicas share the games; each game is probed by one of them";
 
 fn replicas_component(members: &MembersView, board: &BoardSnapshot) -> Component {

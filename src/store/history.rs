@@ -32,7 +32,7 @@ impl Store {
     /// For each of `game_ids` that is running: its `probe_failed` / `probe_recovered` since
     /// `since` plus the last one before (commit order), and its current container and
     /// status. Games not running are left out.
-    pub async fn failure_history(
+    pub(crate) async fn failure_history(
         &self,
         game_ids: &[String],
         since: DateTime<Utc>,

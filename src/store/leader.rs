@@ -34,7 +34,7 @@ pub struct RelayLock {
 impl RelayLock {
     /// Opens a connection and tries the lock once: `None` when another session holds it.
     /// Bounded by `limit` as a whole.
-    pub async fn try_acquire(
+    pub(crate) async fn try_acquire(
         database_url: &str,
         limit: Duration,
     ) -> Result<Option<Self>, LockError> {
@@ -60,7 +60,7 @@ impl RelayLock {
 
     /// The backend pid of the lock's session, which the other replicas may end when this
     /// replica's lease has expired (`Store::end_expired_relay_holder`).
-    pub fn backend_pid(&self) -> i32 {
+    pub(crate) fn backend_pid(&self) -> i32 {
         self.backend_pid
     }
 

@@ -112,7 +112,7 @@ impl Store {
     /// cut-off process keeps its connection, and with it the advisory lock, open). Only a
     /// backend that really holds the lock `(lock_class, lock_id)` is ended. Returns the
     /// replica whose session was ended.
-    pub async fn end_expired_relay_holder(
+    pub(crate) async fn end_expired_relay_holder(
         &self,
         lock_class: i32,
         lock_id: i32,

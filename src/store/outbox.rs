@@ -59,7 +59,7 @@ pub enum SetAsideSelection {
 impl Store {
     /// The oldest unpublished events that are not set aside, in commit order. A row that
     /// cannot become an event comes back as [`UndecodableEvent`] with the reason.
-    pub async fn unpublished_events(
+    pub(crate) async fn unpublished_events(
         &self,
         limit: i64,
     ) -> Result<Vec<Result<HealthEvent, UndecodableEvent>>, sqlx::Error> {
@@ -282,7 +282,7 @@ pub struct UndecodableEvent {
 }
 
 impl Store {
-    pub async fn mark_published(&self, event_ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    pub(crate) async fn mark_published(&self, event_ids: &[Uuid]) -> Result<(), sqlx::Error> {
         self.within_statement_bound(async {
             if event_ids.is_empty() {
                 return Ok(());

@@ -152,7 +152,7 @@ impl Store {
 
     /// How many running games are in each health status (`unknown` includes games without
     /// a snapshot yet): the fleet page's totals. One pass over the running records.
-    pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    pub(crate) async fn status_counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         self.within_statement_bound(
             sqlx::query_as(
                 "SELECT CASE WHEN o.disabled THEN 'disabled' \

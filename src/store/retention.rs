@@ -38,7 +38,7 @@ impl Store {
     /// Deletes up to `limit` published rows older than `retention` that come after `after`,
     /// in one short transaction. Rows are locked one by one as they are deleted; nothing else
     /// ever writes a published row, so no tick or relay waits on this.
-    pub async fn delete_expired_events(
+    pub(crate) async fn delete_expired_events(
         &self,
         retention: Duration,
         after: Option<RetentionCursor>,

@@ -150,7 +150,10 @@ impl Store {
     }
 
     /// One running game with its snapshot row, `None` when it is unknown or not running.
-    pub async fn running_game(&self, game_id: &str) -> Result<Option<ListedGame>, sqlx::Error> {
+    pub(crate) async fn running_game(
+        &self,
+        game_id: &str,
+    ) -> Result<Option<ListedGame>, sqlx::Error> {
         self.within_statement_bound(async {
             let row: Option<ListedGameRow> = sqlx::query_as(LISTED_GAMES_SQL)
                 .bind(Some(game_id))
@@ -163,7 +166,9 @@ impl Store {
 
     /// Every snapshot row, to warm the worker's memory at start-up (each game is read
     /// again with the running list before it is decided, so this is only a head start).
-    pub async fn load_snapshots(&self) -> Result<Vec<(String, StoredSnapshot)>, sqlx::Error> {
+    pub(crate) async fn load_snapshots(
+        &self,
+    ) -> Result<Vec<(String, StoredSnapshot)>, sqlx::Error> {
         self.within_statement_bound(async {
             let rows: Vec<SnapshotEntryRow> = sqlx::query_as(
                 "SELECT game_id, version, consecutive_failures, consecutive_successes, \
@@ -193,7 +198,7 @@ impl Store {
     /// [`WriteError::DuplicateEpisode`] mean another writer got there first and nothing was
     /// written. Any other error may or may not have committed (the connection can drop
     /// during `COMMIT`): the caller must reload the game before deciding it again.
-    pub async fn record_transition(
+    pub(crate) async fn record_transition(
         &self,
         event: &HealthEvent,
         snapshot: &SnapshotRow,
@@ -248,7 +253,7 @@ impl Store {
     }
 
     /// Writes many snapshots in one statement, each conditional on its expected version.
-    pub async fn write_snapshots(
+    pub(crate) async fn write_snapshots(
         &self,
         rows: &[SnapshotRow],
     ) -> Result<SnapshotWrites, sqlx::Error> {
@@ -273,7 +278,7 @@ impl Store {
 
     /// Replaces this replica's probe marks (one statement): for each game, its last probe
     /// whose outcome did not rewrite the snapshot row (`worker::games::ProbeMark`).
-    pub async fn write_probe_marks(
+    pub(crate) async fn write_probe_marks(
         &self,
         replica_id: &str,
         marks: &ProbeMarks<'_>,
@@ -300,7 +305,7 @@ impl Store {
     }
 
     /// Forgets games that are no longer running.
-    pub async fn delete_snapshots(&self, game_ids: &[String]) -> Result<u64, sqlx::Error> {
+    pub(crate) async fn delete_snapshots(&self, game_ids: &[String]) -> Result<u64, sqlx::Error> {
         if game_ids.is_empty() {
             return Ok(0);
         }

@@ -148,7 +148,7 @@ impl Decision {
     }
 
     /// Whether this decision publishes a failure.
-    pub fn publishes_failure(&self) -> bool {
+    pub(crate) fn publishes_failure(&self) -> bool {
         matches!(self.transition, Some(Transition::Failed { .. }))
     }
 }
@@ -223,7 +223,7 @@ impl GameTable {
     /// game in `disabled` (its override keeps it from being probed) counts as `disabled`,
     /// whatever its last health: a game switched off while failing is not failing any more
     /// for an alert.
-    pub fn status_counts(&self, disabled: &HashSet<String>) -> [(&'static str, u64); 5] {
+    pub(crate) fn status_counts(&self, disabled: &HashSet<String>) -> [(&'static str, u64); 5] {
         let mut counts = [
             (hysteresis::HealthStatus::Healthy.as_str(), 0),
             (hysteresis::HealthStatus::Suspect.as_str(), 0),
@@ -250,7 +250,7 @@ impl GameTable {
 
     /// Warms the table from stored rows (start-up); every game is synced again before its
     /// first decision.
-    pub fn preload(&mut self, rows: impl IntoIterator<Item = (String, StoredSnapshot)>) {
+    pub(crate) fn preload(&mut self, rows: impl IntoIterator<Item = (String, StoredSnapshot)>) {
         for (game_id, stored) in rows {
             self.games
                 .insert(game_id, Game::from_stored(Some(&stored), 0));
@@ -299,7 +299,7 @@ impl GameTable {
     /// The hysteresis applied to the game's state (after [`Self::sync`]). `refresh` asks
     /// for the row to be rewritten even when nothing it says changed (an on-demand probe,
     /// whose caller reads the row next).
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         game_id: &str,
         outcome: &ProbeOutcome,
@@ -356,14 +356,14 @@ impl GameTable {
     }
 
     /// The games whose last probe did not rewrite their row, with that probe's mark.
-    pub fn probe_marks(&self) -> impl Iterator<Item = (&str, ProbeMark)> {
+    pub(crate) fn probe_marks(&self) -> impl Iterator<Item = (&str, ProbeMark)> {
         self.games
             .iter()
             .filter_map(|(id, game)| game.unwritten_probe.map(|mark| (id.as_str(), mark)))
     }
 
     /// Where the game's next probe goes in a tick's order (after [`Self::sync`]).
-    pub fn rank(&self, game_id: &str) -> Rank {
+    pub(crate) fn rank(&self, game_id: &str) -> Rank {
         match self.games.get(game_id).map(|g| g.health.status()) {
             Some(HealthStatus::Healthy) => Rank::Healthy,
             None | Some(HealthStatus::Unknown) => Rank::Unknown,
@@ -373,12 +373,12 @@ impl GameTable {
     }
 
     /// The generation of the last tick that started a probe of the game (0: none).
-    pub fn last_dispatched(&self, game_id: &str) -> u64 {
+    pub(crate) fn last_dispatched(&self, game_id: &str) -> u64 {
         self.games.get(game_id).map_or(0, |g| g.dispatched)
     }
 
     /// Notes that a probe of the game started in the tick of `generation`.
-    pub fn dispatched(&mut self, game_id: &str, generation: u64) {
+    pub(crate) fn dispatched(&mut self, game_id: &str, generation: u64) {
         if let Some(game) = self.games.get_mut(game_id) {
             game.dispatched = generation;
         }
@@ -387,7 +387,7 @@ impl GameTable {
     /// Whether an outcome for `container_id` still belongs to the game as held now: a probe
     /// that finished after its game was pruned, handed to another replica or replaced by a
     /// new container is dropped, never recorded.
-    pub fn expects(&self, game_id: &str, container_id: Option<&str>) -> bool {
+    pub(crate) fn expects(&self, game_id: &str, container_id: Option<&str>) -> bool {
         self.games
             .get(game_id)
             .is_some_and(|g| g.container_id.as_deref() == container_id)
@@ -395,7 +395,7 @@ impl GameTable {
 
     /// Games seen by the tick of `generation` whose last probe failed (suspect, held, or
     /// with a published failure): the numerator of the mass-failure share.
-    pub fn failing_seen_in(&self, generation: u64) -> usize {
+    pub(crate) fn failing_seen_in(&self, generation: u64) -> usize {
         self.games
             .values()
             .filter(|g| g.seen == generation && g.health.consecutive_failures > 0)
@@ -406,7 +406,7 @@ impl GameTable {
     /// own fault made them, so they say nothing about the engines (DESIGN §15). Memory only:
     /// each game's next probe rewrites its row, conditionally on the version it holds.
     /// Returns the games forgiven.
-    pub fn forgive_unpublished_failures(&mut self) -> usize {
+    pub(crate) fn forgive_unpublished_failures(&mut self) -> usize {
         let mut forgiven = 0;
         for game in self.games.values_mut() {
             if !game.health.failure_published && game.health.consecutive_failures > 0 {
@@ -425,7 +425,7 @@ impl GameTable {
 
     /// Games not listed as running by the tick of `generation`: their rows are to be
     /// deleted, then [`Self::forget`] called.
-    pub fn not_seen_since(&self, generation: u64) -> Vec<String> {
+    pub(crate) fn not_seen_since(&self, generation: u64) -> Vec<String> {
         self.games
             .iter()
             .filter(|(_, game)| game.seen != generation)
@@ -467,7 +467,7 @@ impl Game {
 
 /// A key that orders games differently in every tick (ties among games that waited as
 /// long), the same for a game within one tick.
-pub fn shuffle_key(game_id: &str, generation: u64) -> u64 {
+pub(crate) fn shuffle_key(game_id: &str, generation: u64) -> u64 {
     use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
     BuildHasherDefault::<DefaultHasher>::default().hash_one((game_id, generation))
 }

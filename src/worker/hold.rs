@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 /// Envoy's panic threshold is 50 %; a fleet of a few games failing together is not a
 /// storm worth holding for, so at least this many games must fail too.
-pub const DEFAULT_MIN_GAMES: usize = 10;
-pub const DEFAULT_MIN_SHARE: f64 = 0.5;
+pub(crate) const DEFAULT_MIN_GAMES: usize = 10;
+pub(crate) const DEFAULT_MIN_SHARE: f64 = 0.5;
 
 /// When the hold applies and how long it lasts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,14 +43,14 @@ impl MassFailureSettings {
     }
 
     /// Whether `failing` of `owned` games is a mass failure.
-    pub fn is_mass(&self, failing: usize, owned: usize) -> bool {
+    pub(crate) fn is_mass(&self, failing: usize, owned: usize) -> bool {
         owned > 0
             && failing >= self.min_games
             && failing as f64 >= (owned as f64 * self.min_share).ceil()
     }
 
     /// Whether a share is below the threshold share (a degraded replica's sample, a peer).
-    pub fn share_is_fine(&self, failing: usize, probed: usize) -> bool {
+    pub(crate) fn share_is_fine(&self, failing: usize, probed: usize) -> bool {
         probed > 0 && (failing as f64) < probed as f64 * self.min_share
     }
 }
@@ -145,7 +145,7 @@ impl MassFailure {
     }
 
     /// Folds one tick's figures in.
-    pub fn observe(&mut self, tick: TickShare, peers: Peers, now: Instant) -> Action {
+    pub(crate) fn observe(&mut self, tick: TickShare, peers: Peers, now: Instant) -> Action {
         let mass = self.settings.is_mass(tick.not_ok(), tick.owned);
         let local = tick.local_errors > 0;
         match self.state {

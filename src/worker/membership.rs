@@ -94,7 +94,7 @@ impl Membership {
     }
 
     /// What the other live replicas published about their own engines, for the hold.
-    pub fn peers(&self, settings: &MassFailureSettings) -> Peers {
+    pub(crate) fn peers(&self, settings: &MassFailureSettings) -> Peers {
         let mut seen = false;
         for m in self.members.iter() {
             if m.replica_id == self.replica_id || !m.live || m.degraded {
@@ -163,7 +163,7 @@ pub struct MembershipSettings {
 }
 
 impl MembershipSettings {
-    pub fn heartbeat_every(&self) -> Duration {
+    pub(crate) fn heartbeat_every(&self) -> Duration {
         self.lease_ttl / HEARTBEATS_PER_LEASE
     }
 }

@@ -179,11 +179,6 @@ impl Worker {
         self
     }
 
-    /// Whether this replica stepped out of the membership (its probes fail, others' don't).
-    pub fn is_degraded(&self) -> bool {
-        self.degraded
-    }
-
     /// Bounds how long a tick holds the schedule (the service passes its interval): past
     /// the budget, a tick starts no more probes of games that are not healthy and stops
     /// waiting for probes in flight; those finish beside the next tick, which records them.
@@ -373,7 +368,7 @@ impl Worker {
     /// Waits for the probes still in flight from earlier ticks (each bounded by the probe
     /// timeout) and records them: the run loop calls it when it stops, so a probe that
     /// outlived its tick is not lost at shutdown.
-    pub async fn finish_in_flight(&mut self) -> TickReport {
+    pub(crate) async fn finish_in_flight(&mut self) -> TickReport {
         let mut report = TickReport::default();
         let mut batch = Vec::new();
         while let Some(done) = self.in_flight.join_next_with_id().await {

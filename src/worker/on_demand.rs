@@ -34,7 +34,7 @@ use crate::telemetry::Metrics;
 /// Games probed on demand at once, at most. A few operators or a runtime manager asking
 /// about one game each need a handful; a flood beyond this is refused, not queued. Each
 /// holds one connection, well inside the descriptor budget's reserve.
-pub const MAX_IN_FLIGHT: usize = 32;
+pub(crate) const MAX_IN_FLIGHT: usize = 32;
 
 /// Commits tried per on-demand probe: a conflict means a tick wrote the game meanwhile,
 /// and the probe is decided again from the new row.
@@ -133,7 +133,7 @@ impl OnDemand {
     }
 
     /// What `Retry-After` says to a refused request: one probe timeout, at least a second.
-    pub fn retry_after_secs(&self) -> u64 {
+    pub(crate) fn retry_after_secs(&self) -> u64 {
         self.inner
             .probe_settings
             .spec

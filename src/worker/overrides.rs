@@ -16,7 +16,7 @@ use crate::store::ProbeOverride;
 
 /// Longest timeout or initial delay an override may set: beyond it the value is more
 /// likely a unit mistake (milliseconds written as seconds) than a wish.
-pub const MAX_OVERRIDE_DURATION: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_OVERRIDE_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// The global values an override replaces.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,7 +94,7 @@ impl GameSettings {
 
     /// Whether the settings differ from the global ones (what the worker must remember
     /// for the game).
-    pub fn is_global(&self, global: &GlobalProbeSettings) -> bool {
+    pub(crate) fn is_global(&self, global: &GlobalProbeSettings) -> bool {
         self.thresholds == global.thresholds && Arc::ptr_eq(&self.spec, &global.spec)
     }
 

@@ -27,7 +27,7 @@ use crate::telemetry::Metrics;
 /// Snapshots are written in batches of at most this many rows: bounded memory (about 3 MB)
 /// and statement size. Only games whose row changes are written, so a tick where 20,000
 /// games change at once (a mass failure, a fleet starting) still writes in one statement.
-pub const SNAPSHOT_BATCH: usize = 20_000;
+pub(crate) const SNAPSHOT_BATCH: usize = 20_000;
 
 /// Why a transition was not recorded.
 #[derive(Debug, Error)]
@@ -70,7 +70,7 @@ impl Recorder {
     /// Beats `progress` whenever a store call returns, an error included: each call is
     /// bounded, so a tick writing through a Postgres outage is a loop that turns, and
     /// liveness is the worker's, not Postgres' (`status::LIVENESS_FLOOR`).
-    pub fn beat_on_store_answers(&mut self, progress: Progress) {
+    pub(crate) fn beat_on_store_answers(&mut self, progress: Progress) {
         self.progress = Some(progress);
     }
 
@@ -173,7 +173,12 @@ impl Recorder {
     /// its row (DESIGN §4's `last_probe_at`, `last_success_at` and `last_latency_ms` stay
     /// honest for readers without a row rewrite per probe). A failure is logged and
     /// reported: the rows still hold the last probe that changed something.
-    pub async fn mark_probes(&self, games: &GameTable, replica_id: &str, report: &mut TickReport) {
+    pub(crate) async fn mark_probes(
+        &self,
+        games: &GameTable,
+        replica_id: &str,
+        report: &mut TickReport,
+    ) {
         let mut marks = crate::store::ProbeMarks::default();
         for (game_id, mark) in games.probe_marks() {
             marks.game_ids.push(game_id);
@@ -258,7 +263,12 @@ impl Recorder {
     }
 
     /// Forgets games that are no longer running: their rows, then memory.
-    pub async fn prune(&self, games: &mut GameTable, generation: u64, report: &mut TickReport) {
+    pub(crate) async fn prune(
+        &self,
+        games: &mut GameTable,
+        generation: u64,
+        report: &mut TickReport,
+    ) {
         let gone = games.not_seen_since(generation);
         if gone.is_empty() {
             return;
