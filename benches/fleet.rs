@@ -506,12 +506,6 @@ fn wrk(url: &str, connections: usize) -> anyhow::Result<f64> {
         .with_context(|| format!("no Requests/sec in wrk's output: {text}"))
 }
 
-fn database_url(admin: &str, name: &str) -> String {
-    let mut url = reqwest::Url::parse(admin).expect("admin database URL");
-    url.set_path(name);
-    url.to_string()
-}
-
 /// A fresh database with `engines` running games, engine `i` at `mode.address(i)`.
 async fn prepare_database(
     admin: &str,
@@ -520,16 +514,7 @@ async fn prepare_database(
     engines: usize,
     port: u16,
 ) -> anyhow::Result<String> {
-    let mut conn = sqlx::postgres::PgConnection::connect(admin).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut conn)
-        .await?;
-    let url = database_url(admin, name);
+    let url = healthprobe::store::fresh_database(admin, name).await?;
     let store = Store::connect(&url).await?;
     store.migrate().await?;
     store.create_runtime_records().await?;

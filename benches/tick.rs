@@ -26,7 +26,6 @@ use healthprobe::store::Store;
 use healthprobe::telemetry::Metrics;
 use healthprobe::worker::{self, Worker, WorkerSettings};
 use serde::{Deserialize, Serialize};
-use sqlx::Connection as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -88,12 +87,6 @@ fn status_kib(field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-fn database_url(admin: &str, name: &str) -> String {
-    let mut url = reqwest::Url::parse(admin).expect("admin database URL");
-    url.set_path(name);
-    url.to_string()
 }
 
 async fn statements(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
@@ -262,16 +255,7 @@ async fn prepare_database(
     fleet: &str,
     width: usize,
 ) -> anyhow::Result<String> {
-    let mut conn = sqlx::postgres::PgConnection::connect(admin).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut conn)
-        .await?;
-    let url = database_url(admin, name);
+    let url = healthprobe::store::fresh_database(admin, name).await?;
     let store = Store::connect(&url).await?;
     store.migrate().await?;
     store.create_runtime_records().await?;

@@ -2,7 +2,7 @@
 //! [`tick`] (the worker's list and writes), [`outbox`] (the relay and `healthprobe
 //! outbox`), [`read`] (the status surface's read models), [`members`] (replicas and the
 //! relay lock's holder), [`schema`] (migrations and the schema check) and [`fleet`] (the
-//! simulated fleet's runtime records). This file
+//! simulated fleet's runtime records and the fresh database tests start from). This file
 //! holds the pool and the bound every statement runs under.
 
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,7 @@ mod retention;
 mod schema;
 mod tick;
 #[cfg(feature = "sim")]
-pub use fleet::RUNTIME_RECORDS_SQL;
+pub use fleet::{RUNTIME_RECORDS_SQL, fresh_database};
 pub use history::HISTORY_MAX_GAMES;
 pub use leader::{LOCK_CLASS, LOCK_ID, LockError, RelayLock};
 pub use members::{Heartbeat, Member};

@@ -1,7 +1,31 @@
 //! What the simulated fleet asks: it plays the runtime manager's part in demos and tests,
-//! writing `runtime_records`.
+//! writing `runtime_records`; and the fresh database the tests and benchmarks start from.
+
+use sqlx::Connection as _;
+use sqlx::postgres::PgConnection;
 
 use super::Store;
+
+/// Creates database `name` on the server `admin_url` points at, empty, dropping one left by
+/// an earlier run (a benchmark reuses its name), and returns its URL. For tests and
+/// benchmarks, which each want a database of their own on a shared server.
+pub async fn fresh_database(admin_url: &str, name: &str) -> Result<String, sqlx::Error> {
+    let mut url =
+        url::Url::parse(admin_url).map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
+    url.set_path(name);
+    let quoted = name.replace('"', "\"\"");
+    let mut admin = PgConnection::connect(admin_url).await?;
+    for statement in [
+        format!("DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)"),
+        format!("CREATE DATABASE \"{quoted}\""),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut admin)
+            .await?;
+    }
+    admin.close().await.ok();
+    Ok(url.to_string())
+}
 
 /// The runtime manager's `runtime_records` as healthprobe reads it, for whoever plays the
 /// runtime manager's part (the simulated fleet, the demo, tests, benchmarks). Idempotent.

@@ -29,8 +29,6 @@ use healthprobe::probe::Prober;
 use healthprobe::store::Store;
 use healthprobe::telemetry::Metrics;
 use healthprobe::worker::{Worker, WorkerSettings};
-use sqlx::Connection as _;
-use sqlx::postgres::PgConnection;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -179,18 +177,9 @@ pub fn free_port() -> u16 {
 
 /// Creates an empty database on the shared server and returns its URL.
 pub async fn create_database(name: &str) -> String {
-    let services = services();
-    let mut admin = PgConnection::connect(&services.admin_database_url)
+    healthprobe::store::fresh_database(&services().admin_database_url, name)
         .await
-        .expect("connect to the test Postgres");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
-    admin.close().await.ok();
-    let mut url = reqwest::Url::parse(&services.admin_database_url).expect("admin url");
-    url.set_path(name);
-    url.to_string()
+        .expect("create the test database")
 }
 
 /// Waits until `check` returns `Some`, polling briefly, or panics with `what` after `limit`.
