@@ -25,7 +25,7 @@ impl Default for Thresholds {
 
 /// What one probe said, reduced to what the state machine needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Observation {
+pub(crate) enum Observation {
     Success,
     Failure,
 }

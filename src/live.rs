@@ -28,7 +28,7 @@ pub const MAX_SUBSCRIBERS: usize = 64;
 
 /// One message on the live stream: a Server-Sent Events `event:` name and its JSON `data:`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LiveUpdate {
+pub(crate) struct LiveUpdate {
     pub kind: &'static str,
     pub data: String,
 }
@@ -73,7 +73,7 @@ impl LiveUpdate {
 
 /// The sending side, cheap to clone; sending never blocks and never fails the caller.
 #[derive(Debug, Clone)]
-pub struct LiveFeed {
+pub(crate) struct LiveFeed {
     sender: broadcast::Sender<LiveUpdate>,
     interval: Duration,
 }

@@ -74,7 +74,7 @@ impl Written {
 
 /// One game as the worker holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Game {
+pub(crate) struct Game {
     /// The counters, possibly ahead of the row in fields whose change is not worth a write
     /// (a healthy game's run of successes).
     pub health: GameHealth,
@@ -101,7 +101,7 @@ pub struct Game {
 /// threshold); then games with a published failure, still probed so their recovery is seen,
 /// with whatever capacity is left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Rank {
+pub(crate) enum Rank {
     Healthy,
     Unknown,
     Suspect,
@@ -110,7 +110,7 @@ pub enum Rank {
 
 /// How [`GameTable::sync`] aligned a game with its row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Synced {
+pub(crate) enum Synced {
     /// Memory and row agree (same version).
     Kept,
     /// Memory was missing or stale and was (re)loaded from the row.
@@ -122,7 +122,7 @@ pub enum Synced {
 
 /// What one probe decided for a game.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     pub next: GameHealth,
     pub transition: Option<Transition>,
     /// The write is conditional on the row still being at this version.
@@ -156,7 +156,7 @@ impl Decision {
 /// The parts of a probe's outcome that its snapshot row records and that decide whether
 /// the next one must be rewritten, and its time ([`ProbeMark`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Facts {
+pub(crate) struct Facts {
     pub status: u16,
     pub kind: Option<FailureKind>,
     pub mark: ProbeMark,
@@ -181,7 +181,7 @@ impl Facts {
 /// rewritten for it; the tick records the marks of all such games in one statement
 /// (`Store::write_probe_marks`), and readers take the later of the row's time and the mark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProbeMark {
+pub(crate) struct ProbeMark {
     pub completed_at: chrono::DateTime<chrono::Utc>,
     pub latency_us: u32,
     pub succeeded: bool,
@@ -189,7 +189,7 @@ pub struct ProbeMark {
 
 /// What became of a decision's write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settled {
+pub(crate) enum Settled {
     /// Committed; the row is now at this version.
     Committed { version: i64 },
     /// Nothing to write: memory moves on alone.
@@ -202,7 +202,7 @@ pub enum Settled {
 
 /// The games this worker probes.
 #[derive(Debug, Default)]
-pub struct GameTable {
+pub(crate) struct GameTable {
     games: HashMap<String, Game>,
 }
 
@@ -213,10 +213,6 @@ impl GameTable {
 
     pub fn len(&self) -> usize {
         self.games.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.games.is_empty()
     }
 
     /// How many games of the table are in each status: the `healthprobe.games` gauge. A
@@ -663,7 +659,7 @@ mod tests {
         assert_eq!(table.not_seen_since(2), vec!["b".to_owned()]);
         table.forget(&["b".to_owned()]);
         assert!(table.release("a"));
-        assert!(table.is_empty());
+        assert_eq!(table.len(), 0);
     }
 }
 

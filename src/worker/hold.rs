@@ -57,7 +57,7 @@ impl MassFailureSettings {
 
 /// One tick's figures, as the hold reads them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TickShare {
+pub(crate) struct TickShare {
     /// Games this replica owned in the tick.
     pub owned: usize,
     /// Of those, games whose last probe failed (suspect, held or failing).
@@ -75,7 +75,7 @@ impl TickShare {
 
 /// What the other live replicas say about their own engines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Peers {
+pub(crate) enum Peers {
     /// No other live replica published figures: this one decides alone.
     Alone,
     /// At least one other live replica sees its engines fine.
@@ -86,7 +86,7 @@ pub enum Peers {
 
 /// The hold's state, as `/status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HoldState {
+pub(crate) enum HoldState {
     Clear,
     /// Transitions are held since `since`; `local_fault` when the checker's own fault
     /// showed meanwhile (then the hold is not released).
@@ -102,7 +102,7 @@ pub enum HoldState {
 
 /// What the worker does after a tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Nothing,
     /// The condition began: hold `probe_failed` from now on.
     Started,
@@ -117,7 +117,7 @@ pub enum Action {
 }
 
 #[derive(Debug, Clone)]
-pub struct MassFailure {
+pub(crate) struct MassFailure {
     pub settings: MassFailureSettings,
     state: HoldState,
 }

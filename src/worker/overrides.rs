@@ -20,7 +20,7 @@ pub(crate) const MAX_OVERRIDE_DURATION: Duration = Duration::from_secs(24 * 3600
 
 /// The global values an override replaces.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GlobalProbeSettings {
+pub(crate) struct GlobalProbeSettings {
     pub thresholds: Thresholds,
     /// `RTMANAGER_PROBE_INITIAL_DELAY`.
     pub initial_delay: Duration,
@@ -42,7 +42,7 @@ impl GlobalProbeSettings {
 
 /// What one game is probed with.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GameSettings {
+pub(crate) struct GameSettings {
     pub disabled: bool,
     pub thresholds: Thresholds,
     pub initial_delay: Duration,

@@ -31,7 +31,7 @@ pub(crate) const SNAPSHOT_BATCH: usize = 20_000;
 
 /// Why a transition was not recorded.
 #[derive(Debug, Error)]
-pub enum RecordError {
+pub(crate) enum RecordError {
     /// Another writer changed the game first; nothing was written.
     #[error("another writer changed the game first")]
     Conflict(#[source] WriteError),
@@ -42,14 +42,14 @@ pub enum RecordError {
 
 /// A snapshot write waiting for the next batch, with the decision it settles.
 #[derive(Debug)]
-pub struct PendingWrite {
+pub(crate) struct PendingWrite {
     pub row: SnapshotRow,
     pub decision: Decision,
     pub facts: Facts,
 }
 
 /// Writes decisions and settles them.
-pub struct Recorder {
+pub(crate) struct Recorder {
     store: Store,
     metrics: Metrics,
     outbox_wake: Arc<Notify>,
