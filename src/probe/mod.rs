@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
-use http::{HeaderValue, Method, Request, Version, header};
+use http::{HeaderValue, Request, Version, header};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -529,17 +529,27 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 
 /// The request of one probe: origin-form target, `Host` (unless the spec sets one),
 /// `User-Agent`, the spec's headers, and `Connection: close` when the connection will not
-/// be kept (so the engine closes first and holds the TIME_WAIT, not us).
+/// be kept (so the engine closes first and holds the TIME_WAIT, not us). Built in place
+/// (not through `http::request::Builder`, whose per-header conversions and error plumbing
+/// cost a few per cent of a probe), the header map sized once.
 fn request(url: &Url, spec: &ProbeSpec, keep: bool) -> Result<Request<Empty<Bytes>>, ProbeFailure> {
     let target = match url.query() {
         Some(query) => format!("{}?{query}", url.path()),
         None => url.path().to_owned(),
     };
-    let mut builder = Request::builder()
-        .method(Method::GET)
-        .uri(target)
-        .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT))
-        .header(header::ACCEPT, HeaderValue::from_static("*/*"));
+    let uri = http::Uri::try_from(target).map_err(|error| ProbeFailure {
+        kind: FailureKind::InvalidEndpoint,
+        message: format!(
+            "no request can be made for {}: {error}",
+            shorten(url.as_str())
+        ),
+    })?;
+    let mut request = Request::new(Empty::new());
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    headers.reserve(4 + spec.headers.iter().count());
+    headers.append(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    headers.append(header::ACCEPT, HeaderValue::from_static("*/*"));
     if !spec.headers.iter().any(|(name, _)| name == header::HOST) {
         let host = url.host_str().unwrap_or_default();
         let value = match url.port() {
@@ -547,22 +557,16 @@ fn request(url: &Url, spec: &ProbeSpec, keep: bool) -> Result<Request<Empty<Byte
             None => HeaderValue::from_str(host),
         };
         if let Ok(value) = value {
-            builder = builder.header(header::HOST, value);
+            headers.append(header::HOST, value);
         }
     }
     for (name, value) in spec.headers.iter() {
-        builder = builder.header(name, value);
+        headers.append(name, value.clone());
     }
     if !keep {
-        builder = builder.header(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.append(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    builder.body(Empty::new()).map_err(|error| ProbeFailure {
-        kind: FailureKind::InvalidEndpoint,
-        message: format!(
-            "no request can be made for {}: {error}",
-            shorten(url.as_str())
-        ),
-    })
+    Ok(request)
 }
 
 #[cfg(test)]
