@@ -58,16 +58,26 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let telemetry = telemetry::init()?;
-        let result = match cli.command {
+        let (result, telemetry) = match cli.command {
             BinaryCommand::Worker(command) => match command {
-                Command::Migrate(args) => cli::migrate::migrate(args).await,
-                Command::Run(args) => app::run(*args, &telemetry).await,
-                Command::Tail(args) => cli::tail::tail(args).await,
-                Command::Status(args) => cli::status::status(args).await,
-                Command::Outbox(args) => cli::outbox::outbox(args).await,
+                Command::Migrate(args) => (cli::migrate::migrate(args).await, telemetry),
+                // The service runs as a task on the runtime's worker threads, not on this
+                // thread (which only waits for it): the tick then spawns its probes onto its
+                // own worker's queue and collects them there, instead of every probe's start
+                // and end crossing between this thread and a worker (a futex wake-up and a
+                // context switch each way).
+                Command::Run(args) => tokio::spawn(async move {
+                    let result = app::run(*args, &telemetry).await;
+                    (result, telemetry)
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("the service's task ended abnormally: {e}"))?,
+                Command::Tail(args) => (cli::tail::tail(args).await, telemetry),
+                Command::Status(args) => (cli::status::status(args).await, telemetry),
+                Command::Outbox(args) => (cli::outbox::outbox(args).await, telemetry),
             },
             #[cfg(feature = "sim")]
-            BinaryCommand::Fleet(args) => cli::fleet::fleet(*args).await,
+            BinaryCommand::Fleet(args) => (cli::fleet::fleet(*args).await, telemetry),
         };
         telemetry.shutdown().await;
         result
