@@ -8,8 +8,8 @@
 //! all at one address, connections warm:
 //!
 //! - `Prober`: healthprobe's own [`healthprobe::probe::Prober::probe`], as the worker calls
-//!   it (URL building, keep-alive admission, reqwest with its total timeout, the body read,
-//!   the outcome);
+//!   it (URL building, its own keep-alive pool, hyper's HTTP/1 connection API under the
+//!   probe's one timeout, the body read within its cap, the outcome);
 //! - `reqwest`: a bare `reqwest::Client::get(url).send()` and the body, nothing else;
 //! - `minimal`: a prototype HTTP/1.1 client written for this measurement: one kept-alive
 //!   `TcpStream` per lane, the request bytes written once, the answer parsed with `httparse`
@@ -49,7 +49,7 @@ impl Client {
 
     fn name(self) -> &'static str {
         match self {
-            Client::Prober => "healthprobe's Prober (reqwest)",
+            Client::Prober => "healthprobe's Prober (hyper)",
             Client::Reqwest => "bare reqwest::Client",
             Client::Minimal => "minimal HTTP/1.1 prototype",
         }
