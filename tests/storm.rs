@@ -10,8 +10,8 @@ mod storm_support;
 use std::time::{Duration, Instant};
 
 use helpers::engines::{Behavior, Fleet};
-use helpers::process::WorkerProcess;
-use helpers::{TestEnv, wait_for};
+use helpers::scenario::Scenario;
+use helpers::wait_for;
 use storm_support::{LivenessWatch, secs, worst_gap};
 
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -29,31 +29,8 @@ fn probes_of(fleet: &Fleet, id: &str) -> Vec<Instant> {
 async fn hung_engines_hold_neither_the_schedule_nor_liveness() {
     const HUNG: usize = 24;
     const HEALTHY: usize = 4;
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    // Hung games first in the list, so the old order would probe them first.
-    for i in 0..HUNG {
-        let endpoint = fleet.set(
-            &format!("hung-{i:02}"),
-            Behavior::Delay(Duration::from_secs(600)),
-        );
-        env.add_running(&format!("a-hung-{i:02}"), &endpoint, None)
-            .await;
-    }
-    for i in 0..HEALTHY {
-        let endpoint = fleet.set(&format!("fine-{i}"), Behavior::Healthy);
-        env.add_running(&format!("z-fine-{i}"), &endpoint, None)
-            .await;
-    }
-    let worker = WorkerProcess::spawn(
-        &env,
-        "storm-hung",
-        &[
-            ("RTMANAGER_PROBE_INTERVAL", "1s"),
-            ("RTMANAGER_PROBE_TIMEOUT", "500ms"),
-            ("RTMANAGER_PROBE_MAX_CONCURRENCY", "2"),
-        ],
-    );
+    let (scenario, worker) = hung_beside_healthy("storm-hung", HUNG, HEALTHY).await;
+    let Scenario { env, fleet } = &scenario;
     let addr = worker.status_addr().await;
     let liveness = LivenessWatch::start(&addr);
     let started = Instant::now();
@@ -73,7 +50,7 @@ async fn hung_engines_hold_neither_the_schedule_nor_liveness() {
     let (answers, not_ok) = liveness.finish().await;
     let events = env.logged_events().await;
     let worst = (0..HEALTHY)
-        .map(|i| worst_gap(&probes_of(&fleet, &format!("fine-{i}"))))
+        .map(|i| worst_gap(&probes_of(fleet, &format!("fine-{i}"))))
         .max()
         .unwrap();
     let hung_probes: usize = (0..HUNG)
@@ -126,6 +103,41 @@ async fn hung_engines_hold_neither_the_schedule_nor_liveness() {
     );
 }
 
+/// `hung` games `a-hung-NN` whose engines `hung-NN` answer after 600 s, listed before
+/// `healthy` games `z-fine-N` on engines `fine-N` (so an order that probes in list order
+/// probes the hung ones first), and a worker on the settings: interval 1 s,
+/// timeout 0.5 s, two probes in flight at most.
+async fn hung_beside_healthy(
+    name: &str,
+    hung: usize,
+    healthy: usize,
+) -> (Scenario, helpers::process::WorkerProcess) {
+    let scenario = Scenario::new().await;
+    scenario
+        .games(
+            hung,
+            |i| (format!("a-hung-{i:02}"), format!("hung-{i:02}")),
+            Behavior::Delay(Duration::from_secs(600)),
+        )
+        .await;
+    scenario
+        .games(
+            healthy,
+            |i| (format!("z-fine-{i}"), format!("fine-{i}")),
+            Behavior::Healthy,
+        )
+        .await;
+    let worker = scenario.spawn_worker(
+        name,
+        &[
+            ("RTMANAGER_PROBE_INTERVAL", "1s"),
+            ("RTMANAGER_PROBE_TIMEOUT", "500ms"),
+            ("RTMANAGER_PROBE_MAX_CONCURRENCY", "2"),
+        ],
+    );
+    (scenario, worker)
+}
+
 /// The storm at the defaults (interval 15 s, timeout 2 s, 400 hung engines),
 /// scaled down: time tenfold (interval 1.5 s, timeout 200 ms) and the descriptors with it
 /// (`ulimit -n 400`, so the default concurrency is the budget's, 19 slots, where 1,024
@@ -140,26 +152,24 @@ async fn the_default_settings_storm_scaled_down_holds_nothing() {
     const HEALTHY: usize = 20;
     let interval = Duration::from_millis(1500);
     let timeout = Duration::from_millis(200);
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    for i in 0..HUNG {
-        let endpoint = fleet.set(
-            &format!("hung-{i:03}"),
+    let scenario = Scenario::new().await;
+    scenario
+        .games(
+            HUNG,
+            |i| (format!("a-hung-{i:03}"), format!("hung-{i:03}")),
             Behavior::Delay(Duration::from_secs(2)),
-        );
-        env.add_running(&format!("a-hung-{i:03}"), &endpoint, None)
-            .await;
-    }
-    let fine = healthy_fleet(&env, &fleet, "z-fine", HEALTHY).await;
-    let worker = WorkerProcess::spawn_with_nofile(
-        &env,
+        )
+        .await;
+    let fine = healthy_fleet(&scenario, "z-fine", HEALTHY).await;
+    let worker = scenario.spawn_worker_with_nofile(
         "storm-defaults",
         &[
             ("RTMANAGER_PROBE_INTERVAL", "1500ms"),
             ("RTMANAGER_PROBE_TIMEOUT", "200ms"),
         ],
-        Some(400),
+        400,
     );
+    let Scenario { env, fleet } = &scenario;
     let addr = worker.status_addr().await;
     let liveness = LivenessWatch::start(&addr);
     let started = Instant::now();
@@ -179,7 +189,7 @@ async fn the_default_settings_storm_scaled_down_holds_nothing() {
     let events = env.logged_events().await;
     let worst = fine
         .iter()
-        .map(|id| worst_gap(&probes_of(&fleet, id)))
+        .map(|id| worst_gap(&probes_of(fleet, id)))
         .max()
         .unwrap();
     let slots = worker
@@ -233,16 +243,18 @@ async fn the_default_settings_storm_scaled_down_holds_nothing() {
     );
 }
 
-/// `count` engines named `{prefix}-NN`, all healthy, registered as running games.
-async fn healthy_fleet(env: &TestEnv, fleet: &Fleet, prefix: &str, count: usize) -> Vec<String> {
-    let mut ids = Vec::new();
-    for i in 0..count {
-        let id = format!("{prefix}-{i:02}");
-        env.add_running(&id, &fleet.set(&id, Behavior::Healthy), None)
-            .await;
-        ids.push(id);
-    }
-    ids
+/// `count` healthy games named `{prefix}-NN`, each on an engine of the same name.
+async fn healthy_fleet(scenario: &Scenario, prefix: &str, count: usize) -> Vec<String> {
+    scenario
+        .games(
+            count,
+            |i| {
+                let id = format!("{prefix}-{i:02}");
+                (id.clone(), id)
+            },
+            Behavior::Healthy,
+        )
+        .await
 }
 
 async fn all_probed(fleet: &Fleet, ids: &[String], times: usize) {
@@ -262,11 +274,9 @@ async fn a_real_fleet_wide_outage_alone_is_reported_after_the_hold() {
     const GAMES: usize = 20;
     const HOLD: Duration = Duration::from_secs(2);
     let interval = Duration::from_millis(500);
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    let ids = healthy_fleet(&env, &fleet, "outage", GAMES).await;
-    let worker = WorkerProcess::spawn(
-        &env,
+    let scenario = Scenario::new().await;
+    let ids = healthy_fleet(&scenario, "outage", GAMES).await;
+    let worker = scenario.spawn_worker(
         "storm-outage",
         &[
             ("RTMANAGER_PROBE_INTERVAL", "500ms"),
@@ -275,9 +285,10 @@ async fn a_real_fleet_wide_outage_alone_is_reported_after_the_hold() {
             ("HEALTHPROBE_MASS_FAILURE_HOLD", "2s"),
         ],
     );
+    let Scenario { env, fleet } = &scenario;
     let addr = worker.status_addr().await;
     let liveness = LivenessWatch::start(&addr);
-    all_probed(&fleet, &ids, 2).await;
+    all_probed(fleet, &ids, 2).await;
     let outage = Instant::now();
     for id in &ids {
         fleet.set(id, Behavior::Status(503));
@@ -307,7 +318,7 @@ async fn a_real_fleet_wide_outage_alone_is_reported_after_the_hold() {
     let events = env.logged_events().await;
     let worst = ids
         .iter()
-        .map(|id| worst_gap(&probes_of(&fleet, id)))
+        .map(|id| worst_gap(&probes_of(fleet, id)))
         .max()
         .unwrap();
     let log = worker.log_text();
@@ -369,11 +380,9 @@ async fn a_real_fleet_wide_outage_alone_is_reported_after_the_hold() {
 async fn a_blip_shorter_than_the_hold_yields_no_event() {
     const GAMES: usize = 20;
     let interval = Duration::from_millis(500);
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    let ids = healthy_fleet(&env, &fleet, "blip", GAMES).await;
-    let worker = WorkerProcess::spawn(
-        &env,
+    let scenario = Scenario::new().await;
+    let ids = healthy_fleet(&scenario, "blip", GAMES).await;
+    let worker = scenario.spawn_worker(
         "storm-blip",
         &[
             ("RTMANAGER_PROBE_INTERVAL", "500ms"),
@@ -382,9 +391,10 @@ async fn a_blip_shorter_than_the_hold_yields_no_event() {
             ("HEALTHPROBE_MASS_FAILURE_HOLD", "3s"),
         ],
     );
+    let Scenario { env, fleet } = &scenario;
     let addr = worker.status_addr().await;
     let liveness = LivenessWatch::start(&addr);
-    all_probed(&fleet, &ids, 2).await;
+    all_probed(fleet, &ids, 2).await;
     let before: Vec<usize> = ids.iter().map(|id| fleet.requests(id)).collect();
     for id in &ids {
         fleet.set(id, Behavior::Status(503));
@@ -404,7 +414,7 @@ async fn a_blip_shorter_than_the_hold_yields_no_event() {
     for id in &ids {
         fleet.set(id, Behavior::Healthy);
     }
-    all_probed(&fleet, &ids, before.iter().max().unwrap() + 5).await;
+    all_probed(fleet, &ids, before.iter().max().unwrap() + 5).await;
     tokio::time::sleep(4 * interval).await;
     let (answers, not_ok) = liveness.finish().await;
     let events = env.logged_events().await;
@@ -441,30 +451,8 @@ async fn a_flood_of_on_demand_probes_is_bounded_and_holds_nothing() {
     const HUNG: usize = 40;
     const HEALTHY: usize = 4;
     const REQUESTS: usize = 300;
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    for i in 0..HUNG {
-        let endpoint = fleet.set(
-            &format!("hung-{i:02}"),
-            Behavior::Delay(Duration::from_secs(600)),
-        );
-        env.add_running(&format!("a-hung-{i:02}"), &endpoint, None)
-            .await;
-    }
-    for i in 0..HEALTHY {
-        let endpoint = fleet.set(&format!("fine-{i}"), Behavior::Healthy);
-        env.add_running(&format!("z-fine-{i}"), &endpoint, None)
-            .await;
-    }
-    let worker = WorkerProcess::spawn(
-        &env,
-        "storm-flood",
-        &[
-            ("RTMANAGER_PROBE_INTERVAL", "1s"),
-            ("RTMANAGER_PROBE_TIMEOUT", "500ms"),
-            ("RTMANAGER_PROBE_MAX_CONCURRENCY", "2"),
-        ],
-    );
+    let (scenario, worker) = hung_beside_healthy("storm-flood", HUNG, HEALTHY).await;
+    let Scenario { env, fleet } = &scenario;
     let addr = worker.status_addr().await;
     let liveness = LivenessWatch::start(&addr);
     wait_for(
@@ -506,7 +494,7 @@ async fn a_flood_of_on_demand_probes_is_bounded_and_holds_nothing() {
     let (answered, not_ok) = liveness.finish().await;
     let events = env.logged_events().await;
     let worst = (0..HEALTHY)
-        .map(|i| worst_gap(&probes_of(&fleet, &format!("fine-{i}"))))
+        .map(|i| worst_gap(&probes_of(fleet, &format!("fine-{i}"))))
         .max()
         .unwrap();
     let ok = answers.iter().filter(|(code, ..)| *code == 200).count();
@@ -586,18 +574,19 @@ async fn postgres_restarted_mid_tick_loses_and_repeats_nothing() {
     const SICK: usize = 5;
     let interval = Duration::from_millis(500);
     let mut pg = helpers::process::PgServer::start("storm-pg").await;
-    let env = TestEnv::on_database(&pg.url()).await;
-    let fleet = Fleet::start().await;
-    let fine = healthy_fleet(&env, &fleet, "fine", FINE).await;
-    let mut sick = Vec::new();
-    for i in 0..SICK {
-        let id = format!("sick-{i}");
-        env.add_running(&id, &fleet.set(&id, Behavior::Status(503)), None)
-            .await;
-        sick.push(id);
-    }
-    let worker = WorkerProcess::spawn(
-        &env,
+    let scenario = Scenario::on_database(&pg.url()).await;
+    let fine = healthy_fleet(&scenario, "fine", FINE).await;
+    let sick = scenario
+        .games(
+            SICK,
+            |i| {
+                let id = format!("sick-{i}");
+                (id.clone(), id)
+            },
+            Behavior::Status(503),
+        )
+        .await;
+    let worker = scenario.spawn_worker(
         "storm-pg",
         &[
             ("RTMANAGER_PROBE_INTERVAL", "500ms"),
@@ -605,6 +594,7 @@ async fn postgres_restarted_mid_tick_loses_and_repeats_nothing() {
             ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
         ],
     );
+    let Scenario { env, fleet } = &scenario;
     let addr = worker.status_addr().await;
     let liveness = LivenessWatch::start(&addr);
     wait_for(
@@ -655,7 +645,7 @@ async fn postgres_restarted_mid_tick_loses_and_repeats_nothing() {
     let events = env.logged_events().await;
     let worst = fine
         .iter()
-        .map(|id| worst_gap(&probes_of(&fleet, id)))
+        .map(|id| worst_gap(&probes_of(fleet, id)))
         .max()
         .unwrap();
     let mut ids: Vec<String> = published
@@ -711,11 +701,9 @@ async fn postgres_restarted_mid_tick_loses_and_repeats_nothing() {
 #[tokio::test]
 async fn a_deleted_stream_shows_on_status_and_is_recreated() {
     let interval = Duration::from_millis(500);
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    let ids = healthy_fleet(&env, &fleet, "s", 4).await;
-    let worker = WorkerProcess::spawn(
-        &env,
+    let scenario = Scenario::new().await;
+    let ids = healthy_fleet(&scenario, "s", 4).await;
+    let worker = scenario.spawn_worker(
         "storm-stream",
         &[
             ("RTMANAGER_PROBE_INTERVAL", "500ms"),
@@ -723,9 +711,10 @@ async fn a_deleted_stream_shows_on_status_and_is_recreated() {
             ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
         ],
     );
+    let Scenario { env, fleet } = &scenario;
     let addr = worker.status_addr().await;
     let liveness = LivenessWatch::start(&addr);
-    all_probed(&fleet, &ids, 2).await;
+    all_probed(fleet, &ids, 2).await;
     let stream_level = || async {
         let status = status_json(&addr).await?;
         status["components"]["stream"]["status"]

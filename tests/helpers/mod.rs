@@ -14,6 +14,7 @@ pub mod hostile;
 pub mod metrics;
 pub mod process;
 pub mod proxy;
+pub mod scenario;
 
 use std::future::Future;
 use std::path::PathBuf;
