@@ -5,24 +5,8 @@
 mod helpers;
 
 use helpers::TestEnv;
-use helpers::app::{AppOptions, TestApp};
+use helpers::app::TestApp;
 use serde_json::Value;
-
-/// Appends an already-published event `hours_ago` hours back.
-async fn logged(env: &TestEnv, game: &str, container: &str, event_type: &str, hours_ago: f64) {
-    sqlx::query(
-        "INSERT INTO health_events (event_id, game_id, container_id, event_type, occurred_at, details, published_at) \
-         VALUES ($1, $2, $3, $4, now() - make_interval(secs => $5), '{}', now())",
-    )
-    .bind(uuid::Uuid::now_v7())
-    .bind(game)
-    .bind(container)
-    .bind(event_type)
-    .bind(hours_ago * 3600.0)
-    .execute(env.pool())
-    .await
-    .expect("insert event");
-}
 
 fn availability(body: &Value, game: &str) -> f64 {
     body["games"][game]["availability"]
@@ -34,14 +18,7 @@ fn availability(body: &Value, game: &str) -> f64 {
 async fn episodes_and_availability_come_from_the_event_log() {
     let env = TestEnv::new().await;
     // Not probed by a worker: only the log and the records matter here.
-    let app = TestApp::start(
-        &env,
-        AppOptions {
-            start_worker: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::without_worker(&env).await;
     for game in [
         "quiet",
         "past",
@@ -55,15 +32,21 @@ async fn episodes_and_availability_come_from_the_event_log() {
             .await;
     }
     // A closed episode inside the window: 12 h to 6 h ago, a quarter of 24 h.
-    logged(&env, "past", "c-1", "probe_failed", 12.0).await;
-    logged(&env, "past", "c-1", "probe_recovered", 6.0).await;
+    env.log_published_event("past", "c-1", "probe_failed", 12.0)
+        .await;
+    env.log_published_event("past", "c-1", "probe_recovered", 6.0)
+        .await;
     // An episode before the window, closed before it: not shown.
-    logged(&env, "past", "c-1", "probe_failed", 40.0).await;
-    logged(&env, "past", "c-1", "probe_recovered", 30.0).await;
+    env.log_published_event("past", "c-1", "probe_failed", 40.0)
+        .await;
+    env.log_published_event("past", "c-1", "probe_recovered", 30.0)
+        .await;
     // Failing for the last 3 hours, and still failing (the snapshot says so).
-    logged(&env, "now-failing", "c-1", "probe_failed", 3.0).await;
+    env.log_published_event("now-failing", "c-1", "probe_failed", 3.0)
+        .await;
     // Failing since before the window: the whole window is an episode.
-    logged(&env, "old-open", "c-1", "probe_failed", 30.0).await;
+    env.log_published_event("old-open", "c-1", "probe_failed", 30.0)
+        .await;
     sqlx::query(
         "INSERT INTO health_snapshots (game_id, status, consecutive_failures, consecutive_successes, \
            failure_published, updated_at, container_id) \
@@ -73,7 +56,8 @@ async fn episodes_and_availability_come_from_the_event_log() {
     .await
     .expect("snapshots");
     // The old container failed 5 h ago, a new one started since and is not failing.
-    logged(&env, "replaced", "c-old", "probe_failed", 5.0).await;
+    env.log_published_event("replaced", "c-old", "probe_failed", 5.0)
+        .await;
     env.set_status("stopped", "stopped").await;
 
     // The events were inserted in commit order but not time order for "past": the log is
@@ -114,18 +98,13 @@ async fn episodes_and_availability_come_from_the_event_log() {
 #[tokio::test]
 async fn a_closed_episode_costs_its_share_of_the_window() {
     let env = TestEnv::new().await;
-    let app = TestApp::start(
-        &env,
-        AppOptions {
-            start_worker: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::without_worker(&env).await;
     env.add_running("past", "http://127.0.0.1:9/", Some("c-1"))
         .await;
-    logged(&env, "past", "c-1", "probe_failed", 12.0).await;
-    logged(&env, "past", "c-1", "probe_recovered", 6.0).await;
+    env.log_published_event("past", "c-1", "probe_failed", 12.0)
+        .await;
+    env.log_published_event("past", "c-1", "probe_recovered", 6.0)
+        .await;
     let body = app.get("/games/history?game_id=past").await.json();
     assert!((availability(&body, "past") - 0.75).abs() < 0.001, "{body}");
     assert_eq!(

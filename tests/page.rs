@@ -453,22 +453,6 @@ async fn assert_screenshot_of_the_viewport(browser: &Browser, png: &[u8]) {
     );
 }
 
-/// Appends an already-published event `hours_ago` hours back, as the worker would have.
-async fn logged(env: &TestEnv, game: &str, container: &str, event_type: &str, hours_ago: f64) {
-    sqlx::query(
-        "INSERT INTO health_events (event_id, game_id, container_id, event_type, occurred_at, details, published_at) \
-         VALUES ($1, $2, $3, $4, now() - make_interval(secs => $5), '{}', now())",
-    )
-    .bind(uuid::Uuid::now_v7())
-    .bind(game)
-    .bind(container)
-    .bind(event_type)
-    .bind(hours_ago * 3600.0)
-    .execute(env.pool())
-    .await
-    .expect("insert event");
-}
-
 /// What one row shows of its history, endpoint and action.
 fn row_state(game: &str) -> String {
     format!(
@@ -512,8 +496,10 @@ async fn the_page_shows_each_games_history_probes_on_demand_keeps_focus_and_slee
     )
     .await;
     // An episode of "past" from 12 h to 6 h ago: 75 % available over the last 24 h.
-    logged(&env, "past", "c-past", "probe_failed", 12.0).await;
-    logged(&env, "past", "c-past", "probe_recovered", 6.0).await;
+    env.log_published_event("past", "c-past", "probe_failed", 12.0)
+        .await;
+    env.log_published_event("past", "c-past", "probe_recovered", 6.0)
+        .await;
     let (mut worker, page) = start_worker(
         &env,
         "page-history",

@@ -92,6 +92,19 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// The service's HTTP surface on `env` without a worker: nothing is probed, only what
+    /// the test writes is there.
+    pub async fn without_worker(env: &TestEnv) -> Self {
+        Self::start(
+            env,
+            AppOptions {
+                start_worker: false,
+                ..AppOptions::default()
+            },
+        )
+        .await
+    }
+
     pub async fn start(env: &TestEnv, options: AppOptions) -> Self {
         let store = if options.postgres_down {
             let url = format!("postgres://postgres@127.0.0.1:{}/nothing", closed_port());

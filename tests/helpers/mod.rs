@@ -296,6 +296,29 @@ impl TestEnv {
         self.store.pool()
     }
 
+    /// Appends an already-published event `hours_ago` hours back, as the worker would have
+    /// written and the relay published it.
+    pub async fn log_published_event(
+        &self,
+        game: &str,
+        container: &str,
+        event_type: &str,
+        hours_ago: f64,
+    ) {
+        sqlx::query(
+            "INSERT INTO health_events (event_id, game_id, container_id, event_type, occurred_at, details, published_at) \
+             VALUES ($1, $2, $3, $4, now() - make_interval(secs => $5), '{}', now())",
+        )
+        .bind(Uuid::now_v7())
+        .bind(game)
+        .bind(container)
+        .bind(event_type)
+        .bind(hours_ago * 3600.0)
+        .execute(self.pool())
+        .await
+        .expect("insert event");
+    }
+
     /// Environment for a worker process pointed at this test's database and stream.
     pub fn process_env(&self) -> Vec<(String, String)> {
         vec![
