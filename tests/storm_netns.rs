@@ -12,11 +12,10 @@ mod netns;
 mod storm_support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use helpers::process::{binary, log_path};
+use helpers::process::worker_command;
 use helpers::{TestEnv, wait_for};
 use netns::{Netns, NsEngines, veth};
 use storm_support::{LivenessWatch, secs, worst_gap};
@@ -68,22 +67,13 @@ impl NsWorker {
             .forward_in(SocketAddr::from(([127, 0, 0, 1], STATUS_PORT)))
             .await;
         forwarders.push(task);
-        let log = log_path(&format!("{}-{name}", env.id));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut command = tokio::process::Command::new("ip");
-        command
-            .args(["netns", "exec", &ns.name, binary(), "run"])
-            .envs(env.process_env())
-            .env("RUST_LOG", "info,healthprobe=debug")
-            .env("HEALTHPROBE_HTTP_ADDR", format!("127.0.0.1:{STATUS_PORT}"))
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .kill_on_drop(true);
-        for (key, value) in settings {
-            command.env(key, value);
-        }
+        let (mut command, log) = worker_command(
+            env,
+            name,
+            &["ip", "netns", "exec", &ns.name],
+            &format!("127.0.0.1:{STATUS_PORT}"),
+            settings,
+        );
         let child = command
             .spawn()
             .expect("spawn healthprobe run in the namespace");

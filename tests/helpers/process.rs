@@ -34,6 +34,47 @@ pub struct WorkerProcess {
     pub log: PathBuf,
 }
 
+/// `healthprobe run` as the tests start it: on `env`'s database and stream with `settings`
+/// on top, the status port at `http_addr`, stderr to a log of its own (its path returned),
+/// no exporter, killed on drop. `launcher` runs the binary inside something (such as
+/// `ip netns exec NAME`); empty, the binary runs directly.
+pub fn worker_command(
+    env: &TestEnv,
+    name: &str,
+    launcher: &[&str],
+    http_addr: &str,
+    settings: &[(&str, &str)],
+) -> (Command, PathBuf) {
+    let log = log_path(&format!("{}-{name}", env.id));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("open worker log");
+    let mut command = match launcher.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(binary());
+            command
+        }
+        None => Command::new(binary()),
+    };
+    command
+        .arg("run")
+        .envs(env.process_env())
+        .env("RUST_LOG", "info,healthprobe=debug")
+        .env("HEALTHPROBE_HTTP_ADDR", http_addr)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .kill_on_drop(true);
+    for (key, value) in settings {
+        command.env(key, value);
+    }
+    (command, log)
+}
+
 impl WorkerProcess {
     pub fn spawn(env: &TestEnv, name: &str, settings: &[(&str, &str)]) -> Self {
         Self::spawn_with_nofile(env, name, settings, None)
@@ -47,26 +88,7 @@ impl WorkerProcess {
         settings: &[(&str, &str)],
         nofile: Option<u64>,
     ) -> Self {
-        let log = log_path(&format!("{}-{name}", env.id));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open worker log");
-        let mut command = Command::new(binary());
-        command
-            .arg("run")
-            .envs(env.process_env())
-            .env("RUST_LOG", "info,healthprobe=debug")
-            .env("HEALTHPROBE_HTTP_ADDR", "127.0.0.1:0")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .kill_on_drop(true);
-        for (key, value) in settings {
-            command.env(key, value);
-        }
+        let (mut command, log) = worker_command(env, name, &[], "127.0.0.1:0", settings);
         if let Some(nofile) = nofile {
             // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
             unsafe {
