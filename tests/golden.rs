@@ -22,10 +22,9 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use healthprobe::hysteresis::Thresholds;
 use healthprobe::status::MembersView;
 use healthprobe::store::Heartbeat;
-use helpers::app::{AppOptions, TestApp};
+use helpers::app::TestApp;
 use helpers::engines::{Behavior, Fleet};
 use helpers::process::binary;
 use helpers::{TestEnv, WAIT_LIMIT, wait_for};
@@ -221,17 +220,7 @@ async fn status_surface_and_operator_commands_match_the_golden_files() {
     env.add_running("g-unparsable", "not a url", None).await;
     let seen = members(&env).await;
 
-    let app = TestApp::start(
-        &env,
-        AppOptions {
-            thresholds: Thresholds {
-                failures: 1,
-                recovery: 1,
-            },
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::deciding_on_one_probe(&env).await;
     app.wait_first_tick().await;
     app.board.members_seen(MembersView {
         replica_id: "replica-a".into(),

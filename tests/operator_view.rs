@@ -7,7 +7,6 @@ mod helpers;
 
 use std::time::Duration;
 
-use healthprobe::hysteresis::Thresholds;
 use helpers::app::{AppOptions, TestApp};
 use helpers::engines::{Behavior, Fleet};
 use helpers::{TestEnv, WAIT_LIMIT, wait_for};
@@ -92,17 +91,7 @@ async fn counts_and_events_are_the_read_models_of_the_page() {
         .await;
     env.add_running("c", &fleet.set("c", Behavior::Status(500)), None)
         .await;
-    let app = TestApp::start(
-        &env,
-        AppOptions {
-            thresholds: Thresholds {
-                failures: 1,
-                recovery: 1,
-            },
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::deciding_on_one_probe(&env).await;
     app.wait_first_tick().await;
     // One never probed: running, no snapshot yet.
     env.add_running("d", &fleet.set("d", Behavior::Healthy), None)
@@ -180,17 +169,7 @@ async fn the_live_stream_says_hello_then_pushes_each_tick_and_ends_with_the_serv
     // An on-demand probe that records an event is pushed at once, between ticks.
     fleet.set("g", Behavior::Status(503));
     app.stop_worker().await;
-    let mut slow = TestApp::start(
-        &env,
-        AppOptions {
-            thresholds: Thresholds {
-                failures: 1,
-                recovery: 1,
-            },
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let mut slow = TestApp::deciding_on_one_probe(&env).await;
     slow.wait_first_tick().await; // the first tick records probe_failed
     fleet.set("g", Behavior::Healthy);
     let mut stream = reqwest::get(format!("{}/live", slow.base)).await.unwrap();
@@ -227,17 +206,7 @@ async fn metrics_serve_the_instruments_in_the_prometheus_text_format() {
         .await;
     env.add_running("down", &fleet.set("down", Behavior::Status(503)), None)
         .await;
-    let app = TestApp::start(
-        &env,
-        AppOptions {
-            thresholds: Thresholds {
-                failures: 1,
-                recovery: 1,
-            },
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::deciding_on_one_probe(&env).await;
     app.wait_first_tick().await;
     let metrics = wait_for(
         "the first tick's probes at /metrics",

@@ -105,6 +105,22 @@ impl TestApp {
         .await
     }
 
+    /// The service with its worker on `env`, where one probe decides (failure and recovery
+    /// thresholds 1): a game's first failed probe is its `probe_failed`.
+    pub async fn deciding_on_one_probe(env: &TestEnv) -> Self {
+        Self::start(
+            env,
+            AppOptions {
+                thresholds: Thresholds {
+                    failures: 1,
+                    recovery: 1,
+                },
+                ..AppOptions::default()
+            },
+        )
+        .await
+    }
+
     pub async fn start(env: &TestEnv, options: AppOptions) -> Self {
         let store = if options.postgres_down {
             let url = format!("postgres://postgres@127.0.0.1:{}/nothing", closed_port());
