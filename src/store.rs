@@ -23,6 +23,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 mod fleet;
 mod history;
 mod leader;
+mod listing;
 mod members;
 mod outbox;
 mod read;
@@ -33,15 +34,13 @@ mod tick;
 pub use fleet::{RUNTIME_RECORDS_SQL, fresh_database};
 pub use history::HISTORY_MAX_GAMES;
 pub use leader::{LOCK_CLASS, LOCK_ID, LockError, RelayLock};
+pub use listing::{ListedGame, ProbeOverride, RuntimeRecord, StoredSnapshot};
 pub use members::{Heartbeat, Member};
 pub use outbox::{MAX_OUTBOX_ROW_BYTES, SetAsideRow, SetAsideSelection, UndecodableEvent};
 pub use read::{GameView, GamesQuery, LoggedEvent, glob_to_like};
 pub use retention::{RetentionBatch, RetentionCursor};
 pub use schema::{EDITED_MIGRATIONS, SchemaCheck, SchemaError};
-pub use tick::{
-    ListedGame, ProbeMarks, ProbeOverride, RuntimeRecord, SnapshotRow, SnapshotWrites,
-    StoredSnapshot, WriteError,
-};
+pub use tick::{ProbeMarks, SnapshotRow, SnapshotWrites, WriteError};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
