@@ -31,13 +31,14 @@ mod retention;
 mod schema;
 mod tick;
 #[cfg(feature = "sim")]
-pub use fleet::{RUNTIME_RECORDS_SQL, fresh_database};
+pub use fleet::fresh_database;
 pub use history::HISTORY_MAX_GAMES;
-pub use leader::{LOCK_CLASS, LOCK_ID, LockError, RelayLock};
+pub(crate) use leader::{LOCK_CLASS, LOCK_ID};
+pub use leader::{LockError, RelayLock};
 pub use listing::{ListedGame, ProbeOverride, RuntimeRecord, StoredSnapshot};
 pub use members::{Heartbeat, Member};
 pub use outbox::{MAX_OUTBOX_ROW_BYTES, SetAsideRow, SetAsideSelection, UndecodableEvent};
-pub use read::{GameView, GamesQuery, LoggedEvent, glob_to_like};
+pub use read::{GameView, GamesQuery, LoggedEvent};
 pub use retention::{RetentionBatch, RetentionCursor};
 pub use schema::{EDITED_MIGRATIONS, SchemaCheck, SchemaError};
 pub use tick::{ProbeMarks, SnapshotRow, SnapshotWrites, WriteError};

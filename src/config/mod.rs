@@ -15,7 +15,7 @@ use crate::hysteresis::Thresholds;
 
 mod values;
 use crate::probe::spec::{ExpectedStatuses, ProbeHeaders, ProbeSpec};
-pub use values::{
+pub(crate) use values::{
     boolean, duration_or_zero, non_empty, positive_duration, positive_u32, readable_file,
 };
 use values::{

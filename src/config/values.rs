@@ -33,7 +33,7 @@ pub(super) fn probe_headers(raw: &str) -> Result<ProbeHeaders, String> {
 }
 
 /// A path to a file this process can read now.
-pub fn readable_file(
+pub(crate) fn readable_file(
     variable: &'static str,
 ) -> impl Fn(&str) -> Result<PathBuf, String> + Clone + Send + Sync + 'static {
     move |raw: &str| {
@@ -47,7 +47,7 @@ pub fn readable_file(
 }
 
 /// A value that is not empty (nor only spaces).
-pub fn non_empty(
+pub(crate) fn non_empty(
     variable: &'static str,
 ) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync + 'static {
     move |raw: &str| {
@@ -59,7 +59,7 @@ pub fn non_empty(
 }
 
 /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
-pub fn boolean(
+pub(crate) fn boolean(
     variable: &'static str,
 ) -> impl Fn(&str) -> Result<bool, String> + Clone + Send + Sync + 'static {
     move |raw: &str| match raw.trim().to_ascii_lowercase().as_str() {
@@ -93,7 +93,7 @@ pub(super) fn cloudevents_source(raw: &str) -> Result<String, String> {
 }
 
 /// A humantime duration, zero allowed (`0` alone too).
-pub fn duration_or_zero(
+pub(crate) fn duration_or_zero(
     variable: &'static str,
 ) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
     move |raw: &str| {
@@ -108,7 +108,7 @@ pub fn duration_or_zero(
 }
 
 /// A humantime duration strictly greater than zero.
-pub fn positive_duration(
+pub(crate) fn positive_duration(
     variable: &'static str,
 ) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
     move |raw: &str| {
@@ -124,7 +124,7 @@ pub fn positive_duration(
 }
 
 /// An integer of at least 1.
-pub fn positive_u32(
+pub(crate) fn positive_u32(
     variable: &'static str,
 ) -> impl Fn(&str) -> Result<u32, String> + Clone + Send + Sync + 'static {
     move |raw: &str| {

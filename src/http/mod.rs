@@ -35,10 +35,8 @@ use crate::store::Store;
 use crate::worker::on_demand::OnDemand;
 
 pub use auth::{AccessToken, guard_mutations};
-pub use query::{DEFAULT_EVENTS, DEFAULT_LIMIT, MAX_EVENTS, MAX_LIMIT};
-pub use serve::{
-    DEFAULT_MAX_CONNECTIONS, HEADER_READ_TIMEOUT, ServeLimits, bind, serve, serve_with_limits,
-};
+pub use query::MAX_LIMIT;
+pub use serve::{ServeLimits, bind, serve, serve_with_limits};
 
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]

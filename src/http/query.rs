@@ -241,13 +241,13 @@ impl<'de, N: FlagName> Deserialize<'de> for Flag<N> {
 }
 
 /// `GET /games` page size: default and maximum (DESIGN §11).
-pub const DEFAULT_LIMIT: i64 = 100;
+pub(crate) const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 
 /// `GET /events` size: default and maximum. The page shows the latest few; the log itself is
 /// read with `healthprobe tail` or SQL.
-pub const DEFAULT_EVENTS: i64 = 20;
-pub const MAX_EVENTS: i64 = 200;
+pub(crate) const DEFAULT_EVENTS: i64 = 20;
+pub(crate) const MAX_EVENTS: i64 = 200;
 
 /// `GET /games?status=&game_id=&limit=&cursor=`.
 #[derive(Debug, Deserialize)]

@@ -28,11 +28,11 @@ pub struct ServeLimits {
 /// Connections of the status port at once, by default: far more than any set of
 /// orchestrator probes and dashboards needs, few enough to sit inside the descriptor
 /// budget (`limits::DescriptorBudget`).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// A request head (a few hundred bytes) takes a healthy client microseconds; 5 s is
 /// generous for a slow network and short enough that idle sockets do not pile up.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for ServeLimits {
     fn default() -> Self {

@@ -27,7 +27,7 @@ const LOCAL_ERRNOS: [i32; 6] = [
 ];
 
 /// The first `io::Error` in the chain whose OS error is one of [`LOCAL_ERRNOS`].
-pub fn local_errno(error: &(dyn StdError + 'static)) -> Option<i32> {
+pub(crate) fn local_errno(error: &(dyn StdError + 'static)) -> Option<i32> {
     let mut source: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<io::Error>() {
@@ -50,7 +50,7 @@ pub fn local_errno(error: &(dyn StdError + 'static)) -> Option<i32> {
 /// is ours (no route, an `unreachable` or `prohibit` route) and succeeds when an
 /// `EHOSTUNREACH` came from the network (no neighbour answer, an ICMP from a router).
 /// Runs only on that rare error.
-pub fn route_refuses(ip: IpAddr, port: u16) -> bool {
+pub(crate) fn route_refuses(ip: IpAddr, port: u16) -> bool {
     let local: IpAddr = if ip.is_ipv4() {
         std::net::Ipv4Addr::UNSPECIFIED.into()
     } else {

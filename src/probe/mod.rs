@@ -35,9 +35,11 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use url::Url;
 
-pub use classify::{local_errno, route_refuses};
+#[cfg(test)]
+pub(crate) use outcome::healthz_url;
+pub(crate) use outcome::probe_url;
 use outcome::shorten;
-pub use outcome::{FailureKind, ProbeFailure, ProbeOutcome, healthz_url, probe_url};
+pub use outcome::{FailureKind, ProbeFailure, ProbeOutcome};
 pub use spec::{ExpectedStatuses, ProbeHeaders, ProbeSpec};
 pub use tls::TlsSetupError;
 
@@ -47,7 +49,7 @@ use pool::{KeepAlive, SlotHold};
 /// At most this much of a response body is read; the rest is discarded with the connection.
 /// Enough for any sensible health document, small enough that a hostile engine streaming
 /// gigabytes costs us nothing.
-pub const BODY_LIMIT: usize = 4 * 1024;
+pub(crate) const BODY_LIMIT: usize = 4 * 1024;
 
 /// Idle keep-alive connections (those within the budget's slots) are kept at least this
 /// long, so a connection opened in one tick is reused in the next one at the default 15 s
@@ -155,17 +157,6 @@ impl Prober {
     /// A prober with the system's roots and unbounded idle connections (tests, tools).
     pub fn new(timeout: Duration, interval: Duration) -> Result<Self, ProberError> {
         Self::builder(timeout, interval).build()
-    }
-
-    /// Like [`Prober::new`], keeping at most `budget` idle connections in all.
-    pub fn with_keepalive_budget(
-        timeout: Duration,
-        interval: Duration,
-        budget: usize,
-    ) -> Result<Self, ProberError> {
-        Self::builder(timeout, interval)
-            .keepalive_budget(budget)
-            .build()
     }
 
     /// The seed's probe (`/healthz`, `200`, no headers) with the configured timeout.

@@ -7,8 +7,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use url::Url;
 
-use super::spec;
-
 /// Why a probe failed. The names are a contract: logs, metrics, snapshots, status API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureKind {
@@ -26,7 +24,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind that counts against the engine: all but [`Self::LocalError`].
-    pub const ENGINE_FAILURES: [FailureKind; 6] = [
+    pub(crate) const ENGINE_FAILURES: [FailureKind; 6] = [
         Self::Timeout,
         Self::Connect,
         Self::Status,
@@ -95,20 +93,21 @@ impl ProbeOutcome {
     }
 
     /// `ok` or the failure kind: the `outcome` attribute of `healthprobe.probes`.
-    pub fn outcome_label(&self) -> &'static str {
+    pub(crate) fn outcome_label(&self) -> &'static str {
         self.failure.as_ref().map_or("ok", |f| f.kind.as_str())
     }
 }
 
 /// Builds the probe URL of the default spec: `endpoint` with trailing `/` trimmed, plus
-/// `/healthz`.
-pub fn healthz_url(endpoint: &str) -> Result<Url, ProbeFailure> {
-    probe_url(endpoint, spec::DEFAULT_PATH)
+/// `/healthz`. Tests only: the worker builds every URL from its spec ([`probe_url`]).
+#[cfg(test)]
+pub(crate) fn healthz_url(endpoint: &str) -> Result<Url, ProbeFailure> {
+    probe_url(endpoint, super::spec::DEFAULT_PATH)
 }
 
 /// Builds the probe URL: `endpoint` with trailing `/` trimmed, plus `path` (which may carry
 /// a query string; the endpoint's own query is dropped).
-pub fn probe_url(endpoint: &str, path: &str) -> Result<Url, ProbeFailure> {
+pub(crate) fn probe_url(endpoint: &str, path: &str) -> Result<Url, ProbeFailure> {
     let invalid = |why: String| ProbeFailure {
         kind: FailureKind::InvalidEndpoint,
         message: why,

@@ -25,9 +25,9 @@ pub struct ProbeSpec {
 }
 
 /// The probe path when none is configured.
-pub const DEFAULT_PATH: &str = "/healthz";
+pub(crate) const DEFAULT_PATH: &str = "/healthz";
 /// The probe timeout when none is configured (`RTMANAGER_PROBE_TIMEOUT`).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Default for ProbeSpec {
     fn default() -> Self {
@@ -53,7 +53,7 @@ impl fmt::Debug for ProbeSpec {
 
 /// Checks a probe path: it must start with `/` and be a valid request target (no spaces,
 /// no control characters, no fragment). Returns it unchanged.
-pub fn parse_path(text: &str) -> Result<String, String> {
+pub(crate) fn parse_path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') {
         return Err(format!("the probe path {text:?} must start with '/'"));
     }

@@ -42,7 +42,9 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
 
 /// The client configuration of every `https` probe: HTTP/1.1 only (the prober speaks
 /// nothing else), the system's roots and `ca_bundle`'s certificates.
-pub fn client_config(ca_bundle: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+pub(crate) fn client_config(
+    ca_bundle: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
     crate::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     // Unusable system roots are skipped, as every TLS client does.

@@ -16,7 +16,7 @@ use crate::store::Member;
 /// ended, no probe recorded, no store call of the tick answered. A tick made long by the
 /// fleet (hung engines) makes progress with every probe that completes, so only a stuck
 /// loop turns liveness red.
-pub const LIVENESS_INTERVALS: u32 = 3;
+pub(crate) const LIVENESS_INTERVALS: u32 = 3;
 
 /// ... and never less than this. Liveness is the worker's, not its dependencies' (readiness
 /// and `/status` report those): a loop waiting on Postgres is turning as long as each wait

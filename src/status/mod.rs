@@ -12,10 +12,9 @@ pub mod render;
 mod rules;
 
 pub use board::{
-    BoardSnapshot, HoldSummary, LIVENESS_INTERVALS, MembersView, Progress, StatusBoard,
-    TickSummary, WorkerView,
+    BoardSnapshot, HoldSummary, MembersView, Progress, StatusBoard, TickSummary, WorkerView,
 };
-pub use render::{GameJson, games_table, member_json, members_table, rfc3339, round_ms};
+pub use render::{GameJson, games_table, member_json, members_table};
 pub use rules::{Component, Level, Observed, RelayHealth, StatusReport, evaluate};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

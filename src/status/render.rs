@@ -167,7 +167,7 @@ pub fn members_table(members: &[Member], this: Option<&str>) -> String {
     text
 }
 
-pub fn rfc3339(at: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
@@ -176,7 +176,7 @@ fn millis(d: Duration) -> f64 {
 }
 
 /// Milliseconds to the microsecond: `0.349`, not `0.34872000000000003`.
-pub fn round_ms(ms: f64) -> f64 {
+pub(crate) fn round_ms(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
 

@@ -29,7 +29,7 @@ pub async fn fresh_database(admin_url: &str, name: &str) -> Result<String, sqlx:
 
 /// The runtime manager's `runtime_records` as healthprobe reads it, for whoever plays the
 /// runtime manager's part (the simulated fleet, the demo, tests, benchmarks). Idempotent.
-pub const RUNTIME_RECORDS_SQL: &str = include_str!("runtime_records.sql");
+pub(crate) const RUNTIME_RECORDS_SQL: &str = include_str!("runtime_records.sql");
 
 impl Store {
     /// Creates `runtime_records` (and its running index) when absent. Only for a stand-in

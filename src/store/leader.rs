@@ -10,8 +10,8 @@ use thiserror::Error;
 
 /// The advisory lock's two keys: "hpro" and "rely" in ASCII, a pair unlikely to be used by
 /// anything else sharing the database.
-pub const LOCK_CLASS: i32 = 0x6870_726f;
-pub const LOCK_ID: i32 = 0x7265_6c79;
+pub(crate) const LOCK_CLASS: i32 = 0x6870_726f;
+pub(crate) const LOCK_ID: i32 = 0x7265_6c79;
 
 /// Why the lock could not be tried or its session checked.
 #[derive(Debug, Error)]

@@ -83,7 +83,7 @@ pub struct GamesQuery {
 
 /// Turns a glob (`*`, `?`) into a `LIKE` pattern, escaping `LIKE`'s own wildcards and the
 /// escape character so a game id containing `%` or `_` matches only itself.
-pub fn glob_to_like(glob: &str) -> String {
+pub(crate) fn glob_to_like(glob: &str) -> String {
     let mut like = String::with_capacity(glob.len() + 4);
     for c in glob.chars() {
         match c {

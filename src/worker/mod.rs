@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use driver::run;
-pub use report::{MAX_REPORTED_OVERRIDES, ProbeOneError, ProbeOneReport, TickError, TickReport};
+pub use report::{ProbeOneError, ProbeOneReport, TickError, TickReport};
 
 use crate::hysteresis::{GameHealth, Thresholds};
 use crate::probe::spec::ProbeSpec;

@@ -111,7 +111,7 @@ impl TickReport {
 
 /// Bad override rows named in one report: enough to find them, bounded whatever the table
 /// holds.
-pub const MAX_REPORTED_OVERRIDES: usize = 20;
+pub(crate) const MAX_REPORTED_OVERRIDES: usize = 20;
 
 #[derive(Debug, Error)]
 pub enum TickError {
@@ -160,7 +160,7 @@ pub struct ProbeOneReport {
 }
 
 /// A failed tick as the status surface shows it.
-pub fn failed_tick_summary(error: &TickError, finished_at: DateTime<Utc>) -> TickSummary {
+pub(crate) fn failed_tick_summary(error: &TickError, finished_at: DateTime<Utc>) -> TickSummary {
     TickSummary {
         finished_at,
         records: 0,
