@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use healthprobe::hysteresis::Thresholds;
 use healthprobe::status::StatusBoard;
 use healthprobe::worker;
-use helpers::engines::{Behavior, Fleet, expected_events, runs};
-use helpers::process::{NatsServer, PgServer, WorkerProcess};
+use helpers::engines::{Behavior, expected_events, runs};
+use helpers::process::{NatsServer, PgServer, get_json};
+use helpers::scenario::Scenario;
 use helpers::{TestEnv, wait_for};
 use tokio_util::sync::CancellationToken;
 
@@ -34,16 +35,17 @@ fn kills() -> usize {
 
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
 
-/// Engines that flip between healthy and 503 on their own clock, out of phase.
-fn flapping(fleet: &Fleet, count: usize, period: Duration) -> Vec<(String, String)> {
-    (0..count)
-        .map(|i| {
-            let id = format!("flap-{i:02}");
-            let offset = Duration::from_millis(173 * i as u64);
-            let endpoint = fleet.set(&id, Behavior::Flap { period, offset });
-            (id, endpoint)
-        })
-        .collect()
+/// Six games `flap-NN` whose engines flip between healthy and 503 every 1.2 s on their
+/// own clock, out of phase; the records name container `container`.
+async fn flapping(scenario: &Scenario, container: Option<&str>) {
+    let period = Duration::from_millis(1200);
+    for i in 0..6 {
+        let id = format!("flap-{i:02}");
+        let offset = Duration::from_millis(173 * i as u64);
+        scenario
+            .game_in(&id, &id, container, Behavior::Flap { period, offset })
+            .await;
+    }
 }
 
 async fn js_for(url: &str) -> (async_nats::Client, async_nats::jetstream::Context) {
@@ -63,28 +65,23 @@ async fn stream_len(env: &TestEnv, js: &async_nats::jetstream::Context) -> usize
 
 #[tokio::test]
 async fn nats_outage_loses_nothing_and_duplicates_nothing() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    for (id, endpoint) in flapping(&fleet, 6, Duration::from_millis(1200)) {
-        env.add_running(&id, &endpoint, Some("c")).await;
-    }
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    flapping(&scenario, Some("c")).await;
     let mut nats = NatsServer::start(&env.id).await;
     let nats_url = nats.url();
     let (_client, js) = js_for(&nats_url).await;
-    let mut worker = WorkerProcess::spawn(
-        &env,
-        "nats-outage",
-        &[
-            ("NATS_URL", &nats_url),
-            ("RTMANAGER_PROBE_INTERVAL", "100ms"),
-            ("RTMANAGER_PROBE_TIMEOUT", "500ms"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
-        ],
-    );
+    let mut worker = scenario
+        .worker("nats-outage")
+        .nats(&nats_url)
+        .interval(Duration::from_millis(100))
+        .probe_timeout(Duration::from_millis(500))
+        .failures(2)
+        .spawn();
     wait_for(
         "events flowing before the outage",
         CATCH_UP_LIMIT,
-        || async { (stream_len(&env, &js).await >= 4).then_some(()) },
+        || async { (stream_len(env, &js).await >= 4).then_some(()) },
     )
     .await;
 
@@ -134,21 +131,16 @@ async fn nats_outage_loses_nothing_and_duplicates_nothing() {
 #[tokio::test]
 async fn postgres_outage_keeps_the_worker_alive_and_resumes_within_an_interval() {
     let mut postgres = PgServer::start(&format!("outage-{}", uuid::Uuid::now_v7().simple())).await;
-    let env = TestEnv::on_database(&postgres.url()).await;
-    let fleet = Fleet::start().await;
-    for (id, endpoint) in flapping(&fleet, 6, Duration::from_millis(1200)) {
-        env.add_running(&id, &endpoint, None).await;
-    }
+    let scenario = Scenario::on_database(&postgres.url()).await;
+    let env = &scenario.env;
+    flapping(&scenario, None).await;
     let interval = Duration::from_millis(200);
-    let mut worker = WorkerProcess::spawn(
-        &env,
-        "pg-outage",
-        &[
-            ("RTMANAGER_PROBE_INTERVAL", "200ms"),
-            ("RTMANAGER_PROBE_TIMEOUT", "500ms"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
-        ],
-    );
+    let mut worker = scenario
+        .worker("pg-outage")
+        .interval(interval)
+        .probe_timeout(Duration::from_millis(500))
+        .failures(2)
+        .spawn();
     env.wait_stream_events(4).await;
 
     postgres.crash();
@@ -192,33 +184,32 @@ async fn postgres_outage_keeps_the_worker_alive_and_resumes_within_an_interval()
 
 #[tokio::test]
 async fn sigkill_storm_loses_no_transition_and_emits_none_twice() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     let games = 20;
-    let mut ids = Vec::new();
-    for i in 0..games {
-        let id = format!("g{i:02}");
-        let period = Duration::from_millis(1500 + 300 * (i % 5) as u64);
-        let endpoint = fleet.set(
-            &id,
-            Behavior::Flap {
-                period,
+    let ids = scenario
+        .games_each(games, |i| {
+            let id = format!("g{i:02}");
+            let flap = Behavior::Flap {
+                period: Duration::from_millis(1500 + 300 * (i % 5) as u64),
                 offset: Duration::from_millis(97 * i as u64),
-            },
-        );
-        env.add_running(&id, &endpoint, None).await;
-        ids.push(id);
-    }
+            };
+            (id.clone(), id, flap)
+        })
+        .await;
     let thresholds = Thresholds {
         failures: 2,
         recovery: 1,
     };
-    let settings = [
-        ("RTMANAGER_PROBE_INTERVAL", "50ms"),
-        ("RTMANAGER_PROBE_TIMEOUT", "300ms"),
-        ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
-        ("RTMANAGER_PROBE_MAX_CONCURRENCY", "8"),
-    ];
+    let worker = |name: &str| {
+        scenario
+            .worker(name)
+            .interval(Duration::from_millis(50))
+            .probe_timeout(Duration::from_millis(300))
+            .failures(thresholds.failures)
+            .concurrency(8)
+            .spawn()
+    };
     // Deterministic pseudo-random kill delays (printed, so a failure can be replayed).
     let mut seed: u64 = std::env::var("HEALTHPROBE_FAULT_SEED")
         .ok()
@@ -240,7 +231,7 @@ async fn sigkill_storm_loses_no_transition_and_emits_none_twice() {
             .wrapping_add(1442695040888963407);
         let jitter = Duration::from_millis((seed >> 33) % 30);
         let (marker, phase) = phases[round % phases.len()];
-        let mut worker = WorkerProcess::spawn(&env, &format!("kill-{round:02}"), &settings);
+        let mut worker = worker(&format!("kill-{round:02}"));
         // Let the worker run a while (except for the start-up phase), then wait for the
         // next occurrence of the marker.
         let seen = if round % phases.len() == 0 {
@@ -262,7 +253,7 @@ async fn sigkill_storm_loses_no_transition_and_emits_none_twice() {
 
     // Freeze every engine in the state it is in, so no run is cut short.
     let finals: Vec<bool> = ids.iter().map(|id| fleet.freeze(id)).collect();
-    let mut worker = WorkerProcess::spawn(&env, "final", &settings);
+    let mut worker = worker("final");
     wait_for(
         "the final states recorded and published",
         Duration::from_secs(60),
@@ -310,15 +301,12 @@ async fn sigkill_storm_loses_no_transition_and_emits_none_twice() {
 #[tokio::test]
 async fn a_tick_longer_than_the_interval_delays_the_next_and_never_overlaps() {
     let recorded = helpers::metrics::TestMetrics::new();
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     for id in ["slow-a", "slow-b"] {
-        env.add_running(
-            id,
-            &fleet.set(id, Behavior::Delay(Duration::from_millis(300))),
-            None,
-        )
-        .await;
+        scenario
+            .game(id, id, Behavior::Delay(Duration::from_millis(300)))
+            .await;
     }
     let worker = env.worker_with_metrics(
         Thresholds {
@@ -360,16 +348,15 @@ async fn a_tick_longer_than_the_interval_delays_the_next_and_never_overlaps() {
 /// logged, and the worker's liveness stays OK.
 #[tokio::test]
 async fn a_slow_engine_is_carried_over_ticks_and_judged_healthy() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running(
-        "slow",
-        &fleet.set("slow", Behavior::Delay(Duration::from_millis(300))),
-        None,
-    )
-    .await;
-    let mut worker =
-        WorkerProcess::spawn(&env, "slow-tick", &[("RTMANAGER_PROBE_INTERVAL", "100ms")]);
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    scenario
+        .game("slow", "slow", Behavior::Delay(Duration::from_millis(300)))
+        .await;
+    let mut worker = scenario
+        .worker("slow-tick")
+        .interval(Duration::from_millis(100))
+        .spawn();
     let addr = worker.status_addr().await;
     wait_for(
         "the slow engine judged healthy after several probes",
@@ -380,11 +367,9 @@ async fn a_slow_engine_is_carried_over_ticks_and_judged_healthy() {
         },
     )
     .await;
-    let response = reqwest::get(format!("http://{addr}/status"))
+    let status = get_json(&addr, "/status")
         .await
-        .expect("/status answers");
-    let status: serde_json::Value =
-        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        .expect("/status answers with JSON");
     assert_eq!(
         status["components"]["ticks"]["status"], "OK",
         "a slow engine is not a stalled worker: {status}"

@@ -28,6 +28,21 @@ pub fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid} failed");
 }
 
+/// `GET http://{addr}{path}`: the status code and the body, or `None` while nothing
+/// answers there.
+pub async fn get_text(addr: &str, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
+    let code = response.status().as_u16();
+    Some((code, response.text().await.ok()?))
+}
+
+/// `GET http://{addr}{path}` as JSON, or `None` while nothing answers there or the body is
+/// not JSON.
+pub async fn get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
+    let (_, body) = get_text(addr, path).await?;
+    serde_json::from_str(&body).ok()
+}
+
 /// A `healthprobe run` process. Killed when dropped.
 pub struct WorkerProcess {
     pub child: Child,
