@@ -5,11 +5,11 @@ mod helpers;
 
 use std::time::Duration;
 
-use healthprobe::hysteresis::Thresholds;
 use healthprobe::status::VERSION;
-use helpers::app::{AppOptions, TestApp};
-use helpers::engines::{Behavior, Fleet};
-use helpers::{TestEnv, WAIT_LIMIT, wait_for};
+use helpers::engines::Behavior;
+use helpers::process::get_text;
+use helpers::scenario::Scenario;
+use helpers::{WAIT_LIMIT, wait_for};
 use serde_json::Value;
 
 fn ids(body: &Value) -> Vec<String> {
@@ -23,15 +23,8 @@ fn ids(body: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn healthz_is_200_while_ticks_complete_and_503_once_they_stop() {
-    let env = TestEnv::new().await;
-    let mut app = TestApp::start(
-        &env,
-        AppOptions {
-            interval: Duration::from_millis(100),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let scenario = Scenario::new().await;
+    let mut app = scenario.app().interval(Duration::from_millis(100)).await;
     app.wait_first_tick().await;
     let live = app.get("/healthz").await;
     assert_eq!(live.code, 200, "{}", live.body);
@@ -54,8 +47,8 @@ async fn healthz_is_200_while_ticks_complete_and_503_once_they_stop() {
 
 #[tokio::test]
 async fn readyz_is_200_when_postgres_and_nats_answer() {
-    let env = TestEnv::new().await;
-    let app = TestApp::start(&env, AppOptions::default()).await;
+    let scenario = Scenario::new().await;
+    let app = scenario.app().await;
     let ready = app.get("/readyz").await;
     assert_eq!(ready.code, 200, "{}", ready.body);
     assert_eq!(ready.json(), serde_json::json!({ "ready": true }));
@@ -63,17 +56,13 @@ async fn readyz_is_200_when_postgres_and_nats_answer() {
 
 #[tokio::test]
 async fn readyz_is_503_with_the_reasons_when_postgres_and_nats_are_unreachable() {
-    let env = TestEnv::new().await;
-    let app = TestApp::start(
-        &env,
-        AppOptions {
-            postgres_down: true,
-            nats_down: true,
-            start_worker: false,
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let scenario = Scenario::new().await;
+    let app = scenario
+        .app()
+        .postgres_down()
+        .nats_down()
+        .without_worker()
+        .await;
     let ready = app.get("/readyz").await;
     assert_eq!(ready.code, 503, "{}", ready.body);
     let body = ready.json();
@@ -89,15 +78,7 @@ async fn readyz_is_503_with_the_reasons_when_postgres_and_nats_are_unreachable()
     assert!(reasons[1].starts_with("nats: not connected"), "{reasons:?}");
 
     // Only NATS down: still not ready, one reason.
-    let app = TestApp::start(
-        &env,
-        AppOptions {
-            nats_down: true,
-            start_worker: false,
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = scenario.app().nats_down().without_worker().await;
     let ready = app.get("/readyz").await;
     assert_eq!(ready.code, 503);
     assert_eq!(ready.json()["reasons"].as_array().unwrap().len(), 1);
@@ -105,13 +86,12 @@ async fn readyz_is_503_with_the_reasons_when_postgres_and_nats_are_unreachable()
 
 #[tokio::test]
 async fn status_is_200_ok_as_json_text_and_short() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("game-ok", &fleet.set("ok", Behavior::Healthy), None)
+    let scenario = Scenario::new().await;
+    scenario.game("game-ok", "ok", Behavior::Healthy).await;
+    scenario
+        .game("game-bad", "bad", Behavior::Status(500))
         .await;
-    env.add_running("game-bad", &fleet.set("bad", Behavior::Status(500)), None)
-        .await;
-    let app = TestApp::start(&env, AppOptions::default()).await;
+    let app = scenario.app().await;
     app.wait_first_tick().await;
 
     let status = app.get("/status").await;
@@ -171,15 +151,8 @@ async fn status_is_200_ok_as_json_text_and_short() {
 
 #[tokio::test]
 async fn status_is_207_warn_when_nats_is_unreachable() {
-    let env = TestEnv::new().await;
-    let app = TestApp::start(
-        &env,
-        AppOptions {
-            nats_down: true,
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let scenario = Scenario::new().await;
+    let app = scenario.app().nats_down().await;
     app.wait_first_tick().await;
     let status = app.get("/status").await;
     assert_eq!(status.code, 207, "{}", status.body);
@@ -193,18 +166,14 @@ async fn status_is_207_warn_when_nats_is_unreachable() {
 
 #[tokio::test]
 async fn status_is_503_ko_when_postgres_is_unreachable_and_ticks_still_go_round() {
-    let env = TestEnv::new().await;
-    let app = TestApp::start(
-        &env,
-        AppOptions {
-            postgres_down: true,
-            // Each failing tick waits for a connection up to a second; a 1 s interval
-            // keeps the liveness limit (3 s) well above that.
-            interval: Duration::from_secs(1),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let scenario = Scenario::new().await;
+    let app = scenario
+        .app()
+        .postgres_down()
+        // Each failing tick waits for a connection up to a second; a 1 s interval keeps
+        // the liveness limit (3 s) well above that.
+        .interval(Duration::from_secs(1))
+        .await;
     app.wait_first_tick().await;
     let status = app.get("/status").await;
     assert_eq!(status.code, 503, "{}", status.body);
@@ -230,20 +199,20 @@ async fn status_is_503_ko_when_postgres_is_unreachable_and_ticks_still_go_round(
 
 #[tokio::test]
 async fn games_lists_running_games_with_their_health() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("game-ok", &fleet.set("ok", Behavior::Healthy), Some("c-ok"))
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    scenario
+        .game_in("game-ok", "ok", Some("c-ok"), Behavior::Healthy)
         .await;
-    env.add_running("game-bad", &fleet.set("bad", Behavior::Status(503)), None)
+    scenario
+        .game("game-bad", "bad", Behavior::Status(503))
         .await;
-    env.add_running("game-gone", &fleet.set("gone", Behavior::Healthy), None)
-        .await;
-    let app = TestApp::start(&env, AppOptions::default()).await;
+    scenario.game("game-gone", "gone", Behavior::Healthy).await;
+    let app = scenario.app().await;
     app.wait_first_tick().await;
     // After the tick: one game stops, one new game has never been probed.
     env.set_status("game-gone", "stopped").await;
-    env.add_running("game-new", &fleet.set("new", Behavior::Healthy), None)
-        .await;
+    scenario.game("game-new", "new", Behavior::Healthy).await;
 
     let response = app.get("/games").await;
     assert_eq!(response.code, 200, "{}", response.body);
@@ -287,8 +256,7 @@ async fn games_lists_running_games_with_their_health() {
 
 #[tokio::test]
 async fn games_filter_by_status_and_by_a_glob_on_game_id() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
     for (id, behavior) in [
         ("eu-1", Behavior::Healthy),
         ("eu-2", Behavior::Status(500)),
@@ -297,12 +265,11 @@ async fn games_filter_by_status_and_by_a_glob_on_game_id() {
         ("a_b", Behavior::Healthy),
         ("axb", Behavior::Healthy),
     ] {
-        env.add_running(id, &fleet.set(id, behavior), None).await;
+        scenario.game(id, id, behavior).await;
     }
-    let app = TestApp::start(&env, AppOptions::default()).await;
+    let app = scenario.app().await;
     app.wait_first_tick().await;
-    env.add_running("eu-3", &fleet.set("eu-3", Behavior::Healthy), None)
-        .await;
+    scenario.game("eu-3", "eu-3", Behavior::Healthy).await;
 
     let cases: [(&str, &[&str]); 10] = [
         ("status=suspect", &["eu-2", "us-10"]),
@@ -326,20 +293,14 @@ async fn games_filter_by_status_and_by_a_glob_on_game_id() {
 
 #[tokio::test]
 async fn games_paginate_with_a_cursor_and_a_default_limit_of_100() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let games: Vec<(String, String)> = (0..130)
         .map(|i| (format!("g-{i:03}"), "http://127.0.0.1:9/e".to_owned()))
         .collect();
     env.store.register_running(&games).await.unwrap();
     env.set_status("g-005", "stopped").await;
-    let app = TestApp::start(
-        &env,
-        AppOptions {
-            start_worker: false,
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = scenario.app().without_worker().await;
 
     let first = app.get("/games").await.json();
     assert_eq!(ids(&first).len(), 100);
@@ -382,8 +343,8 @@ async fn games_paginate_with_a_cursor_and_a_default_limit_of_100() {
 
 #[tokio::test]
 async fn bad_input_gets_400_with_a_json_error_and_unknown_routes_json_too() {
-    let env = TestEnv::new().await;
-    let app = TestApp::start(&env, AppOptions::default()).await;
+    let scenario = Scenario::new().await;
+    let app = scenario.app().await;
     let bad = [
         "/games?limit=0",
         "/games?limit=1001",
@@ -426,15 +387,12 @@ async fn bad_input_gets_400_with_a_json_error_and_unknown_routes_json_too() {
 
 #[tokio::test]
 async fn probe_now_counts_toward_the_hysteresis_exactly_like_a_tick() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running(
-        "game-1",
-        &fleet.set("e1", Behavior::Status(503)),
-        Some("c-1"),
-    )
-    .await;
-    let app = TestApp::start(&env, AppOptions::default()).await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    scenario
+        .game_in("game-1", "e1", Some("c-1"), Behavior::Status(503))
+        .await;
+    let app = scenario.app().await;
     app.wait_first_tick().await; // failure 1 of 3, from the tick
 
     let second = app.post("/games/game-1/probe").await;
@@ -480,12 +438,10 @@ async fn probe_now_counts_toward_the_hysteresis_exactly_like_a_tick() {
 
 #[tokio::test]
 async fn probe_now_of_an_unknown_or_stopped_game_is_404_json() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("game-stopped", &fleet.set("s", Behavior::Healthy), None)
-        .await;
-    env.set_status("game-stopped", "stopped").await;
-    let app = TestApp::start(&env, AppOptions::default()).await;
+    let scenario = Scenario::new().await;
+    scenario.game("game-stopped", "s", Behavior::Healthy).await;
+    scenario.env.set_status("game-stopped", "stopped").await;
+    let app = scenario.app().await;
     for path in [
         "/games/nope/probe",
         "/games/game-stopped/probe",
@@ -503,7 +459,11 @@ async fn probe_now_of_an_unknown_or_stopped_game_is_404_json() {
                 .contains("not a running game")
         );
     }
-    assert_eq!(fleet.requests("s"), 0, "a stopped game is not probed");
+    assert_eq!(
+        scenario.fleet.requests("s"),
+        0,
+        "a stopped game is not probed"
+    );
 }
 
 #[tokio::test]
@@ -511,27 +471,17 @@ async fn on_demand_probes_beside_ticks_share_one_probe_and_emit_once() {
     // Ticks every 20 ms and 30 concurrent on-demand probes of one failing engine: the
     // requests share the probe in flight (single-flight), each probe goes through the same
     // commit rule as the ticks (a second writer), and the episode has one probe_failed.
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running(
-        "game-1",
-        &fleet.set("e1", Behavior::Delay(Duration::from_millis(300))),
-        None,
-    )
-    .await;
-    let mut app = TestApp::start(
-        &env,
-        AppOptions {
-            interval: Duration::from_millis(20),
-            probe_timeout: Duration::from_millis(100),
-            thresholds: Thresholds {
-                failures: 3,
-                recovery: 1,
-            },
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    scenario
+        .game("game-1", "e1", Behavior::Delay(Duration::from_millis(300)))
+        .await;
+    let mut app = scenario
+        .app()
+        .interval(Duration::from_millis(20))
+        .probe_timeout(Duration::from_millis(100))
+        .thresholds(3, 1)
+        .await;
     app.wait_first_tick().await;
     let before = fleet.requests("e1");
     let posts = (0..30).map(|_| app.post("/games/game-1/probe"));
@@ -566,11 +516,9 @@ async fn on_demand_probes_beside_ticks_share_one_probe_and_emit_once() {
 
 #[tokio::test]
 async fn on_demand_probes_do_not_need_the_tick_loop_and_the_server_shuts_down_gracefully() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("game-1", &fleet.set("e1", Behavior::Healthy), None)
-        .await;
-    let mut app = TestApp::start(&env, AppOptions::default()).await;
+    let scenario = Scenario::new().await;
+    scenario.game("game-1", "e1", Behavior::Healthy).await;
+    let mut app = scenario.app().await;
     app.wait_first_tick().await;
     app.stop_worker().await;
     let response = app.post("/games/game-1/probe").await;
@@ -583,48 +531,29 @@ async fn on_demand_probes_do_not_need_the_tick_loop_and_the_server_shuts_down_gr
 /// shuts the server down gracefully with everything else, exit 0.
 #[tokio::test]
 async fn the_worker_process_serves_the_endpoints_on_the_logged_address() {
-    use helpers::process::WorkerProcess;
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("game-1", &fleet.set("e1", Behavior::Healthy), None)
-        .await;
-    let mut worker = WorkerProcess::spawn(&env, "http", &[("RTMANAGER_PROBE_INTERVAL", "200ms")]);
-    let addr = wait_for("the status address in the log", WAIT_LIMIT, || async {
-        let log = worker.log_text();
-        let line = log
-            .lines()
-            .find(|l| l.contains("status endpoints listening"))?;
-        let addr = line
-            .split("addr=")
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .to_owned();
-        Some(addr)
-    })
-    .await;
+    let scenario = Scenario::new().await;
+    scenario.game("game-1", "e1", Behavior::Healthy).await;
+    let mut worker = scenario
+        .worker("http")
+        .interval(Duration::from_millis(200))
+        .spawn();
+    let addr = worker.status_addr().await;
     let client = reqwest::Client::new();
-    let get = |path: &str| {
-        let request = client.get(format!("http://{addr}{path}"));
-        async move {
-            let response = request.send().await.ok()?;
-            let code = response.status().as_u16();
-            Some((code, response.text().await.ok()?))
-        }
-    };
     // Ready once Postgres answers and the background NATS connection is up.
     let (code, _) = wait_for("readyz 200", WAIT_LIMIT, || async {
-        get("/readyz").await.filter(|(code, _)| *code == 200)
+        get_text(&addr, "/readyz")
+            .await
+            .filter(|(code, _)| *code == 200)
     })
     .await;
     assert_eq!(code, 200);
     let (code, body) = wait_for("a game probed", WAIT_LIMIT, || async {
-        let (code, body) = get("/games?status=healthy").await?;
+        let (code, body) = get_text(&addr, "/games?status=healthy").await?;
         body.contains("game-1").then_some((code, body))
     })
     .await;
     assert_eq!(code, 200, "{body}");
-    let (code, _) = get("/status?short=true").await.unwrap();
+    let (code, _) = get_text(&addr, "/status?short=true").await.unwrap();
     assert_eq!(code, 200);
     let probe = client
         .post(format!("http://{addr}/games/game-1/probe"))
@@ -654,24 +583,12 @@ async fn the_worker_process_serves_the_endpoints_on_the_logged_address() {
 async fn on_demand_probes_are_served_between_ticks_longer_than_the_interval() {
     // Every tick takes about 400 ms against an interval of 100 ms, so a tick is always
     // overdue when the previous one ends; a request must still be served between them.
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running(
-        "slow",
-        &fleet.set("slow", Behavior::Delay(Duration::from_millis(400))),
-        None,
-    )
-    .await;
-    env.add_running("game-1", &fleet.set("e1", Behavior::Healthy), None)
+    let scenario = Scenario::new().await;
+    scenario
+        .game("slow", "slow", Behavior::Delay(Duration::from_millis(400)))
         .await;
-    let app = TestApp::start(
-        &env,
-        AppOptions {
-            interval: Duration::from_millis(100),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    scenario.game("game-1", "e1", Behavior::Healthy).await;
+    let app = scenario.app().interval(Duration::from_millis(100)).await;
     app.wait_first_tick().await;
     for _ in 0..3 {
         let answer = app.post("/games/game-1/probe").await;
