@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use healthprobe::events::relay::{self, RelayMonitor};
 use healthprobe::telemetry::Metrics;
-use helpers::app::{AppOptions, TestApp};
-use helpers::engines::{Behavior, Fleet};
-use helpers::process::{WorkerProcess, binary};
+use helpers::engines::Behavior;
+use helpers::process::{binary, get_json};
+use helpers::scenario::Scenario;
 use helpers::{TestEnv, WAIT_LIMIT, wait_for};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -49,12 +49,13 @@ const RECOVERED: &str = r#"{"prior_failure_count":3}"#;
 /// in their per-game order, the bad ones set aside with why, nothing panics.
 #[tokio::test]
 async fn poison_rows_are_set_aside_and_the_rest_flow_in_order() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let huge = "c".repeat(1_100_000);
-    let big = insert_raw(&env, "poison-big", &huge, "probe_failed", "now", FAILED).await;
-    let inf = insert_raw(&env, "poison-inf", "", "probe_failed", "infinity", FAILED).await;
+    let big = insert_raw(env, "poison-big", &huge, "probe_failed", "now", FAILED).await;
+    let inf = insert_raw(env, "poison-inf", "", "probe_failed", "infinity", FAILED).await;
     let far = insert_raw(
-        &env,
+        env,
         "poison-far",
         "",
         "probe_failed",
@@ -64,7 +65,7 @@ async fn poison_rows_are_set_aside_and_the_rest_flow_in_order() {
     .await;
     for i in 0..300 {
         insert_raw(
-            &env,
+            env,
             &format!("junk-{i}"),
             "",
             "probe_recovered",
@@ -74,12 +75,12 @@ async fn poison_rows_are_set_aside_and_the_rest_flow_in_order() {
         .await;
     }
     // A game whose first event is poison and whose later events are good.
-    insert_raw(&env, "good-1", "", "probe_failed", "infinity", FAILED).await;
+    insert_raw(env, "good-1", "", "probe_failed", "infinity", FAILED).await;
     let good = [
-        insert_raw(&env, "good-1", "c1", "probe_recovered", "now", RECOVERED).await,
-        insert_raw(&env, "good-2", "c2", "probe_failed", "now", FAILED).await,
-        insert_raw(&env, "good-1", "c1", "probe_failed", "now", FAILED).await,
-        insert_raw(&env, "good-2", "c2", "probe_recovered", "now", RECOVERED).await,
+        insert_raw(env, "good-1", "c1", "probe_recovered", "now", RECOVERED).await,
+        insert_raw(env, "good-2", "c2", "probe_failed", "now", FAILED).await,
+        insert_raw(env, "good-1", "c1", "probe_failed", "now", FAILED).await,
+        insert_raw(env, "good-2", "c2", "probe_recovered", "now", RECOVERED).await,
     ];
 
     let stop = CancellationToken::new();
@@ -126,7 +127,7 @@ async fn poison_rows_are_set_aside_and_the_rest_flow_in_order() {
     assert_eq!(env.store.count_unpublished().await.unwrap(), 0);
 
     // A new event after all this still flows at once.
-    let later = insert_raw(&env, "good-3", "", "probe_failed", "now", FAILED).await;
+    let later = insert_raw(env, "good-3", "", "probe_failed", "now", FAILED).await;
     env.outbox_wake.notify_one();
     let events = env.wait_stream_events(good.len() + 1).await;
     assert_eq!(
@@ -135,14 +136,7 @@ async fn poison_rows_are_set_aside_and_the_rest_flow_in_order() {
     );
 
     // /status: WARN with the count.
-    let app = TestApp::start(
-        &env,
-        AppOptions {
-            start_worker: false,
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = scenario.app().without_worker().await;
     let status = app.get("/status").await;
     assert_eq!(status.code, 207, "{}", status.body);
     let body = status.json();
@@ -295,21 +289,17 @@ fn outbox_command(env: &TestEnv, args: &[&str]) -> (bool, String) {
 /// manage the rows.
 #[tokio::test]
 async fn the_outbox_command_lists_retries_and_discards_set_aside_rows() {
-    let env = TestEnv::new().await;
-    let inf = insert_raw(&env, "poison-inf", "", "probe_failed", "infinity", FAILED).await;
-    let junk = insert_raw(&env, "poison-junk", "", "probe_failed", "now", "[1,2,3]").await;
-    let fleet = Fleet::start().await;
-    env.add_running("sick", &fleet.set("sick", Behavior::Status(503)), None)
-        .await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    let inf = insert_raw(env, "poison-inf", "", "probe_failed", "infinity", FAILED).await;
+    let junk = insert_raw(env, "poison-junk", "", "probe_failed", "now", "[1,2,3]").await;
+    scenario.game("sick", "sick", Behavior::Status(503)).await;
     let interval = Duration::from_millis(500);
-    let mut worker = WorkerProcess::spawn(
-        &env,
-        "outbox-cli",
-        &[
-            ("RTMANAGER_PROBE_INTERVAL", "500ms"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
-        ],
-    );
+    let mut worker = scenario
+        .worker("outbox-cli")
+        .interval(interval)
+        .failures(1)
+        .spawn();
     let started = Instant::now();
     let events = env.wait_stream_events(1).await;
     let elapsed = started.elapsed();
@@ -321,30 +311,24 @@ async fn the_outbox_command_lists_retries_and_discards_set_aside_rows() {
     let addr = worker.status_addr().await;
     let body: serde_json::Value =
         wait_for("/status shows the set-aside rows", WAIT_LIMIT, || async {
-            let text = reqwest::get(format!("http://{addr}/status"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            let body: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let body = get_json(&addr, "/status").await?;
             (body["outbox"]["set_aside"] == 2).then_some(body)
         })
         .await;
     assert_eq!(body["components"]["outbox"]["status"], "WARN", "{body}");
 
-    let (ok, out) = outbox_command(&env, &["list", "--json"]);
+    let (ok, out) = outbox_command(env, &["list", "--json"]);
     assert!(ok, "{out}");
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(
         out.contains(&inf.to_string()) && out.contains("infinite"),
         "{out}"
     );
-    let (ok, out) = outbox_command(&env, &["list"]);
+    let (ok, out) = outbox_command(env, &["list"]);
     assert!(ok && out.contains("poison-junk"), "{out}");
 
     // Retry: the relay tries again, fails again, sets it aside with attempts 2.
-    let (ok, out) = outbox_command(&env, &["retry", &junk.to_string()]);
+    let (ok, out) = outbox_command(env, &["retry", &junk.to_string()]);
     assert!(ok && out.starts_with("1 rows"), "{out}");
     wait_for("the retried row set aside again", WAIT_LIMIT, || async {
         let rows = env.store.list_set_aside(false, 10).await.ok()?;
@@ -354,12 +338,12 @@ async fn the_outbox_command_lists_retries_and_discards_set_aside_rows() {
     })
     .await;
 
-    let (ok, out) = outbox_command(&env, &["discard", "--all"]);
+    let (ok, out) = outbox_command(env, &["discard", "--all"]);
     assert!(ok && out.starts_with("2 rows"), "{out}");
     assert_eq!(env.store.count_set_aside().await.unwrap(), 0);
-    let (ok, out) = outbox_command(&env, &["list", "--all", "--json"]);
+    let (ok, out) = outbox_command(env, &["list", "--all", "--json"]);
     assert!(ok && out.matches("discarded").count() == 2, "{out}");
-    let (ok, out) = outbox_command(&env, &["retry"]);
+    let (ok, out) = outbox_command(env, &["retry"]);
     assert!(!ok, "an id or --all is required: {out}");
 
     let (status, _) = worker.terminate(Duration::from_secs(10)).await;
