@@ -15,20 +15,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{Info, PullConsumer};
 use futures::StreamExt as _;
-use helpers::engines::{Behavior, Fleet};
-use helpers::process::WorkerProcess;
+use helpers::engines::Behavior;
+use helpers::scenario::Scenario;
 use helpers::{StreamEvent, TestEnv};
 use serde_json::Value;
 
 /// A consumer connects, creates its durable and handles one message in well under a second;
 /// the bound covers a redelivery's ack wait and a loaded machine.
 const CONSUMER_LIMIT: Duration = Duration::from_secs(60);
-
-const FAST: &[(&str, &str)] = &[
-    ("RTMANAGER_PROBE_INTERVAL", "100ms"),
-    ("RTMANAGER_PROBE_TIMEOUT", "1s"),
-    ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
-];
 
 #[derive(Clone, Copy, Debug)]
 enum Language {
@@ -156,15 +150,17 @@ fn single<'a>(reports: &'a [Value], what: &str) -> &'a Value {
 }
 
 async fn consumes_once_and_recognises_duplicates(language: Language) {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running(
-        "broken",
-        &fleet.set("broken", Behavior::Status(503)),
-        Some("c-broken"),
-    )
-    .await;
-    let mut worker = WorkerProcess::spawn(&env, &format!("consumer-{language:?}"), FAST);
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    scenario
+        .game_in("broken", "broken", Some("c-broken"), Behavior::Status(503))
+        .await;
+    let mut worker = scenario
+        .worker(&format!("consumer-{language:?}"))
+        .interval(Duration::from_millis(100))
+        .probe_timeout(Duration::from_secs(1))
+        .failures(2)
+        .spawn();
     let events = env.wait_stream_events(1).await;
     worker.kill().await;
     let failed = &events[0];
@@ -178,7 +174,7 @@ async fn consumes_once_and_recognises_duplicates(language: Language) {
     let name = "runtime-manager";
 
     // 1. The worker's probe_failed: handled once, acknowledged.
-    let reports = run_consumer(language, &env, name, state).await;
+    let reports = run_consumer(language, env, name, state).await;
     let first = single(&reports, "first run");
     assert_eq!(first["outcome"], "handled", "{first}");
     assert_eq!(first["event_id"], event_id.as_str());
@@ -186,7 +182,7 @@ async fn consumes_once_and_recognises_duplicates(language: Language) {
     assert_eq!(first["game_id"], "broken");
     assert_eq!(first["container_id"], "c-broken");
     assert_eq!(first["delivered"], 1);
-    let after_first = info(&env, name).await;
+    let after_first = info(env, name).await;
     assert_eq!(
         (
             after_first.num_ack_pending,
@@ -198,8 +194,8 @@ async fn consumes_once_and_recognises_duplicates(language: Language) {
     );
 
     // 2. The same event published again (after the duplicate window): a duplicate.
-    publish_again(&env, failed, &format!("{event_id}-again")).await;
-    let reports = run_consumer(language, &env, name, state).await;
+    publish_again(env, failed, &format!("{event_id}-again")).await;
+    let reports = run_consumer(language, env, name, state).await;
     let again = single(&reports, "the event published again");
     assert_eq!(again["outcome"], "duplicate", "{again}");
     assert_eq!(again["event_id"], event_id.as_str());
@@ -207,8 +203,8 @@ async fn consumes_once_and_recognises_duplicates(language: Language) {
 
     // 3. A real redelivery: another instance of the consumer fetched the message and died
     //    before acking; JetStream delivers it again after the ack wait.
-    publish_again(&env, failed, &format!("{event_id}-once-more")).await;
-    let mut fetched = durable(&env, name)
+    publish_again(env, failed, &format!("{event_id}-once-more")).await;
+    let mut fetched = durable(env, name)
         .await
         .fetch()
         .max_messages(1)
@@ -223,13 +219,13 @@ async fn consumes_once_and_recognises_duplicates(language: Language) {
     assert_eq!(unacked.info().expect("metadata").delivered, 1);
     drop(fetched);
     drop(unacked);
-    let reports = run_consumer(language, &env, name, state).await;
+    let reports = run_consumer(language, env, name, state).await;
     let redelivered = single(&reports, "the redelivery");
     assert_eq!(redelivered["outcome"], "duplicate", "{redelivered}");
     assert_eq!(redelivered["event_id"], event_id.as_str());
     assert_eq!(redelivered["delivered"], 2, "JetStream's second delivery");
 
-    let end = info(&env, name).await;
+    let end = info(env, name).await;
     assert_eq!(
         (end.num_ack_pending, end.num_pending),
         (0, 0),
