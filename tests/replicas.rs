@@ -12,21 +12,22 @@ use healthprobe::worker::membership::owner;
 use helpers::engines::{Behavior, Fleet, expected_events, runs};
 use helpers::process::{NatsServer, WorkerProcess};
 use helpers::proxy::CommitCutter;
-use helpers::{TestEnv, wait_for};
+use helpers::scenario::{Scenario, WorkerKnobs};
+use helpers::wait_for;
 
 const INTERVAL: Duration = Duration::from_millis(250);
 const LEASE: Duration = Duration::from_millis(1500);
 
-fn settings<'a>(replica: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut s = vec![
-        ("HEALTHPROBE_REPLICA_ID", replica),
-        ("RTMANAGER_PROBE_INTERVAL", "250ms"),
-        ("RTMANAGER_PROBE_TIMEOUT", "500ms"),
-        ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
-        ("HEALTHPROBE_LEASE_TTL", "1500ms"),
-    ];
-    s.extend_from_slice(extra);
-    s
+/// Replica `id` of the scenario's worker, its log named after `name`: interval
+/// [`INTERVAL`], lease [`LEASE`], timeout 500 ms, threshold 2.
+fn replica<'s>(scenario: &'s Scenario, name: &str, id: &str) -> WorkerKnobs<'s> {
+    scenario
+        .worker(name)
+        .replica(id)
+        .interval(INTERVAL)
+        .probe_timeout(Duration::from_millis(500))
+        .failures(2)
+        .lease(LEASE)
 }
 
 /// Waits until every process has logged that the live replicas are exactly `ids`, then
@@ -59,14 +60,18 @@ async fn converge(workers: &[&WorkerProcess], ids: &[&str]) {
     }
 }
 
-fn healthy_fleet(fleet: &Fleet, games: usize) -> Vec<(String, String)> {
-    (0..games)
-        .map(|i| {
-            let id = format!("g{i:03}");
-            let endpoint = fleet.set(&id, Behavior::Healthy);
-            (id, endpoint)
-        })
-        .collect()
+/// `games` healthy games `gNNN`, each on an engine of the same name; returns the ids.
+async fn healthy_fleet(scenario: &Scenario, games: usize) -> Vec<String> {
+    scenario
+        .games(
+            games,
+            |i| {
+                let id = format!("g{i:03}");
+                (id.clone(), id)
+            },
+            Behavior::Healthy,
+        )
+        .await
 }
 
 /// Requests per game over a window of `intervals` intervals.
@@ -86,22 +91,18 @@ async fn probes_per_game(fleet: &Fleet, ids: &[String], intervals: u32) -> (Vec<
 
 #[tokio::test]
 async fn two_then_three_replicas_probe_each_game_once_per_interval() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    let games = healthy_fleet(&fleet, 60);
-    for (id, endpoint) in &games {
-        env.add_running(id, endpoint, None).await;
-    }
-    let ids: Vec<String> = games.iter().map(|g| g.0.clone()).collect();
-    let a = WorkerProcess::spawn(&env, "steady-a", &settings("a", &[]));
-    let b = WorkerProcess::spawn(&env, "steady-b", &settings("b", &[]));
+    let scenario = Scenario::new().await;
+    let fleet = &scenario.fleet;
+    let ids = healthy_fleet(&scenario, 60).await;
+    let a = replica(&scenario, "steady-a", "a").spawn();
+    let b = replica(&scenario, "steady-b", "b").spawn();
     converge(&[&a, &b], &["a", "b"]).await;
     const WINDOW: u32 = 16;
-    let (counts, window) = probes_per_game(&fleet, &ids, WINDOW).await;
+    let (counts, window) = probes_per_game(fleet, &ids, WINDOW).await;
     check_once_per_interval(2, &counts, window, &[&a, &b]);
-    let c = WorkerProcess::spawn(&env, "steady-c", &settings("c", &[]));
+    let c = replica(&scenario, "steady-c", "c").spawn();
     converge(&[&a, &b, &c], &["a", "b", "c"]).await;
-    let (counts, window) = probes_per_game(&fleet, &ids, WINDOW).await;
+    let (counts, window) = probes_per_game(fleet, &ids, WINDOW).await;
     check_once_per_interval(3, &counts, window, &[&a, &b, &c]);
     // Each replica owns its rendezvous share, and the shares cover the fleet.
     let members: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
@@ -156,22 +157,19 @@ fn check_once_per_interval(
 
 #[tokio::test]
 async fn a_rolling_deploy_emits_each_episode_once() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    let mut ids = Vec::new();
-    for i in 0..16 {
-        let id = format!("f{i:02}");
-        let endpoint = fleet.set(
-            &id,
-            Behavior::Flap {
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    let ids = scenario
+        .games_each(16, |i| {
+            let id = format!("f{i:02}");
+            let flap = Behavior::Flap {
                 period: Duration::from_millis(2500 + 250 * (i % 4) as u64),
                 offset: Duration::from_millis(131 * i as u64),
-            },
-        );
-        env.add_running(&id, &endpoint, None).await;
-        ids.push(id);
-    }
-    let mut old = WorkerProcess::spawn(&env, "deploy-old", &settings("old", &[]));
+            };
+            (id.clone(), id, flap)
+        })
+        .await;
+    let mut old = replica(&scenario, "deploy-old", "old").spawn();
     wait_for(
         "the old replica's events",
         Duration::from_secs(20),
@@ -179,7 +177,7 @@ async fn a_rolling_deploy_emits_each_episode_once() {
     )
     .await;
     // The new version starts beside the old one; both run for a while.
-    let new = WorkerProcess::spawn(&env, "deploy-new", &settings("new", &[]));
+    let new = replica(&scenario, "deploy-new", "new").spawn();
     converge(&[&old, &new], &["new", "old"]).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // both share the flapping fleet
     let stopped = Instant::now();
@@ -237,20 +235,16 @@ async fn a_rolling_deploy_emits_each_episode_once() {
 
 #[tokio::test]
 async fn a_sigkilled_replicas_games_move_within_the_lease() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    let games = healthy_fleet(&fleet, 45);
-    for (id, endpoint) in &games {
-        env.add_running(id, endpoint, None).await;
-    }
-    let a = WorkerProcess::spawn(&env, "kill-a", &settings("a", &[]));
-    let b = WorkerProcess::spawn(&env, "kill-b", &settings("b", &[]));
-    let mut c = WorkerProcess::spawn(&env, "kill-c", &settings("c", &[]));
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    let games = healthy_fleet(&scenario, 45).await;
+    let a = replica(&scenario, "kill-a", "a").spawn();
+    let b = replica(&scenario, "kill-b", "b").spawn();
+    let mut c = replica(&scenario, "kill-c", "c").spawn();
     converge(&[&a, &b, &c], &["a", "b", "c"]).await;
     let members: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
     let of_c: Vec<String> = games
-        .iter()
-        .map(|g| g.0.clone())
+        .into_iter()
         .filter(|id| owner(id, &members) == Some("c"))
         .collect();
     assert!(of_c.len() >= 5, "c owns {} games", of_c.len());
@@ -300,18 +294,14 @@ async fn a_sigkilled_replicas_games_move_within_the_lease() {
 
 #[tokio::test]
 async fn a_sigkilled_relay_holders_pending_events_are_published_once_in_order() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     let mut nats = NatsServer::start("relay-kill").await;
     let nats_url = nats.url();
-    let games = healthy_fleet(&fleet, 12);
-    for (id, endpoint) in &games {
-        env.add_running(id, endpoint, None).await;
-    }
-    let extra = [("NATS_URL", nats_url.as_str())];
+    let games = healthy_fleet(&scenario, 12).await;
     let mut workers = [
-        WorkerProcess::spawn(&env, "relay-a", &settings("a", &extra)),
-        WorkerProcess::spawn(&env, "relay-b", &settings("b", &extra)),
+        replica(&scenario, "relay-a", "a").nats(&nats_url).spawn(),
+        replica(&scenario, "relay-b", "b").nats(&nats_url).spawn(),
     ];
     converge(&[&workers[0], &workers[1]], &["a", "b"]).await;
     let holder: String = wait_for(
@@ -329,7 +319,7 @@ async fn a_sigkilled_relay_holders_pending_events_are_published_once_in_order() 
     .await;
     // NATS goes away; every game fails and recovers: events wait in the outbox.
     nats.crash();
-    for (id, _) in &games {
+    for id in &games {
         fleet.set(id, Behavior::Status(503));
     }
     wait_for(
@@ -338,7 +328,7 @@ async fn a_sigkilled_relay_holders_pending_events_are_published_once_in_order() 
         || async { (env.logged_events().await.len() >= 12).then_some(()) },
     )
     .await;
-    for (id, _) in &games {
+    for id in &games {
         fleet.set(id, Behavior::Healthy);
     }
     wait_for(
@@ -379,10 +369,9 @@ async fn a_sigkilled_relay_holders_pending_events_are_published_once_in_order() 
 
 #[tokio::test]
 async fn a_commit_of_unknown_outcome_is_not_emitted_twice() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    let endpoint = fleet.set("g", Behavior::Status(503));
-    env.add_running("g", &endpoint, None).await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    scenario.game("g", "g", Behavior::Status(503)).await;
     let pg_port = reqwest::Url::parse(&env.database_url)
         .unwrap()
         .port()
@@ -391,19 +380,12 @@ async fn a_commit_of_unknown_outcome_is_not_emitted_twice() {
     let mut via_proxy = reqwest::Url::parse(&env.database_url).unwrap();
     via_proxy.set_port(Some(proxy.port)).unwrap();
     let url = via_proxy.to_string();
-    let mut worker = WorkerProcess::spawn(
-        &env,
-        "ambiguous",
-        &settings(
-            "solo",
-            &[
-                ("DATABASE_URL", url.as_str()),
-                ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "3"),
-                // Time enough to arm the proxy between two ticks.
-                ("RTMANAGER_PROBE_INTERVAL", "1s"),
-            ],
-        ),
-    );
+    let mut worker = replica(&scenario, "ambiguous", "solo")
+        .database(&url)
+        .failures(3)
+        // Time enough to arm the proxy between two ticks.
+        .interval(Duration::from_secs(1))
+        .spawn();
     // At threshold - 1, the next failure's COMMIT is cut after Postgres committed it.
     wait_for("two failures recorded", Duration::from_secs(20), || async {
         env.snapshot("g").await.filter(|s| s.1 == 2).map(drop)
