@@ -19,6 +19,7 @@ pub mod http;
 pub mod hysteresis;
 pub mod limits;
 pub mod live;
+mod periodic;
 pub mod probe;
 pub mod retry;
 pub mod scrape;

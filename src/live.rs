@@ -1,7 +1,7 @@
 //! Live updates for the fleet page (`GET /` and its `GET /live` Server-Sent Events).
 //!
 //! The worker pushes; browsers never poll every game. A [`LiveFeed`] is fed at two places:
-//! where a tick's end is reported (the status board's `tick_ended`), and the on-demand
+//! the run loop at each tick's end ([`crate::worker::run`]), and the on-demand
 //! probe handler when a probe outside a tick records an event. Each update is
 //! small (the tick's figures, or one event): it tells the page that something changed, and
 //! the page then reads the rows it shows from the read-model endpoints (`/games`, `/events`,
@@ -84,8 +84,8 @@ impl LiveFeed {
         Self { sender, interval }
     }
 
-    /// A tick ended, with its figures as JSON. The single call site is where the run loop
-    /// reports a tick's end (the status board); this module imports nothing from it.
+    /// A tick ended, with its figures as JSON. The single call site is the run loop's turn;
+    /// this module imports nothing from it.
     pub(crate) fn tick_ended(&self, summary: &Value) {
         self.send(LiveUpdate::tick(summary));
     }

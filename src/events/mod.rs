@@ -7,3 +7,4 @@ pub mod jetstream;
 pub mod leader;
 pub mod relay;
 pub mod retention;
+mod supervisor;

@@ -5,20 +5,22 @@
 //! publish and `published_at` costs nothing. While NATS is away the relay backs off (capped)
 //! and the rows wait; the worker never blocks on NATS.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::{HeaderMap, header::NATS_MESSAGE_ID};
 use thiserror::Error;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::jetstream::{JetStreamError, StreamTarget, ensure_stream_and_window};
+pub use super::supervisor::{RelayMonitor, supervise};
 use crate::ErrorChain;
 use crate::envelope::HealthEvent;
-use crate::status::RelayHealth;
+use crate::periodic::{Next, Periodic};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -58,7 +60,7 @@ pub enum RelayError {
 const MAX_PUBLISH_ATTEMPTS: u32 = 3;
 
 /// Longest value taken from a row (game id, error text) that goes into a log line.
-const LOG_VALUE_MAX: usize = 200;
+pub(super) const LOG_VALUE_MAX: usize = 200;
 
 /// What one pass over the outbox did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -91,6 +93,10 @@ pub struct Relay {
     fence: CancellationToken,
     /// When set-aside rows were last counted for the gauge.
     set_aside_counted: Option<std::time::Instant>,
+    /// Publishing has failed since the last success (logged once per outage).
+    failing: bool,
+    /// When [`Self::run`] started, for [`STARTUP_GRACE`].
+    started: std::time::Instant,
 }
 
 impl Relay {
@@ -114,6 +120,8 @@ impl Relay {
             refusals: std::collections::HashMap::new(),
             fence: CancellationToken::new(),
             set_aside_counted: None,
+            failing: false,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -147,69 +155,19 @@ impl Relay {
         headers
     }
 
-    /// Runs until `stop` fires, then drains what it can within [`SHUTDOWN_DRAIN_LIMIT`].
+    /// Runs on the periodic driver ([`crate::periodic`]) until `stop` fires or the relay is
+    /// fenced: a turn publishes one batch, the next follows at once while more rows wait,
+    /// else after [`SWEEP_INTERVAL`] or as soon as an event is committed or NATS connects
+    /// (the wake-up); failures back off. Then, unless fenced, drains what it can within
+    /// [`SHUTDOWN_DRAIN_LIMIT`].
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut backoff = crate::retry::backoff(MIN_BACKOFF, MAX_BACKOFF);
-        let mut failing = false;
-        let started = std::time::Instant::now();
-        let wake = self.wake.clone();
-        loop {
-            // Register for a wake-up before looking, so an event committed while we look
-            // is not missed.
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if stop.is_cancelled() || self.fence.is_cancelled() {
-                break;
-            }
-            match self.drain_once().await {
-                Ok(report) => {
-                    if failing {
-                        tracing::info!("outbox relay publishing again");
-                        failing = false;
-                    }
-                    backoff.reset();
-                    if report.more {
-                        continue;
-                    }
-                    self.count_set_aside_rows(report.set_aside > 0).await;
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = &mut notified => {}
-                        _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
-                    }
-                }
-                Err(RelayError::JetStream(JetStreamError::Disconnected))
-                    if !failing && started.elapsed() < STARTUP_GRACE =>
-                {
-                    tracing::debug!("waiting for the first NATS connection");
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(MIN_BACKOFF) => {}
-                    }
-                }
-                Err(RelayError::Fenced) => break,
-                Err(e) => {
-                    self.metrics.publish_failed();
-                    if !failing {
-                        tracing::warn!(error = %ErrorChain(&e), "outbox relay cannot publish; retrying with backoff");
-                        failing = true;
-                    }
-                    let delay = backoff.next_delay();
-                    tracing::debug!(error = %ErrorChain(&e), ?delay, "outbox relay failing; retrying");
-                    // A new event or NATS coming back wakes us early.
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = &mut notified => {}
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        if self.fence.is_cancelled() {
+        self.started = std::time::Instant::now();
+        // The relay's own health is its supervisor's to tell ([`RelayMonitor`]).
+        let mut relay = crate::periodic::run(self, &stop, &watch::Sender::new(())).await;
+        if relay.fence.is_cancelled() {
             tracing::info!("outbox relay stopped: fenced (the relay lock is lost), no drain");
         } else {
-            self.drain_for_shutdown().await;
+            relay.drain_for_shutdown().await;
         }
     }
 
@@ -416,6 +374,61 @@ impl Relay {
     }
 }
 
+impl Periodic for Relay {
+    type Status = ();
+
+    /// Even without a wake-up, the outbox is looked at this often.
+    fn period(&self) -> Duration {
+        SWEEP_INTERVAL
+    }
+
+    fn backoff(&self) -> crate::retry::Backoff {
+        crate::retry::backoff(MIN_BACKOFF, MAX_BACKOFF)
+    }
+
+    async fn turn(&mut self, _stop: &CancellationToken) -> Next {
+        if self.fence.is_cancelled() {
+            return Next::Stop;
+        }
+        match self.drain_once().await {
+            Ok(report) => {
+                if self.failing {
+                    tracing::info!("outbox relay publishing again");
+                    self.failing = false;
+                }
+                if report.more {
+                    return Next::AtOnce;
+                }
+                self.count_set_aside_rows(report.set_aside > 0).await;
+                Next::Period
+            }
+            Err(RelayError::JetStream(JetStreamError::Disconnected))
+                if !self.failing && self.started.elapsed() < STARTUP_GRACE =>
+            {
+                tracing::debug!("waiting for the first NATS connection");
+                Next::After(MIN_BACKOFF)
+            }
+            Err(RelayError::Fenced) => Next::Stop,
+            Err(e) => {
+                self.metrics.publish_failed();
+                if !self.failing {
+                    tracing::warn!(error = %ErrorChain(&e), "outbox relay cannot publish; retrying with backoff");
+                    self.failing = true;
+                }
+                tracing::debug!(error = %ErrorChain(&e), "outbox relay failing; retrying");
+                Next::Retry
+            }
+        }
+    }
+
+    /// A committed event (the worker's notification) or NATS connecting again.
+    fn wake(&mut self) -> impl Future<Output = ()> + Send {
+        self.wake.notified()
+    }
+
+    fn status(&self) {}
+}
+
 type PublishResult = (Vec<Uuid>, Vec<(Uuid, String)>, Option<JetStreamError>);
 
 /// Whether a publish error is about the message itself (retrying later will not help)
@@ -426,73 +439,4 @@ fn row_specific(kind: async_nats::jetstream::context::PublishErrorKind) -> bool 
         kind,
         Kind::MaxPayloadExceeded | Kind::WrongLastMessageId | Kind::WrongLastSequence | Kind::Other
     )
-}
-
-/// Restarts after an abnormal end of the relay task (a panic, or `run` returning before
-/// `stop`) back off from this to [`MAX_RESTART_BACKOFF`] ([`crate::retry`]).
-const MIN_RESTART_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
-
-/// The relay's supervision as `/status` reads it: a `watch` the supervisor writes and the
-/// status surface borrows. Cheap to clone.
-#[derive(Debug, Clone, Default)]
-pub struct RelayMonitor {
-    health: Arc<tokio::sync::watch::Sender<RelayHealth>>,
-}
-
-impl RelayMonitor {
-    pub fn snapshot(&self) -> RelayHealth {
-        self.health.borrow().clone()
-    }
-
-    fn failed(&self, why: String) {
-        self.health.send_modify(|health| {
-            health.restarts += 1;
-            health.last_failure = Some((std::time::Instant::now(), why));
-        });
-    }
-}
-
-/// Runs the relay made by `start` until `stop`; when its task ends abnormally (a panic, or
-/// an end before `stop`) it is logged, counted on `monitor`, and started again after a
-/// capped back-off. Generic over the task so tests can make one fail.
-pub async fn supervise<F, Fut>(
-    mut start: F,
-    stop: CancellationToken,
-    monitor: RelayMonitor,
-    metrics: Metrics,
-) where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let mut backoff = crate::retry::backoff(MIN_RESTART_BACKOFF, MAX_RESTART_BACKOFF);
-    loop {
-        let ended = tokio::spawn(start()).await;
-        let why = match ended {
-            Ok(()) if stop.is_cancelled() => break,
-            Ok(()) => "the relay stopped without being asked to".to_owned(),
-            Err(e) if e.is_panic() => {
-                let payload = e.into_panic();
-                let text = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".to_owned());
-                format!(
-                    "the relay panicked: {}",
-                    crate::bounded(&text, LOG_VALUE_MAX)
-                )
-            }
-            Err(e) => format!("the relay task was cancelled: {e}"),
-        };
-        monitor.failed(why.clone());
-        metrics.relay_restarted();
-        let delay = backoff.next_delay();
-        tracing::error!(error = %why, restart_in = ?delay, "outbox relay ended abnormally; restarting it");
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
-    tracing::info!("outbox relay supervisor stopped: shutdown requested");
 }

@@ -123,24 +123,33 @@ impl Progress {
     }
 }
 
-/// Everything the worker's parts tell the status surface.
+/// A tick's end as the run loop publishes it on its `watch` ([`crate::worker::run`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TickEnded {
+    pub at: Instant,
+    pub summary: TickSummary,
+}
+
+/// What the membership heartbeat and the relay's leadership tell the status surface.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerView {
-    pub last_beat: Option<Instant>,
-    pub last_tick: Option<TickSummary>,
     pub members: Option<MembersView>,
     /// Whether this replica holds the outbox relay (`None`: not reported, a single process
     /// without leadership, e.g. in tests).
     pub relay_held: Option<bool>,
 }
 
-/// The writer and reader ends of the status channel. Cheap to clone.
+/// What the status surface reads: the run loop's tick watch, the other parts' view, the
+/// progress beat. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct StatusBoard {
     interval: Duration,
     started: Instant,
+    /// The run loop publishes each tick's end here; the board reads [`Self::ticks`].
+    tick_publisher: watch::Sender<Option<TickEnded>>,
+    ticks: watch::Receiver<Option<TickEnded>>,
     tx: Arc<watch::Sender<WorkerView>>,
-    /// Pushes each tick's end to the fleet page's live stream.
+    /// The fleet page's live stream, which the run loop tells of each tick's end.
     live: LiveFeed,
     progress: Progress,
 }
@@ -187,9 +196,12 @@ impl BoardSnapshot {
 impl StatusBoard {
     pub fn new(interval: Duration) -> Self {
         let started = Instant::now();
+        let (tick_publisher, ticks) = watch::channel(None);
         Self {
             interval,
             started,
+            tick_publisher,
+            ticks,
             tx: Arc::new(watch::Sender::new(WorkerView::default())),
             live: LiveFeed::new(interval),
             progress: Progress {
@@ -204,18 +216,14 @@ impl StatusBoard {
         self.progress.clone()
     }
 
-    /// The live stream of the fleet page, fed by [`StatusBoard::tick_ended`].
+    /// The live stream of the fleet page, told of each tick's end by the run loop.
     pub(crate) fn live_feed(&self) -> &LiveFeed {
         &self.live
     }
 
-    /// Records a tick that ended just now.
-    pub(crate) fn tick_ended(&self, summary: TickSummary) {
-        self.live.tick_ended(&summary.to_json());
-        self.tx.send_modify(|view| {
-            view.last_beat = Some(Instant::now());
-            view.last_tick = Some(summary);
-        });
+    /// Where the run loop publishes each tick's end.
+    pub(crate) fn tick_publisher(&self) -> watch::Sender<Option<TickEnded>> {
+        self.tick_publisher.clone()
     }
 
     /// Records the membership seen by the latest heartbeat.
@@ -237,13 +245,17 @@ impl StatusBoard {
     }
 
     pub fn snapshot(&self) -> BoardSnapshot {
+        let (since_last_tick, last_tick) = match &*self.ticks.borrow() {
+            Some(tick) => (Some(tick.at.elapsed()), Some(tick.summary.clone())),
+            None => (None, None),
+        };
         let view = self.tx.borrow();
         BoardSnapshot {
             interval: self.interval,
             since_start: self.started.elapsed(),
-            since_last_tick: view.last_beat.map(|t| t.elapsed()),
+            since_last_tick,
             since_progress: self.progress.since(),
-            last_tick: view.last_tick.clone(),
+            last_tick,
             members: view.members.clone(),
             relay_held: view.relay_held,
         }

@@ -12,7 +12,8 @@ pub mod render;
 mod rules;
 
 pub use board::{
-    BoardSnapshot, HoldSummary, MembersView, Progress, StatusBoard, TickSummary, WorkerView,
+    BoardSnapshot, HoldSummary, MembersView, Progress, StatusBoard, TickEnded, TickSummary,
+    WorkerView,
 };
 pub use render::{GameJson, games_table, member_json, members_table};
 pub use rules::{Component, Level, Observed, RelayHealth, StatusReport, evaluate};

@@ -1,18 +1,19 @@
-//! The run loop: ticks on the interval, keeps the membership heartbeat going, stops on
-//! shutdown, and publishes each tick's end on the status board (a `watch` channel the
-//! status surface reads). On-demand probes do not go through it: they run beside the ticks
-//! ([`super::on_demand`]).
+//! The run loop: ticks on the interval on the periodic driver ([`crate::periodic`]), keeps
+//! the membership heartbeat going beside it, stops on shutdown, and publishes each tick's
+//! end on the board's tick `watch`, which the status surface reads. On-demand probes do
+//! not go through it: they run beside the ticks ([`super::on_demand`]).
 
 use std::time::{Duration, Instant};
 
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::Worker;
 use super::membership::Heartbeats;
 use super::report::{TickError, TickReport, failed_tick_summary};
 use crate::ErrorChain;
-use crate::status::StatusBoard;
+use crate::live::LiveFeed;
+use crate::periodic::{self, Next, Periodic};
+use crate::status::{StatusBoard, TickEnded};
 
 /// Postgres as the ticks see it, so an outage and its end are one log line each rather than
 /// one per tick.
@@ -49,12 +50,52 @@ impl PostgresWatch {
     }
 }
 
-/// Ticks at once, then every `interval` until `stop`. Missed ticks are delayed, never
-/// bunched, and ticks never overlap: the next one starts only after this one returns.
-/// Each tick's end goes on the status `board`, and the worker beats the board's progress
-/// at each tick's start, each probe it records and each store call that returns (liveness,
-/// DESIGN §11: the loop turns or probes complete, however long the fleet makes a tick; a
-/// failed tick and a failed write count too: liveness is the worker's, not Postgres').
+/// The tick loop as a [`Periodic`] job: one tick per turn, its end published on the
+/// board's tick watch and told to the fleet page's live stream.
+struct Ticks {
+    worker: Worker,
+    interval: Duration,
+    postgres: PostgresWatch,
+    live: LiveFeed,
+    last: Option<TickEnded>,
+}
+
+impl Periodic for Ticks {
+    type Status = Option<TickEnded>;
+
+    fn period(&self) -> Duration {
+        self.interval
+    }
+
+    async fn turn(&mut self, stop: &CancellationToken) -> Next {
+        let result = self.worker.tick(stop).await;
+        self.postgres.observe(&result);
+        log_tick(&result, self.interval);
+        let now = chrono::Utc::now();
+        let summary = match &result {
+            Ok(report) => report.summary(now),
+            Err(e) => failed_tick_summary(e, now),
+        };
+        self.live.tick_ended(&summary.to_json());
+        self.last = Some(TickEnded {
+            at: Instant::now(),
+            summary,
+        });
+        Next::Period
+    }
+
+    fn status(&self) -> Option<TickEnded> {
+        self.last.clone()
+    }
+}
+
+/// Ticks at once, then every `interval` until `stop` ([`crate::periodic`]). Missed ticks
+/// are delayed, never bunched, and ticks never overlap: the next one starts only after this
+/// one returns. Each tick's end goes on the status `board`, and the worker beats the
+/// board's progress at each tick's start, each probe it records and each store call that
+/// returns (liveness, DESIGN §11: the loop turns or probes complete, however long the fleet
+/// makes a tick; a failed tick and a failed write count too: liveness is the worker's, not
+/// Postgres'). After `stop`, the probes still in flight finish and are recorded.
 pub async fn run(
     mut worker: Worker,
     interval: Duration,
@@ -64,25 +105,14 @@ pub async fn run(
     let progress = board.progress();
     worker.recorder.beat_on_store_answers(progress.clone());
     worker.progress = Some(progress);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut postgres = PostgresWatch::default();
-    let reason = loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break "shutdown requested",
-            _ = ticker.tick() => {
-                let result = worker.tick(&stop).await;
-                postgres.observe(&result);
-                log_tick(&result, interval);
-                let now = chrono::Utc::now();
-                board.tick_ended(match &result {
-                    Ok(report) => report.summary(now),
-                    Err(e) => failed_tick_summary(e, now),
-                });
-            }
-        }
+    let ticks = Ticks {
+        worker,
+        interval,
+        postgres: PostgresWatch::default(),
+        live: board.live_feed().clone(),
+        last: None,
     };
+    let Ticks { mut worker, .. } = periodic::run(ticks, &stop, &board.tick_publisher()).await;
     let last = worker.finish_in_flight().await;
     if last.probes + last.local_errors > 0 {
         tracing::info!(
@@ -91,7 +121,7 @@ pub async fn run(
             "probes still in flight at shutdown finished and were recorded"
         );
     }
-    tracing::info!(reason, "worker stopped");
+    tracing::info!(reason = "shutdown requested", "worker stopped");
 }
 
 /// [`run`] as one replica among others: the first heartbeat joins the membership before
