@@ -241,8 +241,9 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
     metrics.build_info(env!("CARGO_PKG_VERSION"), &replica_id);
     // Present from the start, so an alert on it sees 0 rather than no series.
     metrics.mass_failure_holding(false);
-    let board = StatusBoard::new(args.probe.probe_interval);
-    let (relay_pid, relay_pid_rx) = tokio::sync::watch::channel(None);
+    // The relay's leadership publishes its role here: the status surface shows it, the
+    // membership heartbeat tells the others the lock session's backend pid.
+    let (relay_role, relay_role_rx) = tokio::sync::watch::channel(None);
     let tasks = TaskTracker::new();
 
     // The relay runs only while this replica holds the relay lock (one publisher at a
@@ -277,12 +278,10 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
         database_url: args.database.database_url.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
-        board: board.clone(),
-        relay_pid,
         monitor: relay_monitor.clone(),
         retention: Some(Retention::new(store.clone(), args.event_retention)),
     };
-    let relay_task = tasks.spawn(leadership.run(make_relay, stages.relay.clone()));
+    let relay_task = tasks.spawn(leadership.run(make_relay, relay_role, stages.relay.clone()));
 
     let (heartbeats, membership_rx) = Heartbeats::new(
         store.clone(),
@@ -292,13 +291,15 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
             lease_ttl,
         },
         metrics.clone(),
-        relay_pid_rx,
+        relay_role_rx.clone(),
     );
     let (replica_health, replica_health_rx) =
         tokio::sync::watch::channel(membership::ReplicaHealth::default());
-    let heartbeats = heartbeats
-        .with_board(board.clone())
-        .with_replica_health(replica_health_rx);
+    let heartbeats = heartbeats.with_replica_health(replica_health_rx);
+    // The status surface reads each job's status watch.
+    let board = StatusBoard::new(args.probe.probe_interval)
+        .with_members(heartbeats.watch_status())
+        .with_relay(relay_role_rx, relay_monitor.subscribe());
     let hold_flags = Arc::new(HoldFlags::default());
     let on_demand = OnDemand::new(
         store.clone(),
@@ -336,7 +337,6 @@ async fn serve(args: RunArgs, telemetry: &Telemetry, stages: &Stages) -> anyhow:
         on_demand,
         stream: Some((jetstream::context(nats.clone()), args.nats.stream.clone())),
         metrics: telemetry.scrape(),
-        relay: relay_monitor,
     });
     // DESIGN §16: with HEALTHPROBE_HTTP_TOKEN, mutating requests need it; reads stay open.
     let router = http::guard_mutations(

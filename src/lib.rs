@@ -6,10 +6,13 @@
 //! on-demand probes), [`events`] (the stream, the outbox relay and its leadership),
 //! [`telemetry`] and [`scrape`]. Above them the status surface: [`status`] (board, pure
 //! rules, renderings), [`live`] (the fleet page's feed) and [`http`] (the accept loop,
-//! typed queries, handlers). [`retry`] gives every retrying loop its back-off; [`limits`]
-//! the descriptor budget. [`sim`] (the `sim` feature) is the simulated engine fleet of
-//! the demo and the tests. The binary (`main.rs`) parses the command line and calls `app.rs` (`run`: the
-//! wiring and the staged stop) or one of the operator commands in `cli/`.
+//! typed queries, handlers). `periodic` is the one driver every loop runs on (the ticks,
+//! the membership heartbeat, the relay, its leadership, retention), publishing each one's
+//! status on its own `watch`, which the status board reads; [`retry`] gives every retrying
+//! loop its back-off; [`limits`] the descriptor budget. [`sim`] (the `sim` feature) is the
+//! simulated engine fleet of the demo and the tests. The binary (`main.rs`) parses the
+//! command line and calls `app.rs` (`run`: the wiring and the staged stop) or one of the
+//! operator commands in `cli/`.
 
 pub mod config;
 pub mod envelope;

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use healthprobe::status::MembersView;
+use healthprobe::status::{MembersView, RelayRole};
 use healthprobe::store::Heartbeat;
 use helpers::app::TestApp;
 use helpers::engines::{Behavior, Fleet};
@@ -222,13 +222,14 @@ async fn status_surface_and_operator_commands_match_the_golden_files() {
 
     let app = TestApp::deciding_on_one_probe(&env).await;
     app.wait_first_tick().await;
-    app.board.members_seen(MembersView {
+    app.members.send_replace(Some(MembersView {
         replica_id: "replica-a".into(),
         members: seen.into(),
         last_heartbeat: Some(chrono::Utc::now()),
         lease_ttl: Duration::from_secs(30),
-    });
-    app.board.relay_held(true);
+    }));
+    app.relay_role
+        .send_replace(Some(RelayRole::Holding { backend_pid: 4242 }));
     wait_for(
         "the probe_failed of g-sick in the log",
         WAIT_LIMIT,

@@ -15,12 +15,15 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::relay::{Relay, RelayMonitor, supervise};
 use super::retention::Retention;
 use crate::ErrorChain;
-use crate::status::StatusBoard;
+use crate::periodic::{self, Next, Periodic};
+use crate::status::RelayRole;
 use crate::store::{LOCK_CLASS, LOCK_ID, RelayLock, Store};
 use crate::telemetry::Metrics;
 
@@ -38,10 +41,6 @@ pub struct RelayLeadership {
     pub database_url: String,
     pub store: Store,
     pub metrics: Metrics,
-    pub board: StatusBoard,
-    /// The lock session's backend pid while held, else `None`: the membership heartbeat
-    /// shows it to the other replicas.
-    pub relay_pid: watch::Sender<Option<i32>>,
     /// Counts the relay's abnormal ends (it is restarted with back-off) for `/status`.
     pub monitor: RelayMonitor,
     /// Deletes published events past their retention while the lock is held (one replica
@@ -50,129 +49,174 @@ pub struct RelayLeadership {
 }
 
 impl RelayLeadership {
+    /// Stands by or holds the lock, on the periodic driver ([`crate::periodic`]): a turn
+    /// tries the lock (standing by) or checks the session (holding). The role is published
+    /// on `role` after each turn: the status surface shows it, and the membership heartbeat
+    /// tells the others the lock session's backend pid. At `stop` the relay drains what it
+    /// can while the lock is still held, then the lock is released.
     pub async fn run(
         self,
-        make_relay: impl Fn() -> Relay + Clone + Send + 'static,
+        make_relay: impl Fn() -> Relay + Send + Sync + 'static,
+        role: watch::Sender<Option<RelayRole>>,
         stop: CancellationToken,
     ) {
-        self.board.relay_held(false);
         self.metrics.relay_held(false);
-        let mut announced_waiting = false;
-        while !stop.is_cancelled() {
-            match RelayLock::try_acquire(&self.database_url, SESSION_TIMEOUT).await {
-                Ok(Some(lock)) => {
-                    let pid = lock.backend_pid();
-                    announced_waiting = false;
-                    self.relay_pid.send_replace(Some(pid));
-                    self.board.relay_held(true);
-                    self.metrics.relay_held(true);
-                    tracing::info!(
-                        backend_pid = pid,
-                        "holding the relay lock: this replica publishes the outbox"
-                    );
-                    let ended = self.hold(lock, make_relay.clone(), &stop).await;
-                    self.relay_pid.send_replace(None);
-                    self.board.relay_held(false);
-                    self.metrics.relay_held(false);
-                    tracing::info!(reason = ended, "relay lock released");
+        let leader = Leader {
+            leadership: self,
+            make_relay: std::sync::Arc::new(make_relay),
+            held: None,
+            announced_waiting: false,
+        };
+        let mut leader = periodic::run(leader, &stop, &role).await;
+        if let Some(held) = leader.held.take() {
+            // Shutdown: the relay drains what it can while the lock is held.
+            leader.release(held, "shutdown requested").await;
+        }
+        periodic::publish(&role, leader.status());
+    }
+}
+
+/// The leadership as a [`Periodic`] job: standing by, or holding the lock with the relay
+/// and retention running beside.
+struct Leader<M> {
+    leadership: RelayLeadership,
+    make_relay: std::sync::Arc<M>,
+    held: Option<Held>,
+    announced_waiting: bool,
+}
+
+/// The lock, held, and what runs while it is.
+struct Held {
+    lock: RelayLock,
+    /// Stops the relay (with its shutdown drain, unless fenced) and retention.
+    relay_stop: CancellationToken,
+    /// Cancelled the moment the lock is known lost: the relay publishes no further row.
+    fence: CancellationToken,
+    /// The relay, supervised (restarted with back-off if it ends abnormally).
+    relay: JoinHandle<()>,
+    /// Retention beside the relay; it never delays a publish. Dropped (ended) with the lock.
+    _retention: Option<AbortOnDropHandle<()>>,
+}
+
+impl<M: Fn() -> Relay + Send + Sync + 'static> Leader<M> {
+    /// A turn standing by: tries the lock; when another replica holds it, ends that
+    /// replica's session if its lease has expired.
+    async fn try_lock(&mut self) {
+        let lead = &self.leadership;
+        match RelayLock::try_acquire(&lead.database_url, SESSION_TIMEOUT).await {
+            Ok(Some(lock)) => {
+                self.announced_waiting = false;
+                lead.metrics.relay_held(true);
+                tracing::info!(
+                    backend_pid = lock.backend_pid(),
+                    "holding the relay lock: this replica publishes the outbox"
+                );
+                self.held = Some(self.hold(lock));
+            }
+            Ok(None) => {
+                if !self.announced_waiting {
+                    tracing::info!("another replica holds the relay lock; standing by");
+                    self.announced_waiting = true;
                 }
-                Ok(None) => {
-                    if !announced_waiting {
-                        tracing::info!("another replica holds the relay lock; standing by");
-                        announced_waiting = true;
+                match lead
+                    .store
+                    .end_expired_relay_holder(LOCK_CLASS, LOCK_ID)
+                    .await
+                {
+                    Ok(Some(replica)) => {
+                        tracing::warn!(replica_id = %replica, "ended the relay session of a replica whose lease expired; taking over")
                     }
-                    match self
-                        .store
-                        .end_expired_relay_holder(LOCK_CLASS, LOCK_ID)
-                        .await
-                    {
-                        Ok(Some(replica)) => {
-                            tracing::warn!(replica_id = %replica, "ended the relay session of a replica whose lease expired; taking over")
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::debug!(error = %ErrorChain(&e), "could not look for an expired relay holder")
-                        }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %ErrorChain(&e), "could not look for an expired relay holder")
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %ErrorChain(&e), "cannot try the relay lock; retrying")
                 }
             }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(CANDIDATE_RETRY) => {}
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "cannot try the relay lock; retrying")
             }
         }
     }
 
-    /// Runs the relay (supervised: restarted with back-off if it ends abnormally) while the
-    /// session lives. Returns why it stopped.
-    async fn hold(
-        &self,
-        mut lock: RelayLock,
-        make_relay: impl Fn() -> Relay + Send + 'static,
-        stop: &CancellationToken,
-    ) -> &'static str {
+    /// Starts the supervised relay (fenced by the lock) and retention beside it.
+    fn hold(&self, lock: RelayLock) -> Held {
         let relay_stop = CancellationToken::new();
-        // Cancelled the moment the lock is known lost: the relay publishes no further row.
         let fence = CancellationToken::new();
         let start = {
-            let (relay_stop, fence) = (relay_stop.clone(), fence.clone());
+            let (make_relay, relay_stop, fence) =
+                (self.make_relay.clone(), relay_stop.clone(), fence.clone());
             move || {
                 make_relay()
                     .fenced_by(fence.clone())
                     .run(relay_stop.clone())
             }
         };
-        let mut relay_task = std::pin::pin!(supervise(
+        let lead = &self.leadership;
+        let relay = tokio::spawn(supervise(
             start,
             relay_stop.clone(),
-            self.monitor.clone(),
-            self.metrics.clone()
+            lead.monitor.clone(),
+            lead.metrics.clone(),
         ));
-        // Retention beside the relay, stopped with it; it never delays a publish.
-        let retention = self.retention.clone();
-        let retention_stop = relay_stop.clone();
-        let mut retention_task = std::pin::pin!(async move {
-            if let Some(retention) = retention {
-                retention.run(retention_stop).await;
-            }
+        let retention = lead.retention.clone().map(|retention| {
+            AbortOnDropHandle::new(tokio::spawn(retention.run(relay_stop.clone())))
         });
-        let mut retention_done = false;
-        let mut check = tokio::time::interval(SESSION_CHECK);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut relay_ended = false;
-        let reason = loop {
-            tokio::select! {
-                () = &mut relay_task => {
-                    relay_ended = true;
-                    break "the relay stopped";
-                }
-                () = &mut retention_task, if !retention_done => retention_done = true,
-                _ = stop.cancelled() => {
-                    // Shutdown: let the relay drain what it can while the lock is held.
-                    relay_stop.cancel();
-                    (&mut relay_task).await;
-                    relay_ended = true;
-                    break "shutdown requested";
-                }
-                _ = check.tick() => {
-                    if let Err(e) = lock.check(SESSION_TIMEOUT).await {
-                        fence.cancel();
-                        tracing::warn!(error = %ErrorChain(&e), "relay lock session lost; the relay is fenced: it publishes no further row");
-                        break "the lock session was lost";
-                    }
-                }
-            }
-        };
-        // Lock lost (or the relay stopped): fenced, the relay ends without a drain; wait
-        // for it, so nothing of this replica publishes once another may hold the lock.
-        relay_stop.cancel();
-        if !relay_ended {
-            relay_task.await;
+        Held {
+            lock,
+            relay_stop,
+            fence,
+            relay,
+            _retention: retention,
         }
-        lock.release(SESSION_TIMEOUT).await;
-        reason
+    }
+
+    /// Stops the relay and waits for it to end (fenced, it ends without a drain: nothing
+    /// of this replica publishes once another may hold the lock), then closes the session.
+    async fn release(&mut self, held: Held, reason: &'static str) {
+        held.relay_stop.cancel();
+        if let Err(e) = held.relay.await {
+            tracing::error!(error = %e, "outbox relay supervisor ended abnormally");
+        }
+        held.lock.release(SESSION_TIMEOUT).await;
+        self.leadership.metrics.relay_held(false);
+        tracing::info!(reason, "relay lock released");
+    }
+}
+
+impl<M: Fn() -> Relay + Send + Sync + 'static> Periodic for Leader<M> {
+    type Status = Option<RelayRole>;
+
+    fn period(&self) -> Duration {
+        if self.held.is_some() {
+            SESSION_CHECK
+        } else {
+            CANDIDATE_RETRY
+        }
+    }
+
+    async fn turn(&mut self, _stop: &CancellationToken) -> Next {
+        let Some(mut held) = self.held.take() else {
+            self.try_lock().await;
+            return Next::Period;
+        };
+        if held.relay.is_finished() {
+            self.release(held, "the relay stopped").await;
+        } else if let Err(e) = held.lock.check(SESSION_TIMEOUT).await {
+            held.fence.cancel();
+            tracing::warn!(error = %ErrorChain(&e), "relay lock session lost; the relay is fenced: it publishes no further row");
+            self.release(held, "the lock session was lost").await;
+        } else {
+            self.held = Some(held);
+        }
+        Next::Period
+    }
+
+    fn status(&self) -> Option<RelayRole> {
+        Some(match &self.held {
+            Some(held) => RelayRole::Holding {
+                backend_pid: held.lock.backend_pid(),
+            },
+            None => RelayRole::StandingBy,
+        })
     }
 }

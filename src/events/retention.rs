@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::ErrorChain;
+use crate::periodic::{Next, Periodic};
 use crate::store::{RetentionCursor, Store};
 
 /// Rows examined per batch: one short transaction of a few milliseconds.
@@ -64,32 +66,43 @@ impl Retention {
         Ok(report)
     }
 
-    /// A pass now, then one every [`RETENTION_EVERY`], until `stop`. A failed pass is
-    /// logged and tried again at the next turn: nothing depends on it but disk space.
+    /// A pass now, then one every [`RETENTION_EVERY`] ([`crate::periodic`]), until `stop`.
+    /// A failed pass is logged and tried again at the next turn: nothing depends on it but
+    /// disk space.
     pub async fn run(self, stop: CancellationToken) {
-        loop {
-            match self.pass(&stop).await {
-                Ok(report) if report.deleted > 0 => tracing::info!(
-                    deleted = report.deleted,
-                    kept = report.examined - report.deleted,
-                    retention = %humantime::format_duration(self.retention),
-                    "published events past their retention deleted"
-                ),
-                Ok(report) => tracing::debug!(
-                    examined = report.examined,
-                    "no published event past its retention"
-                ),
-                Err(e) => tracing::warn!(
-                    error = %ErrorChain(&e),
-                    retry_in = ?RETENTION_EVERY,
-                    "deleting published events past their retention failed"
-                ),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(RETENTION_EVERY) => {}
-            }
-        }
+        // Nothing on the status surface depends on it: its status is the log.
+        crate::periodic::run(self, &stop, &watch::Sender::new(())).await;
         tracing::debug!("retention stopped");
     }
+}
+
+impl Periodic for Retention {
+    type Status = ();
+
+    fn period(&self) -> Duration {
+        RETENTION_EVERY
+    }
+
+    async fn turn(&mut self, stop: &CancellationToken) -> Next {
+        match self.pass(stop).await {
+            Ok(report) if report.deleted > 0 => tracing::info!(
+                deleted = report.deleted,
+                kept = report.examined - report.deleted,
+                retention = %humantime::format_duration(self.retention),
+                "published events past their retention deleted"
+            ),
+            Ok(report) => tracing::debug!(
+                examined = report.examined,
+                "no published event past its retention"
+            ),
+            Err(e) => tracing::warn!(
+                error = %ErrorChain(&e),
+                retry_in = ?RETENTION_EVERY,
+                "deleting published events past their retention failed"
+            ),
+        }
+        Next::Period
+    }
+
+    fn status(&self) {}
 }

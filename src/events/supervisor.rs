@@ -27,6 +27,11 @@ impl RelayMonitor {
         self.health.borrow().clone()
     }
 
+    /// The receiver the status surface reads ([`crate::status::StatusBoard::with_relay`]).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<RelayHealth> {
+        self.health.subscribe()
+    }
+
     fn failed(&self, why: String) {
         self.health.send_modify(|health| {
             health.restarts += 1;

@@ -165,7 +165,7 @@ pub(super) async fn status(
         nats_connected,
         outbox_pending: outbox,
         outbox_set_aside: set_aside,
-        relay: state.relay.snapshot(),
+        relay: state.board.relay_health(),
         board: state.board.snapshot(),
     });
     let code = StatusCode::from_u16(report.overall.http_code()).expect("valid status code");

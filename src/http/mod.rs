@@ -28,7 +28,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 
-use crate::events::relay::RelayMonitor;
 use crate::scrape::Scrape;
 use crate::status::StatusBoard;
 use crate::store::Store;
@@ -51,8 +50,6 @@ pub struct HttpState {
     pub stream: Option<(async_nats::jetstream::Context, String)>,
     /// The instruments, read on demand for `GET /metrics`.
     pub metrics: Scrape,
-    /// The outbox relay's supervision, for `/status`.
-    pub relay: RelayMonitor,
 }
 
 pub fn router(state: HttpState) -> Router {

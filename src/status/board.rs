@@ -1,6 +1,7 @@
-//! The status board: what the run loop, the membership heartbeat and the relay's
-//! leadership tell the status surface, on one `tokio::sync::watch` channel. Writers replace
-//! or modify the [`WorkerView`]; readers take a [`BoardSnapshot`].
+//! The status board: the receivers of the `watch` channels on which the run loop, the
+//! membership heartbeat, the relay's leadership and the relay's supervisor publish their
+//! status (each job its own, [`crate::periodic`]), and the run loop's progress beat.
+//! Readers take a [`BoardSnapshot`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,7 +98,9 @@ impl MembersView {
     }
 }
 
-/// The run loop's progress beat: cheap enough to touch on every probe (one atomic store).
+/// The run loop's progress beat for liveness, touched on every probe and store answer: a
+/// heartbeat counter, not a status, so it stays one relaxed atomic store (a `watch` send per
+/// probe would take a lock and wake readers thousands of times a second).
 #[derive(Debug, Clone)]
 pub struct Progress {
     started: Instant,
@@ -130,17 +133,36 @@ pub struct TickEnded {
     pub summary: TickSummary,
 }
 
-/// What the membership heartbeat and the relay's leadership tell the status surface.
-#[derive(Debug, Clone, Default)]
-pub struct WorkerView {
-    pub members: Option<MembersView>,
-    /// Whether this replica holds the outbox relay (`None`: not reported, a single process
-    /// without leadership, e.g. in tests).
-    pub relay_held: Option<bool>,
+/// Whether this replica holds the outbox relay, as the relay's leadership publishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayRole {
+    StandingBy,
+    /// Holding the relay lock on the session with this backend pid, which the membership
+    /// heartbeat tells the other replicas.
+    Holding {
+        backend_pid: i32,
+    },
 }
 
-/// What the status surface reads: the run loop's tick watch, the other parts' view, the
-/// progress beat. Cheap to clone.
+impl RelayRole {
+    pub fn backend_pid(self) -> Option<i32> {
+        match self {
+            Self::StandingBy => None,
+            Self::Holding { backend_pid } => Some(backend_pid),
+        }
+    }
+}
+
+/// Abnormal ends of the relay task so far, as the relay's supervisor publishes them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RelayHealth {
+    pub restarts: u64,
+    /// When the last abnormal end happened, and why.
+    pub last_failure: Option<(Instant, String)>,
+}
+
+/// What the status surface reads: each job's status `watch`, the progress beat, the fleet
+/// page's live stream. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct StatusBoard {
     interval: Duration,
@@ -148,7 +170,13 @@ pub struct StatusBoard {
     /// The run loop publishes each tick's end here; the board reads [`Self::ticks`].
     tick_publisher: watch::Sender<Option<TickEnded>>,
     ticks: watch::Receiver<Option<TickEnded>>,
-    tx: Arc<watch::Sender<WorkerView>>,
+    /// The membership heartbeat's; `None` until a heartbeat succeeds (or without one).
+    members: watch::Receiver<Option<MembersView>>,
+    /// The relay's leadership; `None` before its first turn (or without one: a single
+    /// process, e.g. in tests).
+    relay_role: watch::Receiver<Option<RelayRole>>,
+    /// The relay's supervisor.
+    relay_health: watch::Receiver<RelayHealth>,
     /// The fleet page's live stream, which the run loop tells of each tick's end.
     live: LiveFeed,
     progress: Progress,
@@ -202,7 +230,11 @@ impl StatusBoard {
             started,
             tick_publisher,
             ticks,
-            tx: Arc::new(watch::Sender::new(WorkerView::default())),
+            // Nothing publishes on these until the jobs are attached ([`Self::with_members`],
+            // [`Self::with_relay`]): they keep their first value.
+            members: watch::channel(None).1,
+            relay_role: watch::channel(None).1,
+            relay_health: watch::channel(RelayHealth::default()).1,
             live: LiveFeed::new(interval),
             progress: Progress {
                 started,
@@ -226,22 +258,26 @@ impl StatusBoard {
         self.tick_publisher.clone()
     }
 
-    /// Records the membership seen by the latest heartbeat.
-    pub fn members_seen(&self, members: MembersView) {
-        self.tx.send_if_modified(|view| {
-            let changed = view.members.as_ref() != Some(&members);
-            view.members = Some(members);
-            changed
-        });
+    /// Reads the members from the membership heartbeat's status.
+    pub fn with_members(mut self, members: watch::Receiver<Option<MembersView>>) -> Self {
+        self.members = members;
+        self
     }
 
-    /// Records whether this replica holds the outbox relay.
-    pub fn relay_held(&self, held: bool) {
-        self.tx.send_if_modified(|view| {
-            let changed = view.relay_held != Some(held);
-            view.relay_held = Some(held);
-            changed
-        });
+    /// Reads the relay's role from its leadership and its restarts from its supervisor.
+    pub fn with_relay(
+        mut self,
+        role: watch::Receiver<Option<RelayRole>>,
+        health: watch::Receiver<RelayHealth>,
+    ) -> Self {
+        self.relay_role = role;
+        self.relay_health = health;
+        self
+    }
+
+    /// The relay's abnormal ends so far.
+    pub(crate) fn relay_health(&self) -> RelayHealth {
+        self.relay_health.borrow().clone()
     }
 
     pub fn snapshot(&self) -> BoardSnapshot {
@@ -249,15 +285,17 @@ impl StatusBoard {
             Some(tick) => (Some(tick.at.elapsed()), Some(tick.summary.clone())),
             None => (None, None),
         };
-        let view = self.tx.borrow();
         BoardSnapshot {
             interval: self.interval,
             since_start: self.started.elapsed(),
             since_last_tick,
             since_progress: self.progress.since(),
             last_tick,
-            members: view.members.clone(),
-            relay_held: view.relay_held,
+            members: self.members.borrow().clone(),
+            relay_held: self
+                .relay_role
+                .borrow()
+                .map(|role| matches!(role, RelayRole::Holding { .. })),
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The rules that turn observations into OK / WARN / KO, one per component. Pure: what
 //! the HTTP handler observed goes in, a typed [`StatusReport`] comes out.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::board::{BoardSnapshot, HoldSummary, MembersView, TickSummary};
+use super::board::{BoardSnapshot, HoldSummary, MembersView, RelayHealth, TickSummary};
 
 /// OK < WARN < KO; the overall status is the worst component's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,14 +91,6 @@ pub(crate) const PROBES_RULE: &str = "every probe should be attempted (else WARN
 
 /// How long after an abnormal end of the relay `/status` keeps it at WARN.
 pub(crate) const RESTART_WARN_FOR: Duration = Duration::from_secs(15 * 60);
-
-/// Abnormal ends of the relay task so far (the relay's supervisor counts them).
-#[derive(Debug, Clone, Default)]
-pub struct RelayHealth {
-    pub restarts: u64,
-    /// When the last abnormal end happened, and why.
-    pub last_failure: Option<(Instant, String)>,
-}
 
 /// The rules, one per component. Pure, so every branch is unit-tested.
 pub fn evaluate(observed: &Observed) -> StatusReport {

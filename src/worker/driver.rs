@@ -130,7 +130,7 @@ pub async fn run(
 /// leaves the membership so the others take its games at once.
 pub async fn run_replica(
     worker: Worker,
-    heartbeats: Heartbeats,
+    mut heartbeats: Heartbeats,
     interval: Duration,
     stop: CancellationToken,
     board: StatusBoard,

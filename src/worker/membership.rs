@@ -7,8 +7,10 @@
 //! version of this program) computes the same way. When a member joins or leaves, only the
 //! games that move to or from it change owner.
 //!
-//! The heartbeat runs in a task of its own, so a long tick cannot let the lease lapse; it
-//! publishes the membership on a `watch` channel that each tick reads once at its start.
+//! The heartbeat runs in a task of its own on the periodic driver ([`crate::periodic`]), so
+//! a long tick cannot let the lease lapse; it publishes the membership on a `watch` that
+//! each tick reads once at its start, and the members as the status surface shows them on
+//! another (its status).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::hold::{MassFailureSettings, Peers};
 use crate::ErrorChain;
-use crate::status::{MembersView, StatusBoard};
+use crate::periodic::{self, Next, Periodic};
+use crate::status::{MembersView, RelayRole};
 use crate::store::{Heartbeat, Member, Store};
 use crate::telemetry::Metrics;
 
@@ -173,13 +176,21 @@ pub struct Heartbeats {
     store: Store,
     settings: MembershipSettings,
     metrics: Metrics,
-    /// Backend pid of the relay lock's connection while this replica holds it, published by
-    /// the relay leadership task, told to the others with each heartbeat.
-    relay_pid: watch::Receiver<Option<i32>>,
+    /// The relay's leadership: while this replica holds the relay lock, the backend pid of
+    /// the lock's session, told to the others with each heartbeat.
+    relay_role: watch::Receiver<Option<RelayRole>>,
     tx: watch::Sender<Membership>,
-    board: Option<StatusBoard>,
+    /// The members as the last successful heartbeat saw them, for the status surface.
+    seen: Option<MembersView>,
+    status: watch::Sender<Option<MembersView>>,
     /// The worker's last tick, published with each heartbeat.
     health: watch::Receiver<ReplicaHealth>,
+    /// Whether the worker is gone (its health watch closed); heartbeats go on.
+    health_closed: bool,
+    /// Stepped out, as last told to the others.
+    degraded: bool,
+    /// Heartbeats have failed since the last success (logged once per outage).
+    failing: bool,
 }
 
 impl Heartbeats {
@@ -187,7 +198,7 @@ impl Heartbeats {
         store: Store,
         settings: MembershipSettings,
         metrics: Metrics,
-        relay_pid: watch::Receiver<Option<i32>>,
+        relay_role: watch::Receiver<Option<RelayRole>>,
     ) -> (Self, watch::Receiver<Membership>) {
         let (tx, rx) = watch::channel(Membership::alone(&settings.replica_id));
         (
@@ -195,10 +206,14 @@ impl Heartbeats {
                 store,
                 settings,
                 metrics,
-                relay_pid,
+                relay_role,
                 tx,
-                board: None,
+                seen: None,
+                status: watch::Sender::new(None),
                 health: watch::channel(ReplicaHealth::default()).1,
+                health_closed: false,
+                degraded: false,
+                failing: false,
             },
             rx,
         )
@@ -211,15 +226,15 @@ impl Heartbeats {
         self
     }
 
-    /// Shows the members on the status board after every heartbeat.
-    pub fn with_board(mut self, board: StatusBoard) -> Self {
-        self.board = Some(board);
-        self
+    /// The members as the status surface shows them, published after every heartbeat;
+    /// `None` before the first that succeeds.
+    pub fn watch_status(&self) -> watch::Receiver<Option<MembersView>> {
+        self.status.subscribe()
     }
 
     /// One heartbeat: renew, read, publish. Returns the membership it published.
-    pub async fn beat(&self) -> Result<Membership, sqlx::Error> {
-        let pid = *self.relay_pid.borrow();
+    pub async fn beat(&mut self) -> Result<Membership, sqlx::Error> {
+        let pid = self.relay_role.borrow().and_then(RelayRole::backend_pid);
         let health = *self.health.borrow();
         let rows = self
             .store
@@ -246,14 +261,12 @@ impl Heartbeats {
                 "membership changed: games are shared among the live replicas"
             );
         }
-        if let Some(board) = &self.board {
-            board.members_seen(MembersView {
-                replica_id: next.replica_id.clone(),
-                members: next.members.clone(),
-                last_heartbeat: next.last_heartbeat,
-                lease_ttl: self.settings.lease_ttl,
-            });
-        }
+        self.seen = Some(MembersView {
+            replica_id: next.replica_id.clone(),
+            members: next.members.clone(),
+            last_heartbeat: next.last_heartbeat,
+            lease_ttl: self.settings.lease_ttl,
+        });
         self.tx.send_replace(next.clone());
         Ok(next)
     }
@@ -291,48 +304,17 @@ impl Heartbeats {
         Ok(kept)
     }
 
-    /// Heartbeats every lease/3 until `stop`, then leaves the membership so the others take
-    /// this replica's games at their next heartbeat rather than after the lease.
+    /// Heartbeats every lease/3 until `stop` (at once when the replica steps out or comes
+    /// back), then leaves the membership so the others take this replica's games at their
+    /// next heartbeat rather than after the lease.
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.settings.heartbeat_every());
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failing = false;
-        let mut degraded = self.health.borrow().degraded;
-        let mut health_open = true;
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                _ = ticker.tick() => {}
-                changed = self.health.changed(), if health_open => {
-                    if changed.is_err() {
-                        health_open = false; // the worker is gone; heartbeats go on
-                        continue;
-                    }
-                    // Stepping out or back in is told at once; figures wait for the beat.
-                    let now_degraded = self.health.borrow_and_update().degraded;
-                    if now_degraded == degraded {
-                        continue;
-                    }
-                    degraded = now_degraded;
-                    ticker.reset();
-                }
-            }
-            match self.beat().await {
-                Ok(_) if failing => {
-                    tracing::info!("membership heartbeat succeeded again");
-                    failing = false;
-                }
-                Ok(_) => {}
-                Err(e) if !failing => {
-                    tracing::warn!(error = %ErrorChain(&e), "membership heartbeat failed; the lease runs out unless one succeeds");
-                    failing = true;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %ErrorChain(&e), "membership heartbeat still failing")
-                }
-            }
-        }
+        self.degraded = self.health.borrow().degraded;
+        let status = self.status.clone();
+        let heartbeats = periodic::run(self, &stop, &status).await;
+        heartbeats.leave().await;
+    }
+
+    async fn leave(&self) {
         match tokio::time::timeout(
             Duration::from_secs(2),
             self.store.leave(&self.settings.replica_id),
@@ -347,6 +329,54 @@ impl Heartbeats {
             }
             Err(_) => tracing::warn!("leaving the membership timed out; the lease expires instead"),
         }
+    }
+}
+
+impl Periodic for Heartbeats {
+    type Status = Option<MembersView>;
+
+    fn period(&self) -> Duration {
+        self.settings.heartbeat_every()
+    }
+
+    async fn turn(&mut self, _stop: &CancellationToken) -> Next {
+        match self.beat().await {
+            Ok(_) if self.failing => {
+                tracing::info!("membership heartbeat succeeded again");
+                self.failing = false;
+            }
+            Ok(_) => {}
+            Err(e) if !self.failing => {
+                tracing::warn!(error = %ErrorChain(&e), "membership heartbeat failed; the lease runs out unless one succeeds");
+                self.failing = true;
+            }
+            Err(e) => {
+                tracing::debug!(error = %ErrorChain(&e), "membership heartbeat still failing")
+            }
+        }
+        Next::Period
+    }
+
+    /// Stepping out or back in is told at once; the figures wait for the next beat.
+    async fn wake(&mut self) {
+        loop {
+            if self.health_closed {
+                return std::future::pending().await;
+            }
+            if self.health.changed().await.is_err() {
+                self.health_closed = true; // the worker is gone; heartbeats go on
+                continue;
+            }
+            let degraded = self.health.borrow_and_update().degraded;
+            if degraded != self.degraded {
+                self.degraded = degraded;
+                return;
+            }
+        }
+    }
+
+    fn status(&self) -> Option<MembersView> {
+        self.seen.clone()
     }
 }
 

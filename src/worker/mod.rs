@@ -3,7 +3,7 @@
 //! that are gone (DESIGN §1, §3, §12).
 //!
 //! [`Worker::tick`] is one pass and returns a [`TickReport`]; [`driver::run`] is the loop
-//! around it. The parts: [`games`] (the per-game table, pure), `dispatch` (the tick's
+//! around it, on the periodic driver. The parts: [`games`] (the per-game table, pure), `dispatch` (the tick's
 //! schedule: ranked starts, the budget, probes in flight), [`record`] (the commit rule:
 //! memory moves only after Postgres committed, conditionally on the version it read),
 //! [`hold`] (the mass-failure rule, pure) and `mass_failure` (the worker's side of it, and

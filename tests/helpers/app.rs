@@ -8,7 +8,7 @@ use healthprobe::http::{self, HttpState};
 use healthprobe::hysteresis::Thresholds;
 use healthprobe::probe::Prober;
 use healthprobe::scrape::Scrape;
-use healthprobe::status::StatusBoard;
+use healthprobe::status::{MembersView, RelayRole, StatusBoard};
 use healthprobe::store::Store;
 use healthprobe::telemetry::Metrics;
 use healthprobe::worker::on_demand::OnDemand;
@@ -75,6 +75,12 @@ impl Response {
 pub struct TestApp {
     pub base: String,
     pub board: StatusBoard,
+    /// What the board shows as the membership heartbeat's status (no heartbeat runs here):
+    /// `None` until a test sends members.
+    pub members: tokio::sync::watch::Sender<Option<MembersView>>,
+    /// What the board shows as the relay's leadership (none runs here): `None`, not
+    /// reported, until a test sends a role.
+    pub relay_role: tokio::sync::watch::Sender<Option<RelayRole>>,
     pub worker_stop: CancellationToken,
     http_stop: CancellationToken,
     worker: Option<JoinHandle<()>>,
@@ -147,7 +153,14 @@ impl TestApp {
         let (scrape, reader) = Scrape::new().expect("the Prometheus exporter");
         let meters = SdkMeterProvider::builder().with_reader(reader).build();
         let metrics = Metrics::new(&meters.meter(healthprobe::telemetry::METER_NAME));
-        let board = StatusBoard::new(options.interval);
+        let (members, members_rx) = tokio::sync::watch::channel(None);
+        let (relay_role, relay_role_rx) = tokio::sync::watch::channel(None);
+        let board = StatusBoard::new(options.interval)
+            .with_members(members_rx)
+            .with_relay(
+                relay_role_rx,
+                tokio::sync::watch::channel(Default::default()).1,
+            );
         let worker_stop = CancellationToken::new();
         let prober = Prober::new(options.probe_timeout, Duration::from_secs(1)).expect("prober");
         let on_demand = OnDemand::new(
@@ -184,7 +197,6 @@ impl TestApp {
             on_demand,
             stream: None,
             metrics: scrape,
-            relay: Default::default(),
         });
         let listener = http::bind("127.0.0.1:0".parse().unwrap())
             .await
@@ -195,6 +207,8 @@ impl TestApp {
         Self {
             base: format!("http://{addr}"),
             board,
+            members,
+            relay_role,
             worker_stop,
             http_stop,
             worker,
