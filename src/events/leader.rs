@@ -12,6 +12,7 @@
 //! work. A batch already sent when the loss is seen is only acknowledged; JetStream drops
 //! its repeats by `Nats-Msg-Id`. The lock's statements are in `store::RelayLock`.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -94,6 +95,8 @@ struct Held {
     fence: CancellationToken,
     /// The relay, supervised (restarted with back-off if it ends abnormally).
     relay: JoinHandle<()>,
+    /// Cancelled when the relay's task ends, whatever ends it (the leadership's wake-up).
+    relay_ended: CancellationToken,
     /// Retention beside the relay; it never delays a publish. Dropped (ended) with the lock.
     _retention: Option<AbortOnDropHandle<()>>,
 }
@@ -152,12 +155,20 @@ impl<M: Fn() -> Relay + Send + Sync + 'static> Leader<M> {
             }
         };
         let lead = &self.leadership;
-        let relay = tokio::spawn(supervise(
+        let relay_ended = CancellationToken::new();
+        let supervised = supervise(
             start,
             relay_stop.clone(),
             lead.monitor.clone(),
             lead.metrics.clone(),
-        ));
+        );
+        let relay = tokio::spawn({
+            let ended = relay_ended.clone().drop_guard();
+            async move {
+                let _ended = ended;
+                supervised.await;
+            }
+        });
         let retention = lead.retention.clone().map(|retention| {
             AbortOnDropHandle::new(tokio::spawn(retention.run(relay_stop.clone())))
         });
@@ -166,6 +177,7 @@ impl<M: Fn() -> Relay + Send + Sync + 'static> Leader<M> {
             relay_stop,
             fence,
             relay,
+            relay_ended,
             _retention: retention,
         }
     }
@@ -199,16 +211,30 @@ impl<M: Fn() -> Relay + Send + Sync + 'static> Periodic for Leader<M> {
             self.try_lock().await;
             return Next::Period;
         };
-        if held.relay.is_finished() {
+        if held.relay_ended.is_cancelled() {
             self.release(held, "the relay stopped").await;
         } else if let Err(e) = held.lock.check(SESSION_TIMEOUT).await {
+            // Fenced first, then stopped at once: a fenced relay that ended before its
+            // supervisor saw the stop would be counted as an abnormal end.
             held.fence.cancel();
+            held.relay_stop.cancel();
             tracing::warn!(error = %ErrorChain(&e), "relay lock session lost; the relay is fenced: it publishes no further row");
             self.release(held, "the lock session was lost").await;
         } else {
             self.held = Some(held);
         }
         Next::Period
+    }
+
+    /// The relay's task ended (it never does unless stopped): the next turn releases.
+    fn wake(&mut self) -> impl Future<Output = ()> + Send {
+        let ended = self.held.as_ref().map(|held| held.relay_ended.clone());
+        async move {
+            match ended {
+                Some(ended) => ended.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        }
     }
 
     fn status(&self) -> Option<RelayRole> {

@@ -128,7 +128,7 @@ impl Progress {
 
 /// A tick's end as the run loop publishes it on its `watch` ([`crate::worker::run`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct TickEnded {
+pub(crate) struct TickEnded {
     pub at: Instant,
     pub summary: TickSummary,
 }
@@ -145,7 +145,7 @@ pub enum RelayRole {
 }
 
 impl RelayRole {
-    pub fn backend_pid(self) -> Option<i32> {
+    pub(crate) fn backend_pid(self) -> Option<i32> {
         match self {
             Self::StandingBy => None,
             Self::Holding { backend_pid } => Some(backend_pid),

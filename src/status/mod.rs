@@ -12,9 +12,10 @@ mod board;
 pub mod render;
 mod rules;
 
+pub(crate) use board::TickEnded;
 pub use board::{
     BoardSnapshot, HoldSummary, MembersView, Progress, RelayHealth, RelayRole, StatusBoard,
-    TickEnded, TickSummary,
+    TickSummary,
 };
 pub use render::{GameJson, games_table, member_json, members_table};
 pub use rules::{Component, Level, Observed, StatusReport, evaluate};
