@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use healthprobe::status::{MembersView, RelayRole};
 use healthprobe::store::Heartbeat;
-use helpers::app::TestApp;
-use helpers::engines::{Behavior, Fleet};
+use helpers::engines::Behavior;
 use helpers::process::binary;
+use helpers::scenario::Scenario;
 use helpers::{TestEnv, WAIT_LIMIT, wait_for};
 use regex::Regex;
 use serde_json::Value;
@@ -202,25 +202,19 @@ async fn members(env: &TestEnv) -> Vec<healthprobe::store::Member> {
 
 #[tokio::test]
 async fn status_surface_and_operator_commands_match_the_golden_files() {
-    let env = TestEnv::new().await;
-    set_aside_row(&env).await;
-    let fleet = Fleet::start().await;
-    env.add_running(
-        "g-healthy",
-        &fleet.set("g-healthy", Behavior::Healthy),
-        Some("c-1"),
-    )
-    .await;
-    env.add_running(
-        "g-sick",
-        &fleet.set("g-sick", Behavior::Status(503)),
-        Some("c-2"),
-    )
-    .await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    set_aside_row(env).await;
+    scenario
+        .game_in("g-healthy", "g-healthy", Some("c-1"), Behavior::Healthy)
+        .await;
+    scenario
+        .game_in("g-sick", "g-sick", Some("c-2"), Behavior::Status(503))
+        .await;
     env.add_running("g-unparsable", "not a url", None).await;
-    let seen = members(&env).await;
+    let seen = members(env).await;
 
-    let app = TestApp::deciding_on_one_probe(&env).await;
+    let app = scenario.app().deciding_on_one_probe().await;
     app.wait_first_tick().await;
     app.members.send_replace(Some(MembersView {
         replica_id: "replica-a".into(),
@@ -333,38 +327,34 @@ async fn status_surface_and_operator_commands_match_the_golden_files() {
     let collapse = Regex::new(" {2,}").unwrap();
     check(
         "cli_status.txt",
-        &collapse.replace_all(&normalise(&command(&env, &["status"]).await), "  "),
+        &collapse.replace_all(&normalise(&command(env, &["status"]).await), "  "),
     );
     check(
         "cli_status.json",
-        &pretty_json(&command(&env, &["status", "--json"]).await),
+        &pretty_json(&command(env, &["status", "--json"]).await),
     );
     check(
         "cli_status_filtered.txt",
         &collapse.replace_all(
             &normalise(
-                &command(
-                    &env,
-                    &["status", "--status", "failing", "--game-id", "g-s*"],
-                )
-                .await,
+                &command(env, &["status", "--status", "failing", "--game-id", "g-s*"]).await,
             ),
             "  ",
         ),
     );
     check(
         "cli_members.txt",
-        &normalise(&command(&env, &["status", "--members"]).await),
+        &normalise(&command(env, &["status", "--members"]).await),
     );
     check(
         "cli_members.json",
-        &pretty_json(&command(&env, &["status", "--members", "--json"]).await),
+        &pretty_json(&command(env, &["status", "--members", "--json"]).await),
     );
     check(
         "cli_outbox_list.txt",
-        &normalise(&command(&env, &["outbox", "list"]).await),
+        &normalise(&command(env, &["outbox", "list"]).await),
     );
-    let json_lines: String = command(&env, &["outbox", "list", "--json"])
+    let json_lines: String = command(env, &["outbox", "list", "--json"])
         .await
         .lines()
         .map(pretty_json)
@@ -372,6 +362,6 @@ async fn status_surface_and_operator_commands_match_the_golden_files() {
     check("cli_outbox_list.json", &json_lines);
     check(
         "cli_outbox_list_all.txt",
-        &normalise(&command(&env, &["outbox", "list", "--all"]).await),
+        &normalise(&command(env, &["outbox", "list", "--all"]).await),
     );
 }

@@ -4,8 +4,7 @@
 
 mod helpers;
 
-use helpers::TestEnv;
-use helpers::app::TestApp;
+use helpers::scenario::Scenario;
 use serde_json::Value;
 
 fn availability(body: &Value, game: &str) -> f64 {
@@ -16,9 +15,10 @@ fn availability(body: &Value, game: &str) -> f64 {
 
 #[tokio::test]
 async fn episodes_and_availability_come_from_the_event_log() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     // Not probed by a worker: only the log and the records matter here.
-    let app = TestApp::without_worker(&env).await;
+    let app = scenario.app().without_worker().await;
     for game in [
         "quiet",
         "past",
@@ -97,8 +97,9 @@ async fn episodes_and_availability_come_from_the_event_log() {
 
 #[tokio::test]
 async fn a_closed_episode_costs_its_share_of_the_window() {
-    let env = TestEnv::new().await;
-    let app = TestApp::without_worker(&env).await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    let app = scenario.app().without_worker().await;
     env.add_running("past", "http://127.0.0.1:9/", Some("c-1"))
         .await;
     env.log_published_event("past", "c-1", "probe_failed", 12.0)

@@ -7,9 +7,9 @@ mod helpers;
 
 use std::time::Duration;
 
-use helpers::app::{AppOptions, TestApp};
-use helpers::engines::{Behavior, Fleet};
-use helpers::{TestEnv, WAIT_LIMIT, wait_for};
+use helpers::engines::Behavior;
+use helpers::scenario::Scenario;
+use helpers::{WAIT_LIMIT, wait_for};
 
 /// Reads Server-Sent Events from an open response until one named `name` arrives; returns
 /// its data.
@@ -45,8 +45,8 @@ async fn next_event(response: &mut reqwest::Response, buffer: &mut String, name:
 
 #[tokio::test]
 async fn the_page_is_one_self_contained_html_file() {
-    let env = TestEnv::new().await;
-    let app = TestApp::start(&env, AppOptions::default()).await;
+    let scenario = Scenario::new().await;
+    let app = scenario.app().await;
     let page = app.get("/").await;
     assert_eq!(page.code, 200);
     assert_eq!(page.content_type, "text/html; charset=utf-8");
@@ -83,19 +83,16 @@ async fn the_page_is_one_self_contained_html_file() {
 
 #[tokio::test]
 async fn counts_and_events_are_the_read_models_of_the_page() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("a", &fleet.set("a", Behavior::Healthy), None)
+    let scenario = Scenario::new().await;
+    scenario.game("a", "a", Behavior::Healthy).await;
+    scenario
+        .game_in("b", "b", Some("c-b"), Behavior::Status(503))
         .await;
-    env.add_running("b", &fleet.set("b", Behavior::Status(503)), Some("c-b"))
-        .await;
-    env.add_running("c", &fleet.set("c", Behavior::Status(500)), None)
-        .await;
-    let app = TestApp::deciding_on_one_probe(&env).await;
+    scenario.game("c", "c", Behavior::Status(500)).await;
+    let app = scenario.app().deciding_on_one_probe().await;
     app.wait_first_tick().await;
     // One never probed: running, no snapshot yet.
-    env.add_running("d", &fleet.set("d", Behavior::Healthy), None)
-        .await;
+    scenario.game("d", "d", Behavior::Healthy).await;
     let counts = app.get("/games/counts").await;
     assert_eq!(counts.code, 200, "{}", counts.body);
     assert_eq!(
@@ -139,18 +136,10 @@ async fn counts_and_events_are_the_read_models_of_the_page() {
 
 #[tokio::test]
 async fn the_live_stream_says_hello_then_pushes_each_tick_and_ends_with_the_server() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("g", &fleet.set("g", Behavior::Healthy), None)
-        .await;
-    let mut app = TestApp::start(
-        &env,
-        AppOptions {
-            interval: Duration::from_millis(200),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let scenario = Scenario::new().await;
+    let fleet = &scenario.fleet;
+    scenario.game("g", "g", Behavior::Healthy).await;
+    let mut app = scenario.app().interval(Duration::from_millis(200)).await;
     let mut response = reqwest::get(format!("{}/live", app.base)).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(
@@ -169,7 +158,7 @@ async fn the_live_stream_says_hello_then_pushes_each_tick_and_ends_with_the_serv
     // An on-demand probe that records an event is pushed at once, between ticks.
     fleet.set("g", Behavior::Status(503));
     app.stop_worker().await;
-    let mut slow = TestApp::deciding_on_one_probe(&env).await;
+    let mut slow = scenario.app().deciding_on_one_probe().await;
     slow.wait_first_tick().await; // the first tick records probe_failed
     fleet.set("g", Behavior::Healthy);
     let mut stream = reqwest::get(format!("{}/live", slow.base)).await.unwrap();
@@ -200,13 +189,10 @@ async fn the_live_stream_says_hello_then_pushes_each_tick_and_ends_with_the_serv
 
 #[tokio::test]
 async fn metrics_serve_the_instruments_in_the_prometheus_text_format() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("up", &fleet.set("up", Behavior::Healthy), None)
-        .await;
-    env.add_running("down", &fleet.set("down", Behavior::Status(503)), None)
-        .await;
-    let app = TestApp::deciding_on_one_probe(&env).await;
+    let scenario = Scenario::new().await;
+    scenario.game("up", "up", Behavior::Healthy).await;
+    scenario.game("down", "down", Behavior::Status(503)).await;
+    let app = scenario.app().deciding_on_one_probe().await;
     app.wait_first_tick().await;
     let metrics = wait_for(
         "the first tick's probes at /metrics",
@@ -248,8 +234,8 @@ async fn metrics_serve_the_instruments_in_the_prometheus_text_format() {
 
 #[tokio::test]
 async fn live_streams_are_limited_and_a_closed_one_frees_its_place() {
-    let env = TestEnv::new().await;
-    let app = TestApp::start(&env, AppOptions::default()).await;
+    let scenario = Scenario::new().await;
+    let app = scenario.app().await;
     let limit = healthprobe::live::MAX_SUBSCRIBERS;
     let mut open = Vec::new();
     for _ in 0..limit {

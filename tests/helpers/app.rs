@@ -98,35 +98,8 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
-    /// The service's HTTP surface on `env` without a worker: nothing is probed, only what
-    /// the test writes is there.
-    pub async fn without_worker(env: &TestEnv) -> Self {
-        Self::start(
-            env,
-            AppOptions {
-                start_worker: false,
-                ..AppOptions::default()
-            },
-        )
-        .await
-    }
-
-    /// The service with its worker on `env`, where one probe decides (failure and recovery
-    /// thresholds 1): a game's first failed probe is its `probe_failed`.
-    pub async fn deciding_on_one_probe(env: &TestEnv) -> Self {
-        Self::start(
-            env,
-            AppOptions {
-                thresholds: Thresholds {
-                    failures: 1,
-                    recovery: 1,
-                },
-                ..AppOptions::default()
-            },
-        )
-        .await
-    }
-
+    /// The service on `env` with `options`; tests reach it through
+    /// [`Scenario::app`](super::scenario::Scenario::app), which names the options.
     pub async fn start(env: &TestEnv, options: AppOptions) -> Self {
         let store = if options.postgres_down {
             let url = format!("postgres://postgres@127.0.0.1:{}/nothing", closed_port());
