@@ -12,28 +12,22 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use healthprobe::sim::{Fleet as DemoFleet, FleetSpec};
-use helpers::app::{AppOptions, TestApp};
 use helpers::browser::{self, Browser};
-use helpers::engines::{Behavior, Fleet};
+use helpers::engines::Behavior;
 use helpers::process::WorkerProcess;
-use helpers::{TestEnv, WAIT_LIMIT, free_port, wait_for};
+use helpers::scenario::{Scenario, WorkerKnobs};
+use helpers::{WAIT_LIMIT, free_port, wait_for};
 use serde_json::{Value, json};
 
 /// A laptop screen and a phone (CSS pixels).
 const LAPTOP: (u32, u32) = (1366, 860);
 const PHONE: (u32, u32) = (390, 844);
 
-/// Starts `healthprobe run` with its status port on a known free port; returns the page URL
-/// once the server answers.
-async fn start_worker(
-    env: &TestEnv,
-    name: &str,
-    settings: &[(&str, &str)],
-) -> (WorkerProcess, String) {
+/// Starts `healthprobe run` with `knobs` and its status port on a known free port; returns
+/// the page URL once the server answers.
+async fn start_worker(knobs: WorkerKnobs<'_>) -> (WorkerProcess, String) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut all: Vec<(&str, &str)> = vec![("HEALTHPROBE_HTTP_ADDR", &addr)];
-    all.extend_from_slice(settings);
-    let worker = WorkerProcess::spawn(env, name, &all);
+    let worker = knobs.http_addr(&addr).spawn();
     let base = format!("http://{addr}");
     let client = reqwest::Client::new();
     wait_for("the worker's status port", WAIT_LIMIT, || async {
@@ -58,6 +52,45 @@ fn ids(state: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Waits for two more redraws of the page, then checks that the focus is still on the
+/// element whose focus key is `key`.
+async fn assert_focus_survives_redraws(browser: &Browser, key: &Value, what: &str) {
+    let refreshes = browser.page_state().await["refreshes"].as_u64().unwrap();
+    browser
+        .wait_until(
+            "two more redraws",
+            WAIT_LIMIT,
+            &format!(
+                "return Number(document.body.dataset.refreshes) >= {} ? true : null;",
+                refreshes + 2
+            ),
+        )
+        .await;
+    let focused = browser
+        .execute(
+            "return document.activeElement && document.activeElement.dataset.focusKey || null;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(&focused, key, "focus kept {what} across redraws");
+}
+
+/// Waits until `game`'s row says what its last "probe now" gave, starting with `prefix`;
+/// returns the whole text.
+async fn wait_probed(browser: &Browser, what: &str, game: &str, prefix: &str) -> Value {
+    let (probed, _) = browser
+        .wait_until(
+            what,
+            WAIT_LIMIT,
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r.probed && r.probed.startsWith('{prefix}') ? r.probed : null;",
+                row_state(game)
+            ),
+        )
+        .await;
+    probed
+}
+
 /// The script that waits for `game` to show `status` in the list.
 fn shows(game: &str, status: &str) -> String {
     format!(
@@ -71,24 +104,22 @@ async fn the_page_shows_every_game_follows_a_failure_and_recovery_live_and_filte
     if !browser::available("the fleet page test") {
         return;
     }
-    let env = TestEnv::new().await;
-    let engines = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let engines = &scenario.fleet;
     // 130 games: more than one page (100), so "every game" includes paging.
-    let games: Vec<String> = (0..130).map(|i| format!("game-{i:03}")).collect();
-    for game in &games {
-        env.add_running(game, &engines.set(game, Behavior::Healthy), None)
-            .await;
-    }
+    let games = scenario
+        .games(
+            130,
+            |i| {
+                let game = format!("game-{i:03}");
+                (game.clone(), game)
+            },
+            Behavior::Healthy,
+        )
+        .await;
     let interval = Duration::from_secs(2);
-    let (mut worker, page) = start_worker(
-        &env,
-        "page",
-        &[
-            ("RTMANAGER_PROBE_INTERVAL", "2s"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
-        ],
-    )
-    .await;
+    let (mut worker, page) =
+        start_worker(scenario.worker("page").interval(interval).failures(1)).await;
     let browser = Browser::start("page", LAPTOP.0, LAPTOP.1).await;
     browser.goto(&page).await;
     browser
@@ -239,7 +270,8 @@ async fn the_page_pages_through_ten_thousand_games_one_page_in_the_document_at_a
     if !browser::available("the 10,000-game page test") {
         return;
     }
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     // 10,000 running games with snapshots in every status; no worker ticks (nothing to
     // probe): the page reads what Postgres holds.
     sqlx::query(
@@ -262,14 +294,7 @@ async fn the_page_pages_through_ten_thousand_games_one_page_in_the_document_at_a
     .execute(env.pool())
     .await
     .unwrap();
-    let app = TestApp::start(
-        &env,
-        AppOptions {
-            start_worker: false,
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = scenario.app().without_worker().await;
     let browser = Browser::start("page-10k", LAPTOP.0, LAPTOP.1).await;
     let started = Instant::now();
     browser.goto(&format!("{}/", app.base)).await;
@@ -344,7 +369,7 @@ async fn a_screenshot_of_the_demo_fleet_on_a_laptop_and_a_phone() {
     if !browser::available("the screenshot test") {
         return;
     }
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
     let fleet = DemoFleet::start(
         FleetSpec {
             engines: 12,
@@ -363,15 +388,13 @@ async fn a_screenshot_of_the_demo_fleet_on_a_laptop_and_a_phone() {
         .iter()
         .map(|e| (e.name.clone(), e.endpoint.clone()))
         .collect();
-    env.store.register_running(&games).await.unwrap();
+    scenario.env.store.register_running(&games).await.unwrap();
     let (mut worker, page) = start_worker(
-        &env,
-        "screenshot",
-        &[
-            ("RTMANAGER_PROBE_INTERVAL", "2s"),
-            ("RTMANAGER_PROBE_TIMEOUT", "1s"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
-        ],
+        scenario
+            .worker("screenshot")
+            .interval(Duration::from_secs(2))
+            .probe_timeout(Duration::from_secs(1))
+            .failures(2),
     )
     .await;
     let browser = Browser::start("screenshot", LAPTOP.0, LAPTOP.1).await;
@@ -475,38 +498,27 @@ async fn the_page_shows_each_games_history_probes_on_demand_keeps_focus_and_slee
     if !browser::available("the fleet page history test") {
         return;
     }
-    let env = TestEnv::new().await;
-    let engines = Fleet::start().await;
-    env.add_running(
-        "broken",
-        &engines.set("broken", Behavior::Status(503)),
-        Some("c-broken"),
-    )
-    .await;
-    env.add_running(
-        "past",
-        &engines.set("past", Behavior::Healthy),
-        Some("c-past"),
-    )
-    .await;
-    env.add_running(
-        "steady",
-        &engines.set("steady", Behavior::Healthy),
-        Some("c-steady"),
-    )
-    .await;
+    let scenario = Scenario::new().await;
+    let (env, engines) = (&scenario.env, &scenario.fleet);
+    for (game, behavior) in [
+        ("broken", Behavior::Status(503)),
+        ("past", Behavior::Healthy),
+        ("steady", Behavior::Healthy),
+    ] {
+        scenario
+            .game_in(game, game, Some(&format!("c-{game}")), behavior)
+            .await;
+    }
     // An episode of "past" from 12 h to 6 h ago: 75 % available over the last 24 h.
     env.log_published_event("past", "c-past", "probe_failed", 12.0)
         .await;
     env.log_published_event("past", "c-past", "probe_recovered", 6.0)
         .await;
     let (mut worker, page) = start_worker(
-        &env,
-        "page-history",
-        &[
-            ("RTMANAGER_PROBE_INTERVAL", "1s"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
-        ],
+        scenario
+            .worker("page-history")
+            .interval(Duration::from_secs(1))
+            .failures(1),
     )
     .await;
     let browser = Browser::start("page-history", LAPTOP.0, LAPTOP.1).await;
@@ -575,37 +587,14 @@ async fn the_page_shows_each_games_history_probes_on_demand_keeps_focus_and_slee
             json!([]),
         )
         .await;
-    browser
-        .wait_until(
-            "the on-demand probe's answer in the row",
-            WAIT_LIMIT,
-            &format!(
-                "const r = (() => {{ {} }})(); return r && r.probed && r.probed.startsWith('failed: unexpected status 503') ? r.probed : null;",
-                row_state("broken")
-            ),
-        )
-        .await;
-    let refreshes = browser.page_state().await["refreshes"].as_u64().unwrap();
-    browser
-        .wait_until(
-            "two more redraws",
-            WAIT_LIMIT,
-            &format!(
-                "return Number(document.body.dataset.refreshes) >= {} ? true : null;",
-                refreshes + 2
-            ),
-        )
-        .await;
-    let focused = browser
-        .execute(
-            "return document.activeElement && document.activeElement.dataset.focusKey || null;",
-            json!([]),
-        )
-        .await;
-    assert_eq!(
-        focused, "probe:broken",
-        "focus kept on the probe button across redraws"
-    );
+    wait_probed(
+        &browser,
+        "the on-demand probe's answer in the row",
+        "broken",
+        "failed: unexpected status 503",
+    )
+    .await;
+    assert_focus_survives_redraws(&browser, &json!("probe:broken"), "on the probe button").await;
     // The same in the events list.
     let key = browser
         .execute(
@@ -613,24 +602,7 @@ async fn the_page_shows_each_games_history_probes_on_demand_keeps_focus_and_slee
             json!([]),
         )
         .await;
-    let refreshes = browser.page_state().await["refreshes"].as_u64().unwrap();
-    browser
-        .wait_until(
-            "two more redraws",
-            WAIT_LIMIT,
-            &format!(
-                "return Number(document.body.dataset.refreshes) >= {} ? true : null;",
-                refreshes + 2
-            ),
-        )
-        .await;
-    let focused = browser
-        .execute(
-            "return document.activeElement && document.activeElement.dataset.focusKey || null;",
-            json!([]),
-        )
-        .await;
-    assert_eq!(focused, key, "focus kept in the events list across redraws");
+    assert_focus_survives_redraws(&browser, &key, "in the events list").await;
 
     // Hidden: the push stream closes and nothing is fetched while ticks go on.
     browser
@@ -689,24 +661,20 @@ async fn probe_now_asks_for_the_token_and_disabled_games_have_their_tile() {
     if !browser::available("the fleet page token test") {
         return;
     }
-    let env = TestEnv::new().await;
-    let engines = Fleet::start().await;
-    env.add_running("fine", &engines.set("fine", Behavior::Healthy), None)
-        .await;
-    env.add_running("off", &engines.set("off", Behavior::Healthy), None)
-        .await;
+    let scenario = Scenario::new().await;
+    let (env, engines) = (&scenario.env, &scenario.fleet);
+    scenario.game("fine", "fine", Behavior::Healthy).await;
+    scenario.game("off", "off", Behavior::Healthy).await;
     sqlx::query("INSERT INTO health_probe_overrides (game_id, disabled) VALUES ('off', true)")
         .execute(env.pool())
         .await
         .unwrap();
     const TOKEN: &str = "page-test-token-7f3a";
     let (mut worker, page) = start_worker(
-        &env,
-        "page-token",
-        &[
-            ("RTMANAGER_PROBE_INTERVAL", "1s"),
-            ("HEALTHPROBE_HTTP_TOKEN", TOKEN),
-        ],
+        scenario
+            .worker("page-token")
+            .interval(Duration::from_secs(1))
+            .token(TOKEN),
     )
     .await;
     let browser = Browser::start("page-token", LAPTOP.0, LAPTOP.1).await;
@@ -743,16 +711,13 @@ async fn probe_now_asks_for_the_token_and_disabled_games_have_their_tile() {
             json!([]),
         )
         .await;
-    let (probed, _) = browser
-        .wait_until(
-            "the 401 in the row",
-            WAIT_LIMIT,
-            &format!(
-                "const r = (() => {{ {} }})(); return r && r.probed && r.probed.startsWith('not probed: HTTP 401') ? r.probed : null;",
-                row_state("fine")
-            ),
-        )
-        .await;
+    let probed = wait_probed(
+        &browser,
+        "the 401 in the row",
+        "fine",
+        "not probed: HTTP 401",
+    )
+    .await;
     assert_eq!(probed, "not probed: HTTP 401, the API token is needed");
     let form = browser.execute(token_form, json!([])).await;
     assert_eq!(form["shown"], true, "{form}");
@@ -784,16 +749,7 @@ async fn probe_now_asks_for_the_token_and_disabled_games_have_their_tile() {
     // The right token: the pending probe runs, and the token is kept for the tab.
     browser.type_text("#token", TOKEN).await;
     browser.click("#token-form button[type=submit]").await;
-    let (ran, _) = browser
-        .wait_until(
-            "the probe with the token",
-            WAIT_LIMIT,
-            &format!(
-                "const r = (() => {{ {} }})(); return r && r.probed && r.probed.startsWith('healthy') ? r.probed : null;",
-                row_state("fine")
-            ),
-        )
-        .await;
+    let ran = wait_probed(&browser, "the probe with the token", "fine", "healthy").await;
     assert!(ran.as_str().unwrap().starts_with("healthy · "), "{ran}");
     let form = browser.execute(token_form, json!([])).await;
     assert_eq!(
@@ -809,16 +765,7 @@ async fn probe_now_asks_for_the_token_and_disabled_games_have_their_tile() {
             json!([]),
         )
         .await;
-    let (why, _) = browser
-        .wait_until(
-            "the disabled game's answer",
-            WAIT_LIMIT,
-            &format!(
-                "const r = (() => {{ {} }})(); return r && r.probed && r.probed.startsWith('not probed:') ? r.probed : null;",
-                row_state("off")
-            ),
-        )
-        .await;
+    let why = wait_probed(&browser, "the disabled game's answer", "off", "not probed:").await;
     assert!(why.as_str().unwrap().contains("disabled"), "{why}");
     assert_eq!(engines.requests("off"), 0, "still never probed");
 
