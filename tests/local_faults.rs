@@ -12,8 +12,8 @@ use healthprobe::probe::Prober;
 use healthprobe::store::Store;
 use healthprobe::telemetry::Metrics;
 use healthprobe::worker::{Worker, WorkerSettings};
-use helpers::distinct::DistinctEngines;
-use helpers::process::WorkerProcess;
+use helpers::engines::Behavior;
+use helpers::scenario::Scenario;
 use helpers::{TestEnv, WAIT_LIMIT, wait_for};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,15 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 /// The default `ulimit -n` of a fresh machine.
 const DEFAULT_NOFILE: u64 = 1024;
-
-async fn register(env: &TestEnv, endpoints: &[String]) {
-    let games: Vec<(String, String)> = endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (format!("game-{i:05}"), e.clone()))
-        .collect();
-    env.store.register_running(&games).await.expect("register");
-}
 
 async fn count(env: &TestEnv, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql)
@@ -44,20 +35,17 @@ async fn count(env: &TestEnv, sql: &'static str) -> i64 {
 #[tokio::test]
 async fn fifteen_hundred_distinct_engines_under_ulimit_1024_never_fail() {
     const ENGINES: usize = 1500;
-    let env = TestEnv::new().await;
-    let engines = DistinctEngines::start(ENGINES).await;
-    register(&env, &engines.endpoints).await;
-    let mut worker = WorkerProcess::spawn_with_nofile(
-        &env,
-        "fleet-1500",
-        &[
-            ("RTMANAGER_PROBE_INTERVAL", "1s"),
-            ("RTMANAGER_PROBE_TIMEOUT", "2s"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
-            ("RTMANAGER_PROBE_MAX_CONCURRENCY", "32"),
-        ],
-        Some(DEFAULT_NOFILE),
-    );
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    let engines = scenario.distinct_games(ENGINES).await;
+    let mut worker = scenario
+        .worker("fleet-1500")
+        .interval(Duration::from_secs(1))
+        .probe_timeout(Duration::from_secs(2))
+        .failures(1)
+        .concurrency(32)
+        .nofile(DEFAULT_NOFILE)
+        .spawn();
     let started = Instant::now();
     let mut peak = (0, 0);
     // Four full ticks: every engine probed at least four times.
@@ -82,13 +70,13 @@ async fn fifteen_hundred_distinct_engines_under_ulimit_1024_never_fail() {
     );
     assert!(!log.contains("local_errors="), "no local fault: {log}");
     assert_eq!(
-        count(&env, "SELECT count(*) FROM health_events").await,
+        count(env, "SELECT count(*) FROM health_events").await,
         0,
         "no event for a healthy fleet"
     );
     assert_eq!(
         count(
-            &env,
+            env,
             "SELECT count(*) FROM health_snapshots WHERE status <> 'healthy'"
         )
         .await,
@@ -104,18 +92,15 @@ async fn fifteen_hundred_distinct_engines_under_ulimit_1024_never_fail() {
 #[tokio::test]
 async fn two_thousand_idle_status_connections_starve_nothing() {
     const IDLE: usize = 2000;
-    let env = TestEnv::new().await;
-    let engines = DistinctEngines::start(50).await;
-    register(&env, &engines.endpoints).await;
-    let mut worker = WorkerProcess::spawn_with_nofile(
-        &env,
-        "status-flood",
-        &[
-            ("RTMANAGER_PROBE_INTERVAL", "500ms"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
-        ],
-        Some(DEFAULT_NOFILE),
-    );
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    let engines = scenario.distinct_games(50).await;
+    let mut worker = scenario
+        .worker("status-flood")
+        .interval(Duration::from_millis(500))
+        .failures(1)
+        .nofile(DEFAULT_NOFILE)
+        .spawn();
     let addr = worker.status_addr().await;
     wait_for("a first probe of every engine", WAIT_LIMIT, || async {
         (engines.min_requests() >= 1).then_some(())
@@ -162,7 +147,7 @@ async fn two_thousand_idle_status_connections_starve_nothing() {
     .await;
     drop(idle);
     assert_eq!(
-        count(&env, "SELECT count(*) FROM health_events").await,
+        count(env, "SELECT count(*) FROM health_events").await,
         0,
         "no engine reported failed"
     );
@@ -268,19 +253,15 @@ fn postgres_addr(database_url: &str) -> std::net::SocketAddr {
 /// next tick fails fast instead of waiting again.
 #[tokio::test]
 async fn a_tick_stuck_on_a_hung_postgres_ends_with_an_error_within_the_bound() {
-    let env = TestEnv::new().await;
-    let fleet = helpers::engines::Fleet::start().await;
-    for i in 0..40 {
-        env.add_running(
-            &format!("game-{i:02}"),
-            &fleet.set(
-                &format!("e{i}"),
-                helpers::engines::Behavior::Delay(Duration::from_millis(50)),
-            ),
-            None,
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    scenario
+        .games(
+            40,
+            |i| (format!("game-{i:02}"), format!("e{i}")),
+            Behavior::Delay(Duration::from_millis(50)),
         )
         .await;
-    }
     let proxy = HangingProxy::start(postgres_addr(&env.database_url)).await;
     let store = Store::connect(&proxied_url(&env.database_url, proxy.addr))
         .await
@@ -351,25 +332,17 @@ async fn a_tick_stuck_on_a_hung_postgres_ends_with_an_error_within_the_bound() {
 /// SIGTERM while Postgres hangs: the process stops cleanly (exit 0) within 10 s.
 #[tokio::test]
 async fn sigterm_during_a_postgres_hang_exits_within_ten_seconds() {
-    let env = TestEnv::new().await;
-    let fleet = helpers::engines::Fleet::start().await;
-    env.add_running(
-        "game-1",
-        &fleet.set("e1", helpers::engines::Behavior::Status(503)),
-        None,
-    )
-    .await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    scenario.game("game-1", "e1", Behavior::Status(503)).await;
     let proxy = HangingProxy::start(postgres_addr(&env.database_url)).await;
-    let mut settings = env.process_env();
-    settings.retain(|(k, _)| k != "DATABASE_URL");
     let url = proxied_url(&env.database_url, proxy.addr);
-    let mut pairs: Vec<(&str, &str)> = vec![
-        ("DATABASE_URL", url.as_str()),
-        ("RTMANAGER_PROBE_INTERVAL", "300ms"),
-        ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
-    ];
-    pairs.extend(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let mut worker = WorkerProcess::spawn(&env, "pg-hang-sigterm", &pairs);
+    let mut worker = scenario
+        .worker("pg-hang-sigterm")
+        .database(&url)
+        .interval(Duration::from_millis(300))
+        .failures(2)
+        .spawn();
     wait_for("a tick recorded through the proxy", WAIT_LIMIT, || async {
         env.snapshot("game-1").await.map(drop)
     })

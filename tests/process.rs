@@ -5,18 +5,22 @@ mod helpers;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use healthprobe::hysteresis::Thresholds;
-use helpers::engines::{Behavior, Fleet};
-use helpers::process::{NatsServer, TailProcess, WorkerProcess, binary};
-use helpers::{AsyncApi, TestEnv, WAIT_LIMIT, create_database, wait_for};
+use helpers::engines::Behavior;
+use helpers::process::{NatsServer, TailProcess, binary};
+use helpers::scenario::{Scenario, WorkerKnobs};
+use helpers::{AsyncApi, WAIT_LIMIT, create_database, wait_for};
 use tokio_util::sync::CancellationToken;
 
-const FAST: &[(&str, &str)] = &[
-    ("RTMANAGER_PROBE_INTERVAL", "100ms"),
-    ("RTMANAGER_PROBE_TIMEOUT", "1s"),
-    ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
-    ("RTMANAGER_PROBE_MAX_CONCURRENCY", "4"),
-];
+/// The scenario's worker process on fast settings: interval 100 ms, timeout 1 s,
+/// threshold 2, four probes in flight at most.
+fn fast<'s>(scenario: &'s Scenario, name: &str) -> WorkerKnobs<'s> {
+    scenario
+        .worker(name)
+        .interval(Duration::from_millis(100))
+        .probe_timeout(Duration::from_secs(1))
+        .failures(2)
+        .concurrency(4)
+}
 
 async fn table_exists(database_url: &str, table: &str) -> bool {
     let pool = sqlx::PgPool::connect(database_url).await.unwrap();
@@ -104,24 +108,17 @@ async fn migrate_applies_once_and_again_is_a_no_op() {
 
 #[tokio::test]
 async fn after_sigkill_and_restart_recovery_is_emitted_and_nothing_is_re_emitted() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running(
-        "down",
-        &fleet.set("down", Behavior::Status(503)),
-        Some("c-down"),
-    )
-    .await;
-    env.add_running(
-        "stays-down",
-        &fleet.set("stays-down", Behavior::Status(500)),
-        None,
-    )
-    .await;
-    env.add_running("fine", &fleet.set("fine", Behavior::Healthy), None)
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    scenario
+        .game_in("down", "down", Some("c-down"), Behavior::Status(503))
         .await;
+    scenario
+        .game("stays-down", "stays-down", Behavior::Status(500))
+        .await;
+    scenario.game("fine", "fine", Behavior::Healthy).await;
 
-    let mut first = WorkerProcess::spawn(&env, "first", FAST);
+    let mut first = fast(&scenario, "first").spawn();
     let events = env.wait_stream_events(2).await;
     first.kill().await;
     let failed: HashSet<&str> = events
@@ -133,7 +130,7 @@ async fn after_sigkill_and_restart_recovery_is_emitted_and_nothing_is_re_emitted
 
     fleet.set("down", Behavior::Healthy);
     let requests_before = fleet.requests("stays-down");
-    let mut second = WorkerProcess::spawn(&env, "second", FAST);
+    let mut second = fast(&scenario, "second").spawn();
     let events = env.wait_stream_events(3).await;
     // Let the restarted worker tick a few more times over the still-failing game.
     wait_for("more ticks after the restart", WAIT_LIMIT, || async {
@@ -189,26 +186,19 @@ async fn after_sigkill_and_restart_recovery_is_emitted_and_nothing_is_re_emitted
 
 #[tokio::test]
 async fn sigterm_lets_the_probe_in_flight_finish_and_exits_zero_promptly() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running(
-        "slow",
-        &fleet.set("slow", Behavior::Delay(Duration::from_millis(1500))),
-        None,
-    )
-    .await;
-    env.add_running("sick", &fleet.set("sick", Behavior::Status(503)), None)
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    scenario
+        .game("slow", "slow", Behavior::Delay(Duration::from_millis(1500)))
         .await;
+    scenario.game("sick", "sick", Behavior::Status(503)).await;
     let timeout = Duration::from_secs(2);
-    let mut worker = WorkerProcess::spawn(
-        &env,
-        "sigterm",
-        &[
-            ("RTMANAGER_PROBE_TIMEOUT", "2s"),
-            ("RTMANAGER_PROBE_INTERVAL", "1s"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
-        ],
-    );
+    let mut worker = scenario
+        .worker("sigterm")
+        .probe_timeout(timeout)
+        .interval(Duration::from_secs(1))
+        .failures(1)
+        .spawn();
     wait_for(
         "the first probe to reach the engine",
         WAIT_LIMIT,
@@ -246,7 +236,8 @@ async fn sigterm_lets_the_probe_in_flight_finish_and_exits_zero_promptly() {
 
 #[tokio::test]
 async fn an_event_produced_while_nats_is_down_arrives_once_after_it_returns() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let mut nats = NatsServer::start(&env.id).await;
     let client = healthprobe::events::jetstream::connect(&nats.url(), false)
         .await
@@ -255,17 +246,13 @@ async fn an_event_produced_while_nats_is_down_arrives_once_after_it_returns() {
     let stop = CancellationToken::new();
     let relay = tokio::spawn(env.relay_on(client.clone()).run(stop.clone()));
 
-    let fleet = Fleet::start().await;
-    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
-        .await;
-    let mut worker = env.worker(
-        Thresholds {
-            failures: 1,
-            recovery: 1,
-        },
-        2,
-        Duration::from_secs(1),
-    );
+    scenario.game("g", "g", Behavior::Status(503)).await;
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(1, 1)
+        .concurrency(2)
+        .probe_timeout(Duration::from_secs(1))
+        .build();
 
     nats.crash();
     wait_for("the client to notice NATS is gone", WAIT_LIMIT, || async {
@@ -303,24 +290,21 @@ async fn an_event_produced_while_nats_is_down_arrives_once_after_it_returns() {
 
 #[tokio::test]
 async fn tail_prints_the_stream_as_json_lines_and_exits_cleanly_on_ctrl_c() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("a", &fleet.set("a", Behavior::Status(503)), None)
-        .await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    scenario.game("a", "a", Behavior::Status(503)).await;
     env.add_running("b", "nope", None).await;
-    let mut worker = env.worker(
-        Thresholds {
-            failures: 1,
-            recovery: 1,
-        },
-        2,
-        Duration::from_secs(1),
-    );
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(1, 1)
+        .concurrency(2)
+        .probe_timeout(Duration::from_secs(1))
+        .build();
     let report = worker.tick(&CancellationToken::new()).await.unwrap();
     assert_eq!(report.events.len(), 2);
     env.relay().drain_once().await.unwrap();
 
-    let mut tail = TailProcess::spawn(&env, &helpers::services().nats_url);
+    let mut tail = TailProcess::spawn(env, &helpers::services().nats_url);
     let mut envelopes = Vec::new();
     while envelopes.len() < 2 {
         envelopes.push(tail.next_envelope().await);
@@ -334,16 +318,13 @@ async fn tail_prints_the_stream_as_json_lines_and_exits_cleanly_on_ctrl_c() {
 
 #[tokio::test]
 async fn the_worker_starts_and_records_while_nats_is_down_and_publishes_when_it_comes() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
-        .await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    scenario.game("g", "g", Behavior::Status(503)).await;
     // Reserve a port with nothing behind it yet.
     let port = helpers::free_port();
     let nats_url = format!("nats://127.0.0.1:{port}");
-    let mut settings = FAST.to_vec();
-    settings.push(("NATS_URL", &nats_url));
-    let mut worker = WorkerProcess::spawn(&env, "nats-late", &settings);
+    let mut worker = fast(&scenario, "nats-late").nats(&nats_url).spawn();
 
     let logged = wait_for(
         "the event to be recorded without NATS",
@@ -388,26 +369,24 @@ async fn the_worker_starts_and_records_while_nats_is_down_and_publishes_when_it_
 
 #[tokio::test]
 async fn tail_follows_the_stream_across_a_nats_restart_without_repeats() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let mut nats = NatsServer::start(&format!("tail-{}", env.id)).await;
     let client = healthprobe::events::jetstream::connect(&nats.url(), true)
         .await
         .unwrap();
-    let fleet = Fleet::start().await;
-    env.add_running("a", &fleet.set("a", Behavior::Status(503)), None)
-        .await;
-    let mut worker = env.worker(
-        Thresholds {
-            failures: 1,
-            recovery: 1,
-        },
-        2,
-        Duration::from_secs(1),
-    );
+    let fleet = &scenario.fleet;
+    scenario.game("a", "a", Behavior::Status(503)).await;
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(1, 1)
+        .concurrency(2)
+        .probe_timeout(Duration::from_secs(1))
+        .build();
     worker.tick(&CancellationToken::new()).await.unwrap();
     env.relay_on(client.clone()).drain_once().await.unwrap();
 
-    let mut tail = TailProcess::spawn(&env, &nats.url());
+    let mut tail = TailProcess::spawn(env, &nats.url());
     assert_eq!(
         tail.next_envelope().await.event_type.as_str(),
         "probe_failed"

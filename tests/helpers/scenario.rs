@@ -1,5 +1,6 @@
 //! One test's world, named the way the test reads: an isolated database and stream
-//! ([`TestEnv`]), a fleet of engines ([`Fleet`]) whose games are running records, and a
+//! ([`TestEnv`]), a fleet of engines ([`Fleet`], or engines at distinct loopback addresses,
+//! [`Scenario::distinct_games`]) whose games are running records, and a
 //! running worker with the knobs the test names: in process ([`Scenario::app`], the real
 //! router and run loop) or as the real binary ([`Scenario::worker`]). Every knob has the
 //! default the tests share; a test names only what its story is about.
@@ -16,9 +17,12 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use healthprobe::hysteresis::Thresholds;
+use healthprobe::telemetry::Metrics;
+use healthprobe::worker::Worker;
 
 use super::TestEnv;
 use super::app::{AppOptions, TestApp};
+use super::distinct::DistinctEngines;
 use super::engines::{Behavior, Fleet};
 use super::process::WorkerProcess;
 
@@ -95,12 +99,46 @@ impl Scenario {
         ids
     }
 
+    /// `count` running games `game-NNNNN`, each on a healthy engine at a loopback address
+    /// of its own (127.0.X.Y), as a real fleet looks to the worker: no connection can be
+    /// shared between two engines. Returns the engines.
+    pub async fn distinct_games(&self, count: usize) -> DistinctEngines {
+        let engines = DistinctEngines::start(count).await;
+        let games: Vec<(String, String)> = engines
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, endpoint)| (format!("game-{i:05}"), endpoint.clone()))
+            .collect();
+        self.env
+            .store
+            .register_running(&games)
+            .await
+            .expect("register the games");
+        engines
+    }
+
     /// The service in process on this scenario's database and stream: the real router on
     /// a loopback port and the real run loop behind it. Awaiting the knobs starts it.
     pub fn app(&self) -> AppKnobs<'_> {
         AppKnobs {
             env: &self.env,
             options: AppOptions::default(),
+        }
+    }
+
+    /// A worker on this scenario's database with no loop around it, for tests of what one
+    /// tick does: the test calls `worker.tick(&stop)` itself. [`TickKnobs::build`] makes it.
+    pub fn tick_by_hand(&self) -> TickKnobs<'_> {
+        TickKnobs {
+            env: &self.env,
+            thresholds: Thresholds {
+                failures: 3,
+                recovery: 1,
+            },
+            concurrency: 8,
+            probe_timeout: Duration::from_secs(2),
+            metrics: Metrics::noop(),
         }
     }
 
@@ -172,6 +210,51 @@ impl<'s> IntoFuture for AppKnobs<'s> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(TestApp::start(self.env, self.options))
+    }
+}
+
+/// The knobs of a worker ticked by hand; defaults as the in-process service's: thresholds
+/// 3/1, probe timeout 2 s, and eight probes in flight at most, no metrics recorded.
+pub struct TickKnobs<'s> {
+    env: &'s TestEnv,
+    thresholds: Thresholds,
+    concurrency: usize,
+    probe_timeout: Duration,
+    metrics: Metrics,
+}
+
+impl TickKnobs<'_> {
+    /// Failures in a row that make a `probe_failed`, successes that make a
+    /// `probe_recovered`.
+    pub fn thresholds(mut self, failures: u32, recovery: u32) -> Self {
+        self.thresholds = Thresholds { failures, recovery };
+        self
+    }
+
+    /// Probes in flight at most.
+    pub fn concurrency(mut self, probes: usize) -> Self {
+        self.concurrency = probes;
+        self
+    }
+
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.probe_timeout = timeout;
+        self
+    }
+
+    /// Records into `metrics` (e.g. a reader the test inspects).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn build(self) -> Worker {
+        self.env.worker_with_metrics(
+            self.thresholds,
+            self.concurrency,
+            self.probe_timeout,
+            self.metrics,
+        )
     }
 }
 
