@@ -8,8 +8,8 @@ use std::process::Stdio;
 
 use healthprobe::config::NatsAuthArgs;
 use healthprobe::events::jetstream::{self, StreamTarget, ensure_stream};
-use helpers::engines::{Behavior, Fleet};
-use helpers::process::WorkerProcess;
+use helpers::engines::Behavior;
+use helpers::scenario::Scenario;
 use helpers::{TestEnv, WAIT_LIMIT, free_port, wait_for};
 
 /// A nats-server with JetStream and `extra` configuration (authorization, tls), on a
@@ -210,7 +210,8 @@ async fn tls_is_verified_against_nats_ca() {
 
 #[tokio::test]
 async fn the_worker_publishes_through_tls_and_a_password() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("nats-tls-worker-{}", env.id));
     std::fs::create_dir_all(&dir).unwrap();
@@ -222,23 +223,18 @@ async fn the_worker_publishes_through_tls_and_a_password() {
         ),
     )
     .await;
-    let fleet = Fleet::start().await;
-    env.add_running("down", &fleet.set("down", Behavior::Status(503)), None)
-        .await;
+    scenario.game("down", "down", Behavior::Status(503)).await;
     let ca_path = ca.to_string_lossy().into_owned();
     let url = server.url();
-    let mut worker = WorkerProcess::spawn(
-        &env,
-        "nats-tls",
-        &[
-            ("NATS_URL", url.as_str()),
-            ("NATS_CA", ca_path.as_str()),
-            ("NATS_USER", "hp"),
-            ("NATS_PASSWORD", "s3cret"),
-            ("RTMANAGER_PROBE_INTERVAL", "100ms"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
-        ],
-    );
+    let mut worker = scenario
+        .worker("nats-tls")
+        .nats(&url)
+        .setting("NATS_CA", &ca_path)
+        .setting("NATS_USER", "hp")
+        .setting("NATS_PASSWORD", "s3cret")
+        .interval(std::time::Duration::from_millis(100))
+        .failures(1)
+        .spawn();
     let client = jetstream::connect_with_wake(
         &url,
         &NatsAuthArgs {
@@ -252,7 +248,7 @@ async fn the_worker_publishes_through_tls_and_a_password() {
     .expect("the test connects as the worker does");
     let js = jetstream::context(client);
     let events = wait_for("the event on the secured server", WAIT_LIMIT, || async {
-        let events = env_stream(&env, &js).await;
+        let events = env_stream(env, &js).await;
         (!events.is_empty()).then_some(events)
     })
     .await;

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use healthprobe::events::retention::{RETENTION_BATCH, Retention};
 use healthprobe::store::{EDITED_MIGRATIONS, MIGRATOR, SchemaError, Store};
-use helpers::engines::{Behavior, Fleet};
-use helpers::process::{WorkerProcess, binary};
+use helpers::engines::Behavior;
+use helpers::process::binary;
+use helpers::scenario::Scenario;
 use helpers::{TestEnv, WAIT_LIMIT, create_database, services, wait_for};
 use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
@@ -283,7 +284,8 @@ async fn drop_role(url: &str, role: &str) {
 
 #[tokio::test]
 async fn the_worker_runs_under_a_role_with_exactly_the_documented_grants() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let (role, worker_url) = restricted_role(&env.database_url).await;
     // The role really is restricted: it can neither create a table nor write the runtime
     // manager's.
@@ -298,17 +300,11 @@ async fn the_worker_runs_under_a_role_with_exactly_the_documented_grants() {
     }
     as_role.close().await.ok();
 
-    let fleet = Fleet::start().await;
-    env.add_running(
-        "sick",
-        &fleet.set("sick", Behavior::Status(503)),
-        Some("c1"),
-    )
-    .await;
-    env.add_running("fine", &fleet.set("fine", Behavior::Healthy), None)
+    scenario
+        .game_in("sick", "sick", Some("c1"), Behavior::Status(503))
         .await;
-    env.add_running("off", &fleet.set("off", Behavior::Status(503)), None)
-        .await;
+    scenario.game("fine", "fine", Behavior::Healthy).await;
+    scenario.game("off", "off", Behavior::Status(503)).await;
     sqlx::query("INSERT INTO health_probe_overrides (game_id, disabled) VALUES ('off', true)")
         .execute(env.pool())
         .await
@@ -344,17 +340,14 @@ async fn the_worker_runs_under_a_role_with_exactly_the_documented_grants() {
         .unwrap();
     }
 
-    let mut worker = WorkerProcess::spawn(
-        &env,
-        "restricted",
-        &[
-            ("DATABASE_URL", worker_url.as_str()),
-            ("HEALTHPROBE_NO_MIGRATE", "true"),
-            ("RTMANAGER_PROBE_INTERVAL", "100ms"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "2"),
-            ("HEALTHPROBE_EVENT_RETENTION", "30days"),
-        ],
-    );
+    let mut worker = scenario
+        .worker("restricted")
+        .database(&worker_url)
+        .setting("HEALTHPROBE_NO_MIGRATE", "true")
+        .interval(Duration::from_millis(100))
+        .failures(2)
+        .setting("HEALTHPROBE_EVENT_RETENTION", "30days")
+        .spawn();
     let events = env.wait_stream_events(1).await;
     assert_eq!(events[0].event_type(), "probe_failed");
     assert_eq!(events[0].game_id(), "sick");
@@ -401,8 +394,12 @@ async fn the_worker_runs_under_a_role_with_exactly_the_documented_grants() {
     };
     assert_eq!(status_of("off").as_deref(), Some("disabled"), "{games}");
     assert_eq!(status_of("sick").as_deref(), Some("failing"), "{games}");
-    assert_eq!(fleet.requests("off"), 0, "a disabled game is never probed");
-    assert!(fleet.requests("fine") > 0);
+    assert_eq!(
+        scenario.fleet.requests("off"),
+        0,
+        "a disabled game is never probed"
+    );
+    assert!(scenario.fleet.requests("fine") > 0);
     // Steady ticks record the healthy game's probe times in the replica's mark row.
     wait_for(
         "the probe marks written under the role",

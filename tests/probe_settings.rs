@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use healthprobe::hysteresis::Thresholds;
-use helpers::process::WorkerProcess;
+use helpers::scenario::Scenario;
 use helpers::{TestEnv, WAIT_LIMIT, wait_for};
 use tokio_util::sync::CancellationToken;
 
@@ -212,11 +212,12 @@ async fn overrides_apply_per_game_from_the_next_tick() {
 
 #[tokio::test]
 async fn a_disabled_game_is_listed_as_disabled_and_refuses_probes_on_demand() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let (engines, addr) = Engines::start().await;
     env.add_running("off", &format!("http://{addr}/e/off"), None)
         .await;
-    set_override(&env, "off", "disabled", "true").await;
+    set_override(env, "off", "disabled", "true").await;
     // Disabled while failing: it is no longer a failing game for anyone (an alert counts
     // `healthprobe_games{status="failing"}`).
     sqlx::query(
@@ -230,9 +231,11 @@ async fn a_disabled_game_is_listed_as_disabled_and_refuses_probes_on_demand() {
     .unwrap();
     env.add_running("odd", &format!("http://{addr}/e/odd"), None)
         .await;
-    set_override(&env, "odd", "initial_delay", "'-5 seconds'").await;
-    let mut worker =
-        WorkerProcess::spawn(&env, "disabled", &[("RTMANAGER_PROBE_INTERVAL", "100ms")]);
+    set_override(env, "odd", "initial_delay", "'-5 seconds'").await;
+    let mut worker = scenario
+        .worker("disabled")
+        .interval(Duration::from_millis(100))
+        .spawn();
     let status_addr = worker.status_addr().await;
     let client = reqwest::Client::new();
     let games: serde_json::Value = serde_json::from_slice(
@@ -337,7 +340,8 @@ async fn a_disabled_game_is_listed_as_disabled_and_refuses_probes_on_demand() {
 
 #[tokio::test]
 async fn global_probe_settings_come_from_the_environment() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let (engines, addr) = Engines::start().await;
     env.add_running("tokened", &format!("http://{addr}/e/tokened"), None)
         .await;
@@ -349,20 +353,17 @@ async fn global_probe_settings_come_from_the_environment() {
         .execute(env.pool())
         .await
         .unwrap();
-    let mut worker = WorkerProcess::spawn(
-        &env,
-        "global-settings",
-        &[
-            ("RTMANAGER_PROBE_INTERVAL", "100ms"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
-            ("RTMANAGER_PROBE_PATH", "/token"),
-            ("HEALTHPROBE_PROBE_EXPECT", "200-204"),
-            ("HEALTHPROBE_PROBE_HEADERS", "X-Token=abc"),
-            ("RTMANAGER_PROBE_INITIAL_DELAY", "1h"),
-        ],
-    );
+    let mut worker = scenario
+        .worker("global-settings")
+        .interval(Duration::from_millis(100))
+        .failures(1)
+        .setting("RTMANAGER_PROBE_PATH", "/token")
+        .setting("HEALTHPROBE_PROBE_EXPECT", "200-204")
+        .setting("HEALTHPROBE_PROBE_HEADERS", "X-Token=abc")
+        .setting("RTMANAGER_PROBE_INITIAL_DELAY", "1h")
+        .spawn();
     wait_for("the tokened engine probed healthy", WAIT_LIMIT, || async {
-        (status_of(&env, "tokened").await.as_deref() == Some("healthy")).then_some(())
+        (status_of(env, "tokened").await.as_deref() == Some("healthy")).then_some(())
     })
     .await;
     // Several ticks later the fresh one is still untouched.
@@ -426,20 +427,18 @@ async fn bad_probe_settings_stop_start_up_naming_the_variable() {
 
 #[tokio::test]
 async fn the_http_token_guards_probes_and_leaves_reads_open() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let (_engines, addr) = Engines::start().await;
     env.add_running("g", &format!("http://{addr}/e/g"), None)
         .await;
     let token = "s3cret-token-0123456789";
-    let mut worker = WorkerProcess::spawn(
-        &env,
-        "http-token",
-        &[
-            ("HEALTHPROBE_HTTP_TOKEN", token),
-            ("RTMANAGER_PROBE_PATH", "/ready"),
-            ("HEALTHPROBE_PROBE_EXPECT", "204"),
-        ],
-    );
+    let mut worker = scenario
+        .worker("http-token")
+        .token(token)
+        .setting("RTMANAGER_PROBE_PATH", "/ready")
+        .setting("HEALTHPROBE_PROBE_EXPECT", "204")
+        .spawn();
     let status_addr = worker.status_addr().await;
     let client = reqwest::Client::new();
     let probe = format!("http://{status_addr}/games/g/probe");

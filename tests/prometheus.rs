@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use helpers::engines::{Behavior, Fleet};
-use helpers::process::{WorkerProcess, log_path};
-use helpers::{TestEnv, WAIT_LIMIT, free_port, wait_for};
+use helpers::engines::Behavior;
+use helpers::process::log_path;
+use helpers::scenario::Scenario;
+use helpers::{WAIT_LIMIT, free_port, wait_for};
 use serde_json::Value;
 
 /// Prometheus starts in a few seconds here; its first scrape follows one scrape interval.
@@ -87,24 +88,22 @@ async fn a_prometheus_server_scrapes_the_probe_counters_from_metrics() {
              when run as root), or set HEALTHPROBE_SKIP_PROMETHEUS=1 to skip it"
         );
     };
-    let env = TestEnv::new().await;
-    let engines = Fleet::start().await;
-    env.add_running("ok-1", &engines.set("ok-1", Behavior::Healthy), None)
-        .await;
-    env.add_running("ok-2", &engines.set("ok-2", Behavior::Healthy), None)
-        .await;
-    env.add_running("down", &engines.set("down", Behavior::Status(503)), None)
-        .await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    for (game, behavior) in [
+        ("ok-1", Behavior::Healthy),
+        ("ok-2", Behavior::Healthy),
+        ("down", Behavior::Status(503)),
+    ] {
+        scenario.game(game, game, behavior).await;
+    }
     let worker_addr = format!("127.0.0.1:{}", free_port());
-    let mut worker = WorkerProcess::spawn(
-        &env,
-        "prometheus",
-        &[
-            ("HEALTHPROBE_HTTP_ADDR", &worker_addr),
-            ("RTMANAGER_PROBE_INTERVAL", "200ms"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
-        ],
-    );
+    let mut worker = scenario
+        .worker("prometheus")
+        .http_addr(&worker_addr)
+        .interval(Duration::from_millis(200))
+        .failures(1)
+        .spawn();
     let client = reqwest::Client::new();
     // The worker's own answer first, so a failure below is Prometheus's side.
     let text = wait_for("probe counters at /metrics", WAIT_LIMIT, || async {

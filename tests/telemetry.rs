@@ -10,9 +10,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::routing::post;
-use helpers::engines::{Behavior, Fleet};
-use helpers::process::WorkerProcess;
-use helpers::{TestEnv, WAIT_LIMIT, wait_for};
+use helpers::engines::Behavior;
+use helpers::scenario::Scenario;
+use helpers::{WAIT_LIMIT, wait_for};
 
 type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
@@ -44,24 +44,19 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 #[tokio::test]
 async fn metrics_and_traces_are_flushed_over_otlp_at_shutdown_when_an_endpoint_is_set() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
-        .await;
+    let scenario = Scenario::new().await;
+    scenario.game("g", "g", Behavior::Status(503)).await;
     let (endpoint, received) = collector().await;
-    let mut worker = WorkerProcess::spawn(
-        &env,
-        "otlp",
-        &[
-            ("RTMANAGER_PROBE_INTERVAL", "100ms"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            // Far beyond the test's length: only the flush at shutdown can deliver.
-            ("OTEL_METRIC_EXPORT_INTERVAL", "600000"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
-        ],
-    );
-    env.wait_stream_events(1).await;
+    let mut worker = scenario
+        .worker("otlp")
+        .interval(Duration::from_millis(100))
+        .failures(1)
+        .setting("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        // Far beyond the test's length: only the flush at shutdown can deliver.
+        .setting("OTEL_METRIC_EXPORT_INTERVAL", "600000")
+        .setting("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .spawn();
+    scenario.env.wait_stream_events(1).await;
     assert!(
         received.lock().unwrap().is_empty(),
         "nothing exported before shutdown"
@@ -120,22 +115,22 @@ async fn metrics_and_traces_are_flushed_over_otlp_at_shutdown_when_an_endpoint_i
 
 #[tokio::test]
 async fn without_an_endpoint_nothing_is_exported_and_nothing_complains() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
-        .await;
+    let scenario = Scenario::new().await;
+    let fleet = &scenario.fleet;
+    scenario.game("g", "g", Behavior::Status(503)).await;
     for (name, extra) in [("no-endpoint", None), ("disabled", Some("true"))] {
         let (endpoint, received) = collector().await;
-        let mut settings = vec![
-            ("RTMANAGER_PROBE_INTERVAL", "100ms"),
-            ("RTMANAGER_PROBE_FAILURES_THRESHOLD", "1"),
-        ];
+        let mut knobs = scenario
+            .worker(name)
+            .interval(Duration::from_millis(100))
+            .failures(1);
         if let Some(value) = extra {
             // Disabled wins even over a configured endpoint.
-            settings.push(("OTEL_SDK_DISABLED", value));
-            settings.push(("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint));
+            knobs = knobs
+                .setting("OTEL_SDK_DISABLED", value)
+                .setting("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
         }
-        let mut worker = WorkerProcess::spawn(&env, name, &settings);
+        let mut worker = knobs.spawn();
         let before = fleet.requests("g");
         wait_for("a few ticks", WAIT_LIMIT, || async {
             (fleet.requests("g") >= before + 3).then_some(())
