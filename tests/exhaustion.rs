@@ -5,10 +5,9 @@ mod helpers;
 
 use std::time::Duration;
 
-use healthprobe::hysteresis::Thresholds;
-use helpers::TestEnv;
-use helpers::engines::{Behavior, Fleet};
+use helpers::engines::Behavior;
 use helpers::metrics::TestMetrics;
+use helpers::scenario::Scenario;
 use tokio_util::sync::CancellationToken;
 
 /// Opens `/dev/null` until the process is out of descriptors (at most `limit` times); the
@@ -27,23 +26,19 @@ fn exhaust_descriptors(limit: usize) -> Vec<std::fs::File> {
 
 #[tokio::test]
 async fn a_worker_out_of_descriptors_judges_no_engine_and_emits_nothing() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("sick", &fleet.set("sick", Behavior::Status(503)), None)
-        .await;
-    env.add_running("fine", &fleet.set("fine", Behavior::Healthy), None)
-        .await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    scenario.game("sick", "sick", Behavior::Status(503)).await;
+    scenario.game("fine", "fine", Behavior::Healthy).await;
     let metrics = TestMetrics::new();
     // Threshold 1: any probe counted as a failure would emit at once.
-    let mut worker = env.worker_with_metrics(
-        Thresholds {
-            failures: 1,
-            recovery: 1,
-        },
-        4,
-        Duration::from_secs(2),
-        metrics.metrics(),
-    );
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(1, 1)
+        .concurrency(4)
+        .probe_timeout(Duration::from_secs(2))
+        .metrics(metrics.metrics())
+        .build();
     let stop = CancellationToken::new();
     // Keep the soft limit small so filling the table is quick; the pool's connection to
     // Postgres is already open and is reused by the tick.

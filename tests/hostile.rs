@@ -5,10 +5,9 @@ mod helpers;
 
 use std::time::{Duration, Instant};
 
-use healthprobe::hysteresis::Thresholds;
-use helpers::TestEnv;
-use helpers::engines::{Behavior, Fleet};
+use helpers::engines::Behavior;
 use helpers::hostile::{HostileEngine, Hostility};
+use helpers::scenario::Scenario;
 use tokio_util::sync::CancellationToken;
 
 fn rss_bytes() -> u64 {
@@ -20,8 +19,8 @@ fn rss_bytes() -> u64 {
 
 #[tokio::test]
 async fn each_hostile_engine_and_bad_record_is_classified() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     let mut engines = Vec::new();
     for hostility in Hostility::ALL {
         engines.push(HostileEngine::start(hostility).await);
@@ -90,14 +89,12 @@ async fn each_hostile_engine_and_bad_record_is_classified() {
     }
 
     let timeout = Duration::from_millis(500);
-    let mut worker = env.worker(
-        Thresholds {
-            failures: 1,
-            recovery: 1,
-        },
-        4,
-        timeout,
-    );
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(1, 1)
+        .concurrency(4)
+        .probe_timeout(timeout)
+        .build();
     let started = Instant::now();
     let report = worker.tick(&CancellationToken::new()).await.unwrap();
     let elapsed = started.elapsed();
@@ -149,8 +146,8 @@ async fn each_hostile_engine_and_bad_record_is_classified() {
 
 #[tokio::test]
 async fn a_thousand_hostile_engines_do_not_stall_the_healthy_ones() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     let mut engines = Vec::new();
     for hostility in Hostility::ALL {
         engines.push(HostileEngine::start(hostility).await);
@@ -176,14 +173,12 @@ async fn a_thousand_hostile_engines_do_not_stall_the_healthy_ones() {
 
     let timeout = Duration::from_millis(500);
     let concurrency = 64;
-    let mut worker = env.worker(
-        Thresholds {
-            failures: 3,
-            recovery: 1,
-        },
-        concurrency,
-        timeout,
-    );
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(3, 1)
+        .concurrency(concurrency)
+        .probe_timeout(timeout)
+        .build();
     let mut rss_after_first = 0;
     let bound = timeout * (rows.len().div_ceil(concurrency) as u32) + Duration::from_secs(3);
     for tick in 1..=3 {

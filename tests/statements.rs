@@ -8,10 +8,9 @@ mod helpers;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use healthprobe::hysteresis::Thresholds;
 use healthprobe::store::GamesQuery;
-use helpers::TestEnv;
-use helpers::engines::{Behavior, Fleet};
+use helpers::engines::Behavior;
+use helpers::scenario::Scenario;
 use tokio_util::sync::CancellationToken;
 
 /// More games than the probe concurrency, so the tick runs many rounds of probes.
@@ -49,12 +48,12 @@ async fn statement_calls(pool: &sqlx::PgPool) -> (HashMap<String, i64>, i64) {
 
 #[tokio::test]
 async fn a_steady_tick_runs_two_statements() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .execute(env.pool())
         .await
         .expect("pg_stat_statements: the test Postgres must load it (shared_preload_libraries=pg_stat_statements, as scripts/services.sh starts it)");
-    let fleet = Fleet::start().await;
     let games: Vec<(String, String)> = (0..GAMES)
         .map(|i| {
             let id = format!("game-{i:04}");
@@ -66,14 +65,12 @@ async fn a_steady_tick_runs_two_statements() {
         .register_running(&games)
         .await
         .expect("register the fleet");
-    let mut worker = env.worker(
-        Thresholds {
-            failures: 3,
-            recovery: 2,
-        },
-        CONCURRENCY,
-        Duration::from_secs(2),
-    );
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(3, 2)
+        .concurrency(CONCURRENCY)
+        .probe_timeout(Duration::from_secs(2))
+        .build();
     let stop = CancellationToken::new();
 
     // The first tick writes every game's row; the second finds them as it left them.

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use healthprobe::envelope::{Details, FailedDetails, RecoveredDetails};
 use healthprobe::hysteresis::{GameHealth, Thresholds};
-use helpers::engines::{Behavior, Fleet};
-use helpers::{AsyncApi, TestEnv};
+use helpers::AsyncApi;
+use helpers::engines::Behavior;
+use helpers::scenario::Scenario;
 use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -18,14 +19,18 @@ fn thresholds(failures: u32, recovery: u32) -> Thresholds {
 
 #[tokio::test]
 async fn threshold_reached_emits_exactly_one_probe_failed() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     let endpoint = fleet.set("sick", Behavior::Status(503));
     env.add_running("game-sick", &endpoint, Some("c-sick"))
         .await;
-    env.add_running("game-fine", &fleet.set("fine", Behavior::Healthy), None)
-        .await;
-    let mut worker = env.worker(thresholds(3, 1), 4, TIMEOUT);
+    scenario.game("game-fine", "fine", Behavior::Healthy).await;
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(3, 1)
+        .concurrency(4)
+        .probe_timeout(TIMEOUT)
+        .build();
     let stop = CancellationToken::new();
 
     for tick in 1..=2 {
@@ -98,11 +103,16 @@ async fn threshold_reached_emits_exactly_one_probe_failed() {
 
 #[tokio::test]
 async fn recovery_emits_probe_recovered_with_the_episode_failure_count() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     let endpoint = fleet.set("flaky", Behavior::Status(500));
     env.add_running("game-flaky", &endpoint, Some("c1")).await;
-    let mut worker = env.worker(thresholds(2, 1), 4, TIMEOUT);
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(2, 1)
+        .concurrency(4)
+        .probe_timeout(TIMEOUT)
+        .build();
     let stop = CancellationToken::new();
 
     let mut events = Vec::new();
@@ -146,11 +156,15 @@ async fn recovery_emits_probe_recovered_with_the_episode_failure_count() {
 
 #[tokio::test]
 async fn recovery_threshold_above_one_waits_for_consecutive_successes() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
-        .await;
-    let mut worker = env.worker(thresholds(1, 2), 2, TIMEOUT);
+    let scenario = Scenario::new().await;
+    let fleet = &scenario.fleet;
+    scenario.game("g", "g", Behavior::Status(503)).await;
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(1, 2)
+        .concurrency(2)
+        .probe_timeout(TIMEOUT)
+        .build();
     let stop = CancellationToken::new();
     assert_eq!(worker.tick(&stop).await.unwrap().events.len(), 1);
     fleet.set("g", Behavior::Healthy);
@@ -174,11 +188,15 @@ async fn recovery_threshold_above_one_waits_for_consecutive_successes() {
 
 #[tokio::test]
 async fn a_game_stopped_and_restarted_starts_with_a_clean_counter() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
-        .await;
-    let mut worker = env.worker(thresholds(3, 1), 2, TIMEOUT);
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    scenario.game("g", "g", Behavior::Status(503)).await;
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(3, 1)
+        .concurrency(2)
+        .probe_timeout(TIMEOUT)
+        .build();
     let stop = CancellationToken::new();
     worker.tick(&stop).await.unwrap();
     worker.tick(&stop).await.unwrap();
@@ -208,8 +226,8 @@ async fn a_game_stopped_and_restarted_starts_with_a_clean_counter() {
 
 #[tokio::test]
 async fn probes_in_flight_never_exceed_max_concurrency() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     for i in 0..24 {
         let id = format!("slow-{i:02}");
         env.add_running(
@@ -219,7 +237,12 @@ async fn probes_in_flight_never_exceed_max_concurrency() {
         )
         .await;
     }
-    let mut worker = env.worker(thresholds(3, 1), 4, TIMEOUT);
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(3, 1)
+        .concurrency(4)
+        .probe_timeout(TIMEOUT)
+        .build();
     let report = worker.tick(&CancellationToken::new()).await.unwrap();
     assert_eq!((report.probes, report.healthy), (24, 24));
     let max = fleet.max_in_flight();
@@ -232,21 +255,23 @@ async fn probes_in_flight_never_exceed_max_concurrency() {
 
 #[tokio::test]
 async fn a_slow_engine_times_out_without_holding_up_the_others() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running(
-        "slow",
-        &fleet.set("slow", Behavior::Delay(Duration::from_secs(30))),
-        None,
-    )
-    .await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    scenario
+        .game("slow", "slow", Behavior::Delay(Duration::from_secs(30)))
+        .await;
     for i in 0..8 {
         let id = format!("ok-{i}");
         env.add_running(&id, &fleet.set(&id, Behavior::Healthy), None)
             .await;
     }
     let timeout = Duration::from_millis(300);
-    let mut worker = env.worker(thresholds(3, 1), 2, timeout);
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(3, 1)
+        .concurrency(2)
+        .probe_timeout(timeout)
+        .build();
     let started = Instant::now();
     let report = worker.tick(&CancellationToken::new()).await.unwrap();
     let elapsed = started.elapsed();
@@ -265,21 +290,23 @@ async fn a_slow_engine_times_out_without_holding_up_the_others() {
 
 #[tokio::test]
 async fn failures_are_classified_with_the_right_last_status() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("s503", &fleet.set("s503", Behavior::Status(503)), None)
-        .await;
-    env.add_running("s302", &fleet.set("s302", Behavior::Redirect), None)
-        .await;
-    env.add_running("s404", &fleet.set("s404", Behavior::Status(404)), None)
-        .await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    scenario.game("s503", "s503", Behavior::Status(503)).await;
+    scenario.game("s302", "s302", Behavior::Redirect).await;
+    scenario.game("s404", "s404", Behavior::Status(404)).await;
     env.add_running("bad-url", "this is not a url", None).await;
     env.add_running("ftp", "ftp://127.0.0.1/engine", None).await;
     // A port nothing listens on: bind, note the port, close.
     let closed = std::net::SocketAddr::from(([127, 0, 0, 1], helpers::free_port()));
     env.add_running("closed", &format!("http://{closed}"), None)
         .await;
-    let mut worker = env.worker(thresholds(1, 1), 4, TIMEOUT);
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(1, 1)
+        .concurrency(4)
+        .probe_timeout(TIMEOUT)
+        .build();
     let report = worker.tick(&CancellationToken::new()).await.unwrap();
     assert_eq!((report.failed, report.events.len()), (6, 6));
 
@@ -315,15 +342,17 @@ async fn failures_are_classified_with_the_right_last_status() {
 /// the body to the end would keep one connection alive for all three).
 #[tokio::test]
 async fn a_huge_healthy_body_is_healthy_and_read_only_to_the_cap() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running(
-        "big",
-        &fleet.set("big", Behavior::Body(8 * 1024 * 1024)),
-        None,
-    )
-    .await;
-    let mut worker = env.worker(thresholds(1, 1), 1, TIMEOUT);
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    scenario
+        .game("big", "big", Behavior::Body(8 * 1024 * 1024))
+        .await;
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(1, 1)
+        .concurrency(1)
+        .probe_timeout(TIMEOUT)
+        .build();
     for _ in 0..3 {
         let report = worker.tick(&CancellationToken::new()).await.unwrap();
         assert_eq!((report.healthy, report.failed), (1, 0));
@@ -339,14 +368,19 @@ async fn a_huge_healthy_body_is_healthy_and_read_only_to_the_cap() {
 
 #[tokio::test]
 async fn connections_are_reused_and_the_user_agent_is_sent() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     for i in 0..3 {
         let id = format!("e{i}");
         env.add_running(&id, &fleet.set(&id, Behavior::Healthy), None)
             .await;
     }
-    let mut worker = env.worker(thresholds(3, 1), 1, TIMEOUT);
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(3, 1)
+        .concurrency(1)
+        .probe_timeout(TIMEOUT)
+        .build();
     for _ in 0..5 {
         worker.tick(&CancellationToken::new()).await.unwrap();
     }
@@ -374,14 +408,19 @@ async fn games_sharing_one_address_keep_a_connection_per_probe_in_flight() {
     const GAMES: usize = 48;
     const CONCURRENCY: usize = 8;
     const TICKS: usize = 4;
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     for i in 0..GAMES {
         let id = format!("shared-{i:02}");
         env.add_running(&id, &fleet.set(&id, Behavior::Healthy), None)
             .await;
     }
-    let mut worker = env.worker(thresholds(3, 1), CONCURRENCY, TIMEOUT);
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(3, 1)
+        .concurrency(CONCURRENCY)
+        .probe_timeout(TIMEOUT)
+        .build();
     for _ in 0..TICKS {
         let report = worker.tick(&CancellationToken::new()).await.unwrap();
         assert_eq!(report.healthy, GAMES);
@@ -400,24 +439,30 @@ async fn games_sharing_one_address_keep_a_connection_per_probe_in_flight() {
 
 #[tokio::test]
 async fn a_restart_resumes_from_snapshots_without_re_emitting() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("down", &fleet.set("down", Behavior::Status(503)), None)
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    scenario.game("down", "down", Behavior::Status(503)).await;
+    scenario
+        .game("still-down", "still-down", Behavior::Status(503))
         .await;
-    env.add_running(
-        "still-down",
-        &fleet.set("still-down", Behavior::Status(503)),
-        None,
-    )
-    .await;
     let stop = CancellationToken::new();
     {
-        let mut worker = env.worker(thresholds(2, 1), 2, TIMEOUT);
+        let mut worker = scenario
+            .tick_by_hand()
+            .thresholds(2, 1)
+            .concurrency(2)
+            .probe_timeout(TIMEOUT)
+            .build();
         worker.tick(&stop).await.unwrap();
         assert_eq!(worker.tick(&stop).await.unwrap().events.len(), 2);
     }
     // A new worker, as after a restart.
-    let mut worker = env.worker(thresholds(2, 1), 2, TIMEOUT);
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(2, 1)
+        .concurrency(2)
+        .probe_timeout(TIMEOUT)
+        .build();
     assert_eq!(worker.restore().await.unwrap(), 2);
     assert_eq!(
         worker.health_of("down"),
@@ -457,11 +502,15 @@ async fn a_restart_resumes_from_snapshots_without_re_emitting() {
 
 #[tokio::test]
 async fn a_failed_commit_is_decided_again_on_the_next_tick() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
-        .await;
-    let mut worker = env.worker(thresholds(2, 1), 2, TIMEOUT);
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    scenario.game("g", "g", Behavior::Status(503)).await;
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(2, 1)
+        .concurrency(2)
+        .probe_timeout(TIMEOUT)
+        .build();
     let stop = CancellationToken::new();
     worker.tick(&stop).await.unwrap();
     // Make event inserts fail, as a constraint violation or a broken table would.
@@ -491,11 +540,15 @@ async fn a_failed_commit_is_decided_again_on_the_next_tick() {
 
 #[tokio::test]
 async fn an_extra_details_field_is_rejected_by_the_asyncapi_schema() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
-        .await;
-    let mut worker = env.worker(thresholds(1, 1), 1, TIMEOUT);
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    scenario.game("g", "g", Behavior::Status(503)).await;
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(1, 1)
+        .concurrency(1)
+        .probe_timeout(TIMEOUT)
+        .build();
     worker.tick(&CancellationToken::new()).await.unwrap();
     env.relay().drain_once().await.unwrap();
     let mut message = env.wait_stream_events(1).await.remove(0);
@@ -519,14 +572,18 @@ async fn an_extra_details_field_is_rejected_by_the_asyncapi_schema() {
 #[tokio::test]
 async fn metrics_count_events_by_type_and_probes_by_outcome() {
     let recorded = helpers::metrics::TestMetrics::new();
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("a", &fleet.set("a", Behavior::Status(503)), None)
-        .await;
-    env.add_running("b", &fleet.set("b", Behavior::Healthy), None)
-        .await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    scenario.game("a", "a", Behavior::Status(503)).await;
+    scenario.game("b", "b", Behavior::Healthy).await;
     env.add_running("c", "nope://", None).await;
-    let mut worker = env.worker_with_metrics(thresholds(1, 1), 2, TIMEOUT, recorded.metrics());
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(1, 1)
+        .concurrency(2)
+        .probe_timeout(TIMEOUT)
+        .metrics(recorded.metrics())
+        .build();
     let stop = CancellationToken::new();
     worker.tick(&stop).await.unwrap(); // a, c fail → 2 probe_failed
     fleet.set("a", Behavior::Healthy);
@@ -551,8 +608,8 @@ async fn metrics_count_events_by_type_and_probes_by_outcome() {
 
 #[tokio::test]
 async fn shutdown_mid_tick_lets_probes_in_flight_finish_and_starts_no_more() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     for i in 0..10 {
         let id = format!("g{i}");
         env.add_running(
@@ -562,7 +619,12 @@ async fn shutdown_mid_tick_lets_probes_in_flight_finish_and_starts_no_more() {
         )
         .await;
     }
-    let mut worker = env.worker(thresholds(3, 1), 2, TIMEOUT);
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(3, 1)
+        .concurrency(2)
+        .probe_timeout(TIMEOUT)
+        .build();
     let stop = CancellationToken::new();
     let trigger = stop.clone();
     tokio::spawn(async move {
@@ -581,15 +643,19 @@ async fn shutdown_mid_tick_lets_probes_in_flight_finish_and_starts_no_more() {
 
 #[tokio::test]
 async fn the_relay_wakes_on_commit_instead_of_waiting_for_its_sweep() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("g", &fleet.set("g", Behavior::Status(503)), None)
-        .await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
+    scenario.game("g", "g", Behavior::Status(503)).await;
     let stop = CancellationToken::new();
     let relay = tokio::spawn(env.relay().run(stop.clone()));
     // Let the relay finish its first (empty) pass and go to sleep.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut worker = env.worker(thresholds(1, 1), 1, TIMEOUT);
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(1, 1)
+        .concurrency(1)
+        .probe_timeout(TIMEOUT)
+        .build();
     let report = worker.tick(&stop).await.unwrap();
     let committed = Instant::now();
     assert_eq!(report.events.len(), 1);
@@ -614,8 +680,8 @@ async fn the_relay_wakes_on_commit_instead_of_waiting_for_its_sweep() {
 
 #[tokio::test]
 async fn a_spread_paces_probe_starts_over_the_window() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     for i in 0..20 {
         let id = format!("e{i:02}");
         env.add_running(
@@ -663,13 +729,18 @@ async fn a_spread_paces_probe_starts_over_the_window() {
 
 #[tokio::test]
 async fn changes_are_written_and_steady_games_get_probe_times_without_a_row_rewrite() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
-    env.add_running("steady", &fleet.set("steady", Behavior::Healthy), None)
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    scenario.game("steady", "steady", Behavior::Healthy).await;
+    scenario
+        .game("changing", "changing", Behavior::Healthy)
         .await;
-    env.add_running("changing", &fleet.set("changing", Behavior::Healthy), None)
-        .await;
-    let mut worker = env.worker(thresholds(3, 1), 2, TIMEOUT);
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(3, 1)
+        .concurrency(2)
+        .probe_timeout(TIMEOUT)
+        .build();
     let stop = CancellationToken::new();
     let updated_at = |game: &'static str| {
         let pool = env.pool().clone();
@@ -729,7 +800,12 @@ async fn changes_are_written_and_steady_games_get_probe_times_without_a_row_rewr
     );
     assert_eq!(env.snapshot("changing").await.unwrap().0, "suspect");
     // What memory holds is still right after a restart from the rows.
-    let mut restarted = env.worker(thresholds(3, 1), 2, TIMEOUT);
+    let mut restarted = scenario
+        .tick_by_hand()
+        .thresholds(3, 1)
+        .concurrency(2)
+        .probe_timeout(TIMEOUT)
+        .build();
     restarted.restore().await.unwrap();
     assert_eq!(
         restarted.health_of("changing"),
@@ -743,16 +819,14 @@ async fn changes_are_written_and_steady_games_get_probe_times_without_a_row_rewr
 
 #[tokio::test]
 async fn a_fleet_that_grew_tenfold_still_starts_every_probe_within_the_spread_window() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let add = |from: usize, to: usize| {
-        let env = &env;
-        let fleet = &fleet;
+        let scenario = &scenario;
         async move {
             for i in from..to {
                 let id = format!("e{i:03}");
-                env.add_running(&id, &fleet.set(&id, Behavior::Healthy), None)
-                    .await;
+                scenario.game(&id, &id, Behavior::Healthy).await;
             }
         }
     };
@@ -785,11 +859,16 @@ async fn a_fleet_that_grew_tenfold_still_starts_every_probe_within_the_spread_wi
 
 #[tokio::test]
 async fn a_replaced_container_is_a_new_runtime_with_its_own_probe_failed() {
-    let env = TestEnv::new().await;
-    let fleet = Fleet::start().await;
+    let scenario = Scenario::new().await;
+    let (env, fleet) = (&scenario.env, &scenario.fleet);
     let endpoint = fleet.set("g", Behavior::Status(503));
     env.add_running("g", &endpoint, Some("container-1")).await;
-    let mut worker = env.worker(thresholds(2, 1), 2, TIMEOUT);
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(2, 1)
+        .concurrency(2)
+        .probe_timeout(TIMEOUT)
+        .build();
     let stop = CancellationToken::new();
     worker.tick(&stop).await.unwrap();
     let first = worker.tick(&stop).await.unwrap().events;
@@ -818,7 +897,12 @@ async fn a_replaced_container_is_a_new_runtime_with_its_own_probe_failed() {
     assert!(worker.tick(&stop).await.unwrap().events.is_empty());
     assert_eq!(env.snapshot("g").await.unwrap().0, "healthy");
     // A restarted worker agrees: the row belongs to container-3.
-    let mut restarted = env.worker(thresholds(2, 1), 2, TIMEOUT);
+    let mut restarted = scenario
+        .tick_by_hand()
+        .thresholds(2, 1)
+        .concurrency(2)
+        .probe_timeout(TIMEOUT)
+        .build();
     restarted.restore().await.unwrap();
     assert!(restarted.tick(&stop).await.unwrap().events.is_empty());
     assert_eq!(
