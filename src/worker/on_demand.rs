@@ -12,14 +12,13 @@
 //! than that many probes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use thiserror::Error;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::games::GameTable;
 use super::overrides::{GameSettings, GlobalProbeSettings};
@@ -58,25 +57,34 @@ pub enum OnDemandError {
     Probe(Arc<ProbeOneError>),
 }
 
-/// Flags the run loop sets and on-demand probes read (the mass-failure hold, DESIGN §15).
-#[derive(Debug, Default)]
-pub struct HoldFlags {
-    holding: AtomicBool,
-    degraded: AtomicBool,
+/// The mass-failure hold as the run loop last settled it (DESIGN §15), on a `watch` the
+/// run loop writes and on-demand probes read.
+#[derive(Debug)]
+pub struct HoldFlags(watch::Sender<HoldState>);
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct HoldState {
+    holding: bool,
+    degraded: bool,
+}
+
+impl Default for HoldFlags {
+    fn default() -> Self {
+        Self(watch::Sender::new(HoldState::default()))
+    }
 }
 
 impl HoldFlags {
     pub fn set(&self, holding: bool, degraded: bool) {
-        self.holding.store(holding, Ordering::Relaxed);
-        self.degraded.store(degraded, Ordering::Relaxed);
+        crate::periodic::publish(&self.0, HoldState { holding, degraded });
     }
 
     pub fn holding(&self) -> bool {
-        self.holding.load(Ordering::Relaxed)
+        self.0.borrow().holding
     }
 
     pub fn degraded(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed)
+        self.0.borrow().degraded
     }
 }
 
