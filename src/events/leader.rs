@@ -16,7 +16,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -93,8 +92,9 @@ struct Held {
     relay_stop: CancellationToken,
     /// Cancelled the moment the lock is known lost: the relay publishes no further row.
     fence: CancellationToken,
-    /// The relay, supervised (restarted with back-off if it ends abnormally).
-    relay: JoinHandle<()>,
+    /// The relay, supervised (restarted with back-off if it ends abnormally); ended if the
+    /// leadership is dropped, as it was when it ran inside the leadership's own future.
+    relay: AbortOnDropHandle<()>,
     /// Cancelled when the relay's task ends, whatever ends it (the leadership's wake-up).
     relay_ended: CancellationToken,
     /// Retention beside the relay; it never delays a publish. Dropped (ended) with the lock.
@@ -162,13 +162,13 @@ impl<M: Fn() -> Relay + Send + Sync + 'static> Leader<M> {
             lead.monitor.clone(),
             lead.metrics.clone(),
         );
-        let relay = tokio::spawn({
+        let relay = AbortOnDropHandle::new(tokio::spawn({
             let ended = relay_ended.clone().drop_guard();
             async move {
                 let _ended = ended;
                 supervised.await;
             }
-        });
+        }));
         let retention = lead.retention.clone().map(|retention| {
             AbortOnDropHandle::new(tokio::spawn(retention.run(relay_stop.clone())))
         });
