@@ -302,21 +302,19 @@ async fn sigkill_storm_loses_no_transition_and_emits_none_twice() {
 async fn a_tick_longer_than_the_interval_delays_the_next_and_never_overlaps() {
     let recorded = helpers::metrics::TestMetrics::new();
     let scenario = Scenario::new().await;
-    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    let fleet = &scenario.fleet;
     for id in ["slow-a", "slow-b"] {
         scenario
             .game(id, id, Behavior::Delay(Duration::from_millis(300)))
             .await;
     }
-    let worker = env.worker_with_metrics(
-        Thresholds {
-            failures: 3,
-            recovery: 1,
-        },
-        1,
-        Duration::from_secs(2),
-        recorded.metrics(),
-    );
+    let worker = scenario
+        .tick_by_hand()
+        .thresholds(3, 1)
+        .concurrency(1)
+        .probe_timeout(Duration::from_secs(2))
+        .metrics(recorded.metrics())
+        .build();
     let interval = Duration::from_millis(100);
     let stop = CancellationToken::new();
     let run = tokio::spawn(worker::run(

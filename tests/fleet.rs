@@ -6,10 +6,10 @@ mod helpers;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use healthprobe::hysteresis::Thresholds;
 use healthprobe::sim::{Behavior, Fleet, FleetSpec};
 use helpers::process::{binary, signal};
-use helpers::{TestEnv, WAIT_LIMIT, wait_for};
+use helpers::scenario::Scenario;
+use helpers::{WAIT_LIMIT, wait_for};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio_util::sync::CancellationToken;
 
@@ -108,7 +108,8 @@ async fn flapping_and_scheduled_engines_change_phase_over_time() {
 
 #[tokio::test]
 async fn the_worker_sees_engines_fail_and_recover_in_a_simulated_fleet() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let fleet = Fleet::start(
         FleetSpec {
             flap_period: Duration::from_millis(300),
@@ -125,14 +126,12 @@ async fn the_worker_sees_engines_fail_and_recover_in_a_simulated_fleet() {
         .map(|e| (e.name.clone(), e.endpoint.clone()))
         .collect();
     env.store.register_running(&games).await.unwrap();
-    let mut worker = env.worker(
-        Thresholds {
-            failures: 1,
-            recovery: 1,
-        },
-        4,
-        Duration::from_secs(1),
-    );
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(1, 1)
+        .concurrency(4)
+        .probe_timeout(Duration::from_secs(1))
+        .build();
     let stop = CancellationToken::new();
     let flapping: Vec<&str> = fleet
         .engines()
@@ -179,7 +178,8 @@ async fn the_worker_sees_engines_fail_and_recover_in_a_simulated_fleet() {
 /// SIGTERM marks them stopped and exits 0. `healthprobe status` shows them meanwhile.
 #[tokio::test]
 async fn the_fleet_command_registers_engines_and_status_prints_them() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let mut fleet = tokio::process::Command::new(binary())
         .args([
             "fleet",
@@ -233,7 +233,11 @@ async fn the_fleet_command_registers_engines_and_status_prints_them() {
         (n == 5).then_some(())
     })
     .await;
-    let mut worker = env.worker(Thresholds::default(), 4, Duration::from_secs(1));
+    let mut worker = scenario
+        .tick_by_hand()
+        .concurrency(4)
+        .probe_timeout(Duration::from_secs(1))
+        .build();
     worker.tick(&CancellationToken::new()).await.unwrap();
 
     let table = tokio::process::Command::new(binary())

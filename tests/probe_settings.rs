@@ -16,7 +16,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use healthprobe::hysteresis::Thresholds;
 use helpers::scenario::Scenario;
 use helpers::{TestEnv, WAIT_LIMIT, wait_for};
 use tokio_util::sync::CancellationToken;
@@ -104,7 +103,8 @@ async fn status_of(env: &TestEnv, game_id: &str) -> Option<String> {
 
 #[tokio::test]
 async fn overrides_apply_per_game_from_the_next_tick() {
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let (engines, addr) = Engines::start().await;
     let endpoint = |id: &str| format!("http://{addr}/e/{id}");
     for id in [
@@ -112,26 +112,27 @@ async fn overrides_apply_per_game_from_the_next_tick() {
     ] {
         env.add_running(id, &endpoint(id), None).await;
     }
-    set_override(&env, "ready", "path, expect", "'/ready', '200-299'").await;
-    set_override(&env, "moved", "path, expect", "'/moved', '301'").await;
+    set_override(env, "ready", "path, expect", "'/ready', '200-299'").await;
+    set_override(env, "moved", "path, expect", "'/moved', '301'").await;
     set_override(
-        &env,
+        env,
         "token",
         "path, headers",
         "'/token', '{\"X-Token\": \"abc\"}'",
     )
     .await;
     // A status range that does not parse: the global settings, and the game is named.
-    set_override(&env, "bad", "path, expect", "'/ready', '2xx'").await;
-    set_override(&env, "off", "disabled", "true").await;
-    set_override(&env, "young", "initial_delay", "'1 hour'").await;
-    set_override(&env, "patient", "failures_threshold", "3").await;
+    set_override(env, "bad", "path, expect", "'/ready', '2xx'").await;
+    set_override(env, "off", "disabled", "true").await;
+    set_override(env, "young", "initial_delay", "'1 hour'").await;
+    set_override(env, "patient", "failures_threshold", "3").await;
 
-    let thresholds = Thresholds {
-        failures: 1,
-        recovery: 1,
-    };
-    let mut worker = env.worker(thresholds, 8, Duration::from_secs(2));
+    let mut worker = scenario
+        .tick_by_hand()
+        .thresholds(1, 1)
+        .concurrency(8)
+        .probe_timeout(Duration::from_secs(2))
+        .build();
     let stop = CancellationToken::new();
     let report = worker.tick(&stop).await.unwrap();
     assert_eq!(report.records, 8);
@@ -142,7 +143,7 @@ async fn overrides_apply_per_game_from_the_next_tick() {
     assert!(report.bad_overrides[0].1.contains("expect"), "{report:?}");
     for healthy in ["ready", "moved", "token"] {
         assert_eq!(
-            status_of(&env, healthy).await.as_deref(),
+            status_of(env, healthy).await.as_deref(),
             Some("healthy"),
             "{healthy}"
         );
@@ -168,21 +169,21 @@ async fn overrides_apply_per_game_from_the_next_tick() {
     let mut failed: Vec<String> = report.events.iter().map(|e| e.game_id.clone()).collect();
     failed.sort();
     assert_eq!(failed, ["bad", "plain"], "{report:?}");
-    assert_eq!(status_of(&env, "patient").await.as_deref(), Some("suspect"));
+    assert_eq!(status_of(env, "patient").await.as_deref(), Some("suspect"));
 
     // Rows change: the next tick follows them.
     sqlx::query("DELETE FROM health_probe_overrides WHERE game_id = 'off'")
         .execute(env.pool())
         .await
         .unwrap();
-    set_override(&env, "bad", "path, expect", "'/ready', '204'").await;
+    set_override(env, "bad", "path, expect", "'/ready', '204'").await;
     sqlx::query(
         "UPDATE runtime_records SET started_at = now() - interval '2 hours' WHERE game_id = 'young'",
     )
     .execute(env.pool())
     .await
     .unwrap();
-    set_override(&env, "token", "headers", "'{\"X-Token\": \"wrong\"}'").await;
+    set_override(env, "token", "headers", "'{\"X-Token\": \"wrong\"}'").await;
     let report = worker.tick(&stop).await.unwrap();
     assert_eq!(report.disabled, 0);
     assert_eq!(report.in_initial_delay, 0);
@@ -207,7 +208,7 @@ async fn overrides_apply_per_game_from_the_next_tick() {
     assert_eq!(engines.requests_to("young", "healthz"), 1);
     // `patient` has its threshold at its third failure.
     worker.tick(&stop).await.unwrap();
-    assert_eq!(status_of(&env, "patient").await.as_deref(), Some("failing"));
+    assert_eq!(status_of(env, "patient").await.as_deref(), Some("failing"));
 }
 
 #[tokio::test]
