@@ -108,14 +108,7 @@ async fn the_page_shows_every_game_follows_a_failure_and_recovery_live_and_filte
     let engines = &scenario.fleet;
     // 130 games: more than one page (100), so "every game" includes paging.
     let games = scenario
-        .games(
-            130,
-            |i| {
-                let game = format!("game-{i:03}");
-                (game.clone(), game)
-            },
-            Behavior::Healthy,
-        )
+        .games_named(130, |i| format!("game-{i:03}"), Behavior::Healthy)
         .await;
     let interval = Duration::from_secs(2);
     let (mut worker, page) =

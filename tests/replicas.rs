@@ -63,14 +63,7 @@ async fn converge(workers: &[&WorkerProcess], ids: &[&str]) {
 /// `games` healthy games `gNNN`, each on an engine of the same name; returns the ids.
 async fn healthy_fleet(scenario: &Scenario, games: usize) -> Vec<String> {
     scenario
-        .games(
-            games,
-            |i| {
-                let id = format!("g{i:03}");
-                (id.clone(), id)
-            },
-            Behavior::Healthy,
-        )
+        .games_named(games, |i| format!("g{i:03}"), Behavior::Healthy)
         .await
 }
 

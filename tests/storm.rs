@@ -286,14 +286,7 @@ async fn the_default_settings_storm_scaled_down_holds_nothing() {
 /// `count` healthy games named `{prefix}-NN`, each on an engine of the same name.
 async fn healthy_fleet(scenario: &Scenario, prefix: &str, count: usize) -> Vec<String> {
     scenario
-        .games(
-            count,
-            |i| {
-                let id = format!("{prefix}-{i:02}");
-                (id.clone(), id)
-            },
-            Behavior::Healthy,
-        )
+        .games_named(count, |i| format!("{prefix}-{i:02}"), Behavior::Healthy)
         .await
 }
 
@@ -568,14 +561,7 @@ async fn postgres_restarted_mid_tick_loses_and_repeats_nothing() {
     let scenario = Scenario::on_database(&pg.url()).await;
     let fine = healthy_fleet(&scenario, "fine", FINE).await;
     let sick = scenario
-        .games(
-            SICK,
-            |i| {
-                let id = format!("sick-{i}");
-                (id.clone(), id)
-            },
-            Behavior::Status(503),
-        )
+        .games_named(SICK, |i| format!("sick-{i}"), Behavior::Status(503))
         .await;
     let worker = scenario
         .worker("storm-pg")

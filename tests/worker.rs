@@ -11,6 +11,7 @@ use helpers::engines::Behavior;
 use helpers::scenario::Scenario;
 use tokio_util::sync::CancellationToken;
 
+/// The probe timeout of these tests' hand-built probers: the scenario's default.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 fn thresholds(failures: u32, recovery: u32) -> Thresholds {
@@ -29,7 +30,6 @@ async fn threshold_reached_emits_exactly_one_probe_failed() {
         .tick_by_hand()
         .thresholds(3, 1)
         .concurrency(4)
-        .probe_timeout(TIMEOUT)
         .build();
     let stop = CancellationToken::new();
 
@@ -111,7 +111,6 @@ async fn recovery_emits_probe_recovered_with_the_episode_failure_count() {
         .tick_by_hand()
         .thresholds(2, 1)
         .concurrency(4)
-        .probe_timeout(TIMEOUT)
         .build();
     let stop = CancellationToken::new();
 
@@ -163,7 +162,6 @@ async fn recovery_threshold_above_one_waits_for_consecutive_successes() {
         .tick_by_hand()
         .thresholds(1, 2)
         .concurrency(2)
-        .probe_timeout(TIMEOUT)
         .build();
     let stop = CancellationToken::new();
     assert_eq!(worker.tick(&stop).await.unwrap().events.len(), 1);
@@ -195,7 +193,6 @@ async fn a_game_stopped_and_restarted_starts_with_a_clean_counter() {
         .tick_by_hand()
         .thresholds(3, 1)
         .concurrency(2)
-        .probe_timeout(TIMEOUT)
         .build();
     let stop = CancellationToken::new();
     worker.tick(&stop).await.unwrap();
@@ -227,21 +224,18 @@ async fn a_game_stopped_and_restarted_starts_with_a_clean_counter() {
 #[tokio::test]
 async fn probes_in_flight_never_exceed_max_concurrency() {
     let scenario = Scenario::new().await;
-    let (env, fleet) = (&scenario.env, &scenario.fleet);
-    for i in 0..24 {
-        let id = format!("slow-{i:02}");
-        env.add_running(
-            &id,
-            &fleet.set(&id, Behavior::Delay(Duration::from_millis(100))),
-            None,
+    let fleet = &scenario.fleet;
+    scenario
+        .games_named(
+            24,
+            |i| format!("slow-{i:02}"),
+            Behavior::Delay(Duration::from_millis(100)),
         )
         .await;
-    }
     let mut worker = scenario
         .tick_by_hand()
         .thresholds(3, 1)
         .concurrency(4)
-        .probe_timeout(TIMEOUT)
         .build();
     let report = worker.tick(&CancellationToken::new()).await.unwrap();
     assert_eq!((report.probes, report.healthy), (24, 24));
@@ -256,15 +250,13 @@ async fn probes_in_flight_never_exceed_max_concurrency() {
 #[tokio::test]
 async fn a_slow_engine_times_out_without_holding_up_the_others() {
     let scenario = Scenario::new().await;
-    let (env, fleet) = (&scenario.env, &scenario.fleet);
+    let env = &scenario.env;
     scenario
         .game("slow", "slow", Behavior::Delay(Duration::from_secs(30)))
         .await;
-    for i in 0..8 {
-        let id = format!("ok-{i}");
-        env.add_running(&id, &fleet.set(&id, Behavior::Healthy), None)
-            .await;
-    }
+    scenario
+        .games_named(8, |i| format!("ok-{i}"), Behavior::Healthy)
+        .await;
     let timeout = Duration::from_millis(300);
     let mut worker = scenario
         .tick_by_hand()
@@ -305,7 +297,6 @@ async fn failures_are_classified_with_the_right_last_status() {
         .tick_by_hand()
         .thresholds(1, 1)
         .concurrency(4)
-        .probe_timeout(TIMEOUT)
         .build();
     let report = worker.tick(&CancellationToken::new()).await.unwrap();
     assert_eq!((report.failed, report.events.len()), (6, 6));
@@ -351,7 +342,6 @@ async fn a_huge_healthy_body_is_healthy_and_read_only_to_the_cap() {
         .tick_by_hand()
         .thresholds(1, 1)
         .concurrency(1)
-        .probe_timeout(TIMEOUT)
         .build();
     for _ in 0..3 {
         let report = worker.tick(&CancellationToken::new()).await.unwrap();
@@ -369,17 +359,14 @@ async fn a_huge_healthy_body_is_healthy_and_read_only_to_the_cap() {
 #[tokio::test]
 async fn connections_are_reused_and_the_user_agent_is_sent() {
     let scenario = Scenario::new().await;
-    let (env, fleet) = (&scenario.env, &scenario.fleet);
-    for i in 0..3 {
-        let id = format!("e{i}");
-        env.add_running(&id, &fleet.set(&id, Behavior::Healthy), None)
-            .await;
-    }
+    let fleet = &scenario.fleet;
+    scenario
+        .games_named(3, |i| format!("e{i}"), Behavior::Healthy)
+        .await;
     let mut worker = scenario
         .tick_by_hand()
         .thresholds(3, 1)
         .concurrency(1)
-        .probe_timeout(TIMEOUT)
         .build();
     for _ in 0..5 {
         worker.tick(&CancellationToken::new()).await.unwrap();
@@ -409,17 +396,14 @@ async fn games_sharing_one_address_keep_a_connection_per_probe_in_flight() {
     const CONCURRENCY: usize = 8;
     const TICKS: usize = 4;
     let scenario = Scenario::new().await;
-    let (env, fleet) = (&scenario.env, &scenario.fleet);
-    for i in 0..GAMES {
-        let id = format!("shared-{i:02}");
-        env.add_running(&id, &fleet.set(&id, Behavior::Healthy), None)
-            .await;
-    }
+    let fleet = &scenario.fleet;
+    scenario
+        .games_named(GAMES, |i| format!("shared-{i:02}"), Behavior::Healthy)
+        .await;
     let mut worker = scenario
         .tick_by_hand()
         .thresholds(3, 1)
         .concurrency(CONCURRENCY)
-        .probe_timeout(TIMEOUT)
         .build();
     for _ in 0..TICKS {
         let report = worker.tick(&CancellationToken::new()).await.unwrap();
@@ -451,7 +435,6 @@ async fn a_restart_resumes_from_snapshots_without_re_emitting() {
             .tick_by_hand()
             .thresholds(2, 1)
             .concurrency(2)
-            .probe_timeout(TIMEOUT)
             .build();
         worker.tick(&stop).await.unwrap();
         assert_eq!(worker.tick(&stop).await.unwrap().events.len(), 2);
@@ -461,7 +444,6 @@ async fn a_restart_resumes_from_snapshots_without_re_emitting() {
         .tick_by_hand()
         .thresholds(2, 1)
         .concurrency(2)
-        .probe_timeout(TIMEOUT)
         .build();
     assert_eq!(worker.restore().await.unwrap(), 2);
     assert_eq!(
@@ -509,7 +491,6 @@ async fn a_failed_commit_is_decided_again_on_the_next_tick() {
         .tick_by_hand()
         .thresholds(2, 1)
         .concurrency(2)
-        .probe_timeout(TIMEOUT)
         .build();
     let stop = CancellationToken::new();
     worker.tick(&stop).await.unwrap();
@@ -547,7 +528,6 @@ async fn an_extra_details_field_is_rejected_by_the_asyncapi_schema() {
         .tick_by_hand()
         .thresholds(1, 1)
         .concurrency(1)
-        .probe_timeout(TIMEOUT)
         .build();
     worker.tick(&CancellationToken::new()).await.unwrap();
     env.relay().drain_once().await.unwrap();
@@ -581,7 +561,6 @@ async fn metrics_count_events_by_type_and_probes_by_outcome() {
         .tick_by_hand()
         .thresholds(1, 1)
         .concurrency(2)
-        .probe_timeout(TIMEOUT)
         .metrics(recorded.metrics())
         .build();
     let stop = CancellationToken::new();
@@ -609,21 +588,18 @@ async fn metrics_count_events_by_type_and_probes_by_outcome() {
 #[tokio::test]
 async fn shutdown_mid_tick_lets_probes_in_flight_finish_and_starts_no_more() {
     let scenario = Scenario::new().await;
-    let (env, fleet) = (&scenario.env, &scenario.fleet);
-    for i in 0..10 {
-        let id = format!("g{i}");
-        env.add_running(
-            &id,
-            &fleet.set(&id, Behavior::Delay(Duration::from_millis(300))),
-            None,
+    let fleet = &scenario.fleet;
+    scenario
+        .games_named(
+            10,
+            |i| format!("g{i}"),
+            Behavior::Delay(Duration::from_millis(300)),
         )
         .await;
-    }
     let mut worker = scenario
         .tick_by_hand()
         .thresholds(3, 1)
         .concurrency(2)
-        .probe_timeout(TIMEOUT)
         .build();
     let stop = CancellationToken::new();
     let trigger = stop.clone();
@@ -654,7 +630,6 @@ async fn the_relay_wakes_on_commit_instead_of_waiting_for_its_sweep() {
         .tick_by_hand()
         .thresholds(1, 1)
         .concurrency(1)
-        .probe_timeout(TIMEOUT)
         .build();
     let report = worker.tick(&stop).await.unwrap();
     let committed = Instant::now();
@@ -682,15 +657,13 @@ async fn the_relay_wakes_on_commit_instead_of_waiting_for_its_sweep() {
 async fn a_spread_paces_probe_starts_over_the_window() {
     let scenario = Scenario::new().await;
     let (env, fleet) = (&scenario.env, &scenario.fleet);
-    for i in 0..20 {
-        let id = format!("e{i:02}");
-        env.add_running(
-            &id,
-            &fleet.set(&id, Behavior::Delay(Duration::from_millis(20))),
-            None,
+    scenario
+        .games_named(
+            20,
+            |i| format!("e{i:02}"),
+            Behavior::Delay(Duration::from_millis(20)),
         )
         .await;
-    }
     let window = Duration::from_millis(1000);
     let mut worker = healthprobe::worker::Worker::new(
         env.store.clone(),
@@ -739,7 +712,6 @@ async fn changes_are_written_and_steady_games_get_probe_times_without_a_row_rewr
         .tick_by_hand()
         .thresholds(3, 1)
         .concurrency(2)
-        .probe_timeout(TIMEOUT)
         .build();
     let stop = CancellationToken::new();
     let updated_at = |game: &'static str| {
@@ -804,7 +776,6 @@ async fn changes_are_written_and_steady_games_get_probe_times_without_a_row_rewr
         .tick_by_hand()
         .thresholds(3, 1)
         .concurrency(2)
-        .probe_timeout(TIMEOUT)
         .build();
     restarted.restore().await.unwrap();
     assert_eq!(
@@ -867,7 +838,6 @@ async fn a_replaced_container_is_a_new_runtime_with_its_own_probe_failed() {
         .tick_by_hand()
         .thresholds(2, 1)
         .concurrency(2)
-        .probe_timeout(TIMEOUT)
         .build();
     let stop = CancellationToken::new();
     worker.tick(&stop).await.unwrap();
@@ -901,7 +871,6 @@ async fn a_replaced_container_is_a_new_runtime_with_its_own_probe_failed() {
         .tick_by_hand()
         .thresholds(2, 1)
         .concurrency(2)
-        .probe_timeout(TIMEOUT)
         .build();
     restarted.restore().await.unwrap();
     assert!(restarted.tick(&stop).await.unwrap().events.is_empty());

@@ -83,6 +83,25 @@ impl Scenario {
         .await
     }
 
+    /// `count` running games named `name(i)`, each on an engine of the same name behaving
+    /// as `behavior`, registered in order; returns the ids.
+    pub async fn games_named(
+        &self,
+        count: usize,
+        name: impl Fn(usize) -> String,
+        behavior: Behavior,
+    ) -> Vec<String> {
+        self.games(
+            count,
+            |i| {
+                let id = name(i);
+                (id.clone(), id)
+            },
+            behavior,
+        )
+        .await
+    }
+
     /// `count` running games, game `i`, its engine and the engine's behaviour given by
     /// `game(i)`, registered in order; returns the ids.
     pub async fn games_each(
