@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use helpers::process::worker_command;
+use helpers::scenario::{Scenario, WorkerKnobs};
 use helpers::{TestEnv, wait_for};
 use netns::{Netns, NsEngines, veth};
 use storm_support::{LivenessWatch, secs, worst_gap};
@@ -44,9 +44,9 @@ fn url_addr(url: &str) -> SocketAddr {
     host_port.parse().expect("a numeric host:port")
 }
 
-/// A `healthprobe run` inside `ns`, reaching the shared Postgres and NATS through
-/// forwarders on the namespace's loopback (same ports), its status port forwarded to the
-/// test.
+/// The scenario's `healthprobe run` with `knobs` inside `ns`, reaching the shared
+/// Postgres and NATS through forwarders on the namespace's loopback (same ports), its
+/// status port forwarded to the test.
 struct NsWorker {
     child: tokio::process::Child,
     log: std::path::PathBuf,
@@ -55,9 +55,9 @@ struct NsWorker {
 }
 
 impl NsWorker {
-    async fn spawn(env: &TestEnv, ns: &Arc<Netns>, name: &str, settings: &[(&str, &str)]) -> Self {
+    async fn spawn(scenario: &Scenario, ns: &Arc<Netns>, knobs: WorkerKnobs<'_>) -> Self {
         let mut forwarders = Vec::new();
-        for (key, url) in env.process_env() {
+        for (key, url) in scenario.env.process_env() {
             if key == "DATABASE_URL" || key == "NATS_URL" {
                 let addr = url_addr(&url);
                 forwarders.push(ns.forward_out(addr, addr));
@@ -67,12 +67,9 @@ impl NsWorker {
             .forward_in(SocketAddr::from(([127, 0, 0, 1], STATUS_PORT)))
             .await;
         forwarders.push(task);
-        let (mut command, log) = worker_command(
-            env,
-            name,
+        let (mut command, log) = knobs.command(
             &["ip", "netns", "exec", &ns.name],
             &format!("127.0.0.1:{STATUS_PORT}"),
-            settings,
         );
         let child = command
             .spawn()
@@ -167,20 +164,20 @@ async fn the_checkers_network_cut_alone_emits_nothing() {
     }
     const ENGINES: usize = 200;
     let interval = Duration::from_secs(1);
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let e = Netns::create(&ns_name("e"));
     let w = Arc::new(Netns::create(&ns_name("w")));
     link(&w, &e, 0);
     let engines = NsEngines::start(&e, ENGINES);
-    register(&env, &engines).await;
+    register(env, &engines).await;
     let worker = NsWorker::spawn(
-        &env,
+        &scenario,
         &w,
-        "storm-cut-alone",
-        &[
-            ("RTMANAGER_PROBE_INTERVAL", "1s"),
-            ("RTMANAGER_PROBE_TIMEOUT", "500ms"),
-        ],
+        scenario
+            .worker("storm-cut-alone")
+            .interval(interval)
+            .probe_timeout(Duration::from_millis(500)),
     )
     .await;
     let liveness = LivenessWatch::start(&worker.status.to_string());
@@ -227,23 +224,24 @@ async fn a_replica_that_loses_its_network_steps_out_and_the_other_probes_its_gam
     }
     const ENGINES: usize = 60;
     let interval = Duration::from_secs(1);
-    let env = TestEnv::new().await;
+    let scenario = Scenario::new().await;
+    let env = &scenario.env;
     let e = Netns::create(&ns_name("f"));
     let w1 = Arc::new(Netns::create(&ns_name("a")));
     let w2 = Arc::new(Netns::create(&ns_name("b")));
     link(&w1, &e, 0);
     link(&w2, &e, 1);
     let engines = NsEngines::start(&e, ENGINES);
-    register(&env, &engines).await;
-    let settings = |id: &'static str| {
-        vec![
-            ("RTMANAGER_PROBE_INTERVAL", "1s"),
-            ("RTMANAGER_PROBE_TIMEOUT", "500ms"),
-            ("HEALTHPROBE_REPLICA_ID", id),
-        ]
+    register(env, &engines).await;
+    let replica = |name: &str, id: &str| {
+        scenario
+            .worker(name)
+            .interval(interval)
+            .probe_timeout(Duration::from_millis(500))
+            .replica(id)
     };
-    let one = NsWorker::spawn(&env, &w1, "storm-cut-one", &settings("replica-one")).await;
-    let two = NsWorker::spawn(&env, &w2, "storm-cut-two", &settings("replica-two")).await;
+    let one = NsWorker::spawn(&scenario, &w1, replica("storm-cut-one", "replica-one")).await;
+    let two = NsWorker::spawn(&scenario, &w2, replica("storm-cut-two", "replica-two")).await;
     let live_one = LivenessWatch::start(&one.status.to_string());
     let live_two = LivenessWatch::start(&two.status.to_string());
     wait_for(

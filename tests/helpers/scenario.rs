@@ -24,7 +24,7 @@ use super::TestEnv;
 use super::app::{AppOptions, TestApp};
 use super::distinct::DistinctEngines;
 use super::engines::{Behavior, Fleet};
-use super::process::WorkerProcess;
+use super::process::{WorkerProcess, worker_command};
 
 pub struct Scenario {
     pub env: TestEnv,
@@ -365,13 +365,26 @@ impl WorkerKnobs<'_> {
         self
     }
 
-    /// Starts `healthprobe run` with these knobs; killed when dropped.
-    pub fn spawn(self) -> WorkerProcess {
-        let settings: Vec<(&str, &str)> = self
-            .settings
+    fn pairs(&self) -> Vec<(&str, &str)> {
+        self.settings
             .iter()
             .map(|(key, value)| (key.as_str(), value.as_str()))
-            .collect();
-        WorkerProcess::spawn_with_nofile(self.env, &self.name, &settings, self.nofile)
+            .collect()
+    }
+
+    /// Starts `healthprobe run` with these knobs; killed when dropped.
+    pub fn spawn(self) -> WorkerProcess {
+        WorkerProcess::spawn_with_nofile(self.env, &self.name, &self.pairs(), self.nofile)
+    }
+
+    /// The `healthprobe run` command of these knobs, not started: run inside `launcher`
+    /// (such as `ip netns exec NAME`) with its status port at `http_addr`; and its log.
+    /// (`nofile` is not applied: the launcher runs the binary.)
+    pub fn command(
+        self,
+        launcher: &[&str],
+        http_addr: &str,
+    ) -> (tokio::process::Command, std::path::PathBuf) {
+        worker_command(self.env, &self.name, launcher, http_addr, &self.pairs())
     }
 }
