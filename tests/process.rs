@@ -5,6 +5,7 @@ mod helpers;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use healthprobe::worker::Worker;
 use helpers::engines::Behavior;
 use helpers::process::{NatsServer, TailProcess, binary};
 use helpers::scenario::{Scenario, WorkerKnobs};
@@ -20,6 +21,17 @@ fn fast<'s>(scenario: &'s Scenario, name: &str) -> WorkerKnobs<'s> {
         .probe_timeout(Duration::from_secs(1))
         .failures(2)
         .concurrency(4)
+}
+
+/// The scenario's worker ticked by hand, where one probe decides (thresholds 1/1): two
+/// probes in flight, a timeout of 1 s.
+fn deciding_ticks(scenario: &Scenario) -> Worker {
+    scenario
+        .tick_by_hand()
+        .thresholds(1, 1)
+        .concurrency(2)
+        .probe_timeout(Duration::from_secs(1))
+        .build()
 }
 
 async fn table_exists(database_url: &str, table: &str) -> bool {
@@ -247,12 +259,7 @@ async fn an_event_produced_while_nats_is_down_arrives_once_after_it_returns() {
     let relay = tokio::spawn(env.relay_on(client.clone()).run(stop.clone()));
 
     scenario.game("g", "g", Behavior::Status(503)).await;
-    let mut worker = scenario
-        .tick_by_hand()
-        .thresholds(1, 1)
-        .concurrency(2)
-        .probe_timeout(Duration::from_secs(1))
-        .build();
+    let mut worker = deciding_ticks(&scenario);
 
     nats.crash();
     wait_for("the client to notice NATS is gone", WAIT_LIMIT, || async {
@@ -294,12 +301,7 @@ async fn tail_prints_the_stream_as_json_lines_and_exits_cleanly_on_ctrl_c() {
     let env = &scenario.env;
     scenario.game("a", "a", Behavior::Status(503)).await;
     env.add_running("b", "nope", None).await;
-    let mut worker = scenario
-        .tick_by_hand()
-        .thresholds(1, 1)
-        .concurrency(2)
-        .probe_timeout(Duration::from_secs(1))
-        .build();
+    let mut worker = deciding_ticks(&scenario);
     let report = worker.tick(&CancellationToken::new()).await.unwrap();
     assert_eq!(report.events.len(), 2);
     env.relay().drain_once().await.unwrap();
@@ -377,12 +379,7 @@ async fn tail_follows_the_stream_across_a_nats_restart_without_repeats() {
         .unwrap();
     let fleet = &scenario.fleet;
     scenario.game("a", "a", Behavior::Status(503)).await;
-    let mut worker = scenario
-        .tick_by_hand()
-        .thresholds(1, 1)
-        .concurrency(2)
-        .probe_timeout(Duration::from_secs(1))
-        .build();
+    let mut worker = deciding_ticks(&scenario);
     worker.tick(&CancellationToken::new()).await.unwrap();
     env.relay_on(client.clone()).drain_once().await.unwrap();
 
