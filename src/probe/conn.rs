@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd as _;
+use std::os::fd::{AsRawFd as _, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,24 +32,35 @@ impl Stream {
         }
     }
 
-    /// Whether an idle connection can carry another request: the engine has neither
-    /// closed it (a half-closed keep-alive connection reads as end of file) nor sent
-    /// anything unasked. One `recv(MSG_PEEK | MSG_DONTWAIT)`, nothing consumed. For TLS,
-    /// any byte waiting is a close-notify or garbage: either way not fit.
-    pub(crate) fn is_fit_for_reuse(&self) -> bool {
-        let mut byte = 0u8;
-        // SAFETY: a valid descriptor owned by `self` and a one-byte buffer that lives for
-        // the call.
-        let read = unsafe {
-            libc::recv(
-                self.tcp().as_raw_fd(),
-                (&raw mut byte).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        read < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    /// The socket's descriptor (for [`is_quiet`] while hyper holds the stream).
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.tcp().as_raw_fd()
     }
+
+    /// Whether an idle connection can carry another request: [`is_quiet`].
+    pub(crate) fn is_fit_for_reuse(&self) -> bool {
+        is_quiet(self.raw_fd())
+    }
+}
+
+/// Whether an idle connection's socket can carry another request: the engine has neither
+/// closed it (a half-closed keep-alive connection reads as end of file) nor sent anything
+/// unasked. One `recv(MSG_PEEK | MSG_DONTWAIT)`, nothing consumed. For TLS, any byte waiting
+/// is a close-notify or garbage: either way not fit. `fd` must be an open socket its caller
+/// owns (through the stream or the HTTP/1 connection around it).
+pub(crate) fn is_quiet(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a valid descriptor its caller owns and a one-byte buffer that lives for the
+    // call.
+    let read = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    read < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
 impl AsyncRead for Stream {

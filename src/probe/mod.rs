@@ -3,9 +3,12 @@
 //! [`ProbeSpec::default`] is the seed's probe of `/healthz`.
 //!
 //! HTTP/1.1 on hyper's own connection API (`hyper::client::conn::http1`): the prober keeps
-//! its own per-address pool of idle sockets ([`pool`], bounded by the descriptor budget)
-//! and builds the HTTP state of a connection per probe, so an idle connection costs its
-//! socket and nothing more. `https` goes through `tokio-rustls` ([`tls`]).
+//! its own per-address pool of idle connections ([`pool`], bounded by the descriptor
+//! budget). Up to [`HTTP_STATES_KEPT`] of them keep their HTTP/1 state (hyper's sender,
+//! connection and buffers), so their next probe sends at once; the others keep their socket
+//! alone and get their HTTP state made per probe, so that beyond that bound an idle
+//! connection costs its socket and nothing more. `https` goes through `tokio-rustls`
+//! ([`tls`]).
 //!
 //! This module knows HTTP and nothing else. It never fails: every problem, including an
 //! endpoint that does not parse, becomes a classified failed outcome.
@@ -18,10 +21,11 @@ pub mod spec;
 pub mod tls;
 
 use std::future::Future;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -59,6 +63,16 @@ const MIN_POOL_IDLE: Duration = Duration::from_secs(90);
 
 pub const USER_AGENT: &str = concat!("healthprobe/", env!("CARGO_PKG_VERSION"));
 
+/// By default at most this many idle connections keep their HTTP/1 state (hyper's sender and
+/// connection with its read and write buffers, about 17 KiB each: 4.4 MiB in all); the
+/// others keep their socket alone. Keeping the state saves the handshake and its buffers
+/// on every probe (1.3 µs of the prober's 14.7 at one address, `benches/stack.rs`); bounding
+/// it keeps 10,000 or 100,000 engines at distinct addresses within their memory bounds.
+/// 256 is the highest default probe concurrency (`limits.rs`): every probe in flight at one
+/// address (one engine process or gateway serving many games) finds a connection with its
+/// state.
+pub const HTTP_STATES_KEPT: usize = 256;
+
 /// Probes engines. Cheap to clone: the connection pool is shared.
 #[derive(Clone)]
 pub struct Prober {
@@ -67,7 +81,10 @@ pub struct Prober {
 
 struct Inner {
     /// Idle connections per address, as many as the pool gives the address slots.
-    keepalive: KeepAlive<Stream>,
+    keepalive: KeepAlive<Idle>,
+    /// Idle connections that keep their HTTP/1 state now, and at most.
+    states_kept: Arc<AtomicUsize>,
+    max_states_kept: usize,
     tls: Arc<rustls::ClientConfig>,
     http1: http1::Builder,
     /// The seed's probe with the configured timeout: what [`Prober::default_spec`] lends.
@@ -87,6 +104,7 @@ pub struct ProberBuilder {
     timeout: Duration,
     interval: Duration,
     keepalive_budget: usize,
+    http_states_kept: usize,
     ca_bundle: Option<PathBuf>,
 }
 
@@ -100,6 +118,13 @@ impl ProberBuilder {
     /// asks, and closes. Unbounded unless set (tests, tools).
     pub fn keepalive_budget(mut self, budget: usize) -> Self {
         self.keepalive_budget = budget;
+        self
+    }
+
+    /// Let at most `count` idle connections keep their HTTP/1 state ([`HTTP_STATES_KEPT`]
+    /// unless set; 0: every idle connection keeps its socket alone).
+    pub fn http_states_kept(mut self, count: usize) -> Self {
+        self.http_states_kept = count;
         self
     }
 
@@ -121,6 +146,8 @@ impl ProberBuilder {
         Ok(Prober {
             inner: Arc::new(Inner {
                 keepalive: KeepAlive::new(self.keepalive_budget, idle_timeout),
+                states_kept: Arc::new(AtomicUsize::new(0)),
+                max_states_kept: self.http_states_kept,
                 tls,
                 http1,
                 default_spec: ProbeSpec {
@@ -132,10 +159,62 @@ impl ProberBuilder {
     }
 }
 
+type Http1Connection = http1::Connection<TokioIo<Stream>, Empty<Bytes>>;
+
+/// An idle connection as the pool keeps it between probes.
+enum Idle {
+    /// The socket alone: the next probe makes the HTTP/1 state anew.
+    Socket(Stream),
+    /// The socket with its HTTP/1 state: the next probe sends at once.
+    Http(Box<Http>),
+}
+
+impl Idle {
+    /// Whether it can carry another request ([`conn::is_quiet`]).
+    fn is_fit_for_reuse(&self) -> bool {
+        match self {
+            Self::Socket(stream) => stream.is_fit_for_reuse(),
+            Self::Http(http) => !http.sender.is_closed() && conn::is_quiet(http.fd),
+        }
+    }
+}
+
+/// A connection's HTTP/1 state: hyper's request side and the connection that moves its
+/// bytes, driven by the probe's own task (no task per connection).
+struct Http {
+    sender: http1::SendRequest<Empty<Bytes>>,
+    connection: Http1Connection,
+    /// The socket's descriptor, owned by `connection`: the reuse check.
+    fd: RawFd,
+    /// Held while the state is kept idle (always, once it has been).
+    kept: Option<StateTicket>,
+}
+
+/// One of the places for an idle connection's HTTP/1 state ([`HTTP_STATES_KEPT`]), given
+/// back when the state is dropped.
+struct StateTicket(Arc<AtomicUsize>);
+
+impl StateTicket {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |kept| {
+                (kept < max).then_some(kept + 1)
+            })
+            .ok()
+            .map(|_| Self(count.clone()))
+    }
+}
+
+impl Drop for StateTicket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How one exchange on one connection went.
 enum Exchange {
     /// The answer's status, and the connection when it can carry another request.
-    Answered(u16, Option<Stream>),
+    Answered(u16, Option<Idle>),
     /// A reused connection turned out closed before any answer: not the engine's failure,
     /// the probe goes again on a fresh connection.
     Stale,
@@ -150,6 +229,7 @@ impl Prober {
             timeout,
             interval,
             keepalive_budget: usize::MAX,
+            http_states_kept: HTTP_STATES_KEPT,
             ca_bundle: None,
         }
     }
@@ -223,22 +303,32 @@ impl Prober {
         let idle = slot
             .as_mut()
             .and_then(SlotHold::take_idle)
-            .filter(Stream::is_fit_for_reuse);
+            .filter(Idle::is_fit_for_reuse);
         let ask = || request(url, spec, keep).map_err(|failure| (0, failure));
         let mut outcome = Exchange::Stale;
-        if let Some(stream) = idle {
-            outcome = self.exchange(stream, ask()?, true, status).await;
+        if let Some(idle) = idle {
+            let http = match idle {
+                Idle::Http(http) => Ok(*http),
+                Idle::Socket(stream) => self.handshake(stream).await,
+            };
+            outcome = match http {
+                Ok(http) => self.exchange(http, ask()?, true, status).await,
+                Err(failure) => Exchange::Failed(0, failure),
+            };
         }
         if matches!(outcome, Exchange::Stale) {
             let stream = conn::connect(&target, &self.inner.tls)
                 .await
                 .map_err(|failure| (0, failure))?;
-            outcome = self.exchange(stream, ask()?, false, status).await;
+            outcome = match self.handshake(stream).await {
+                Ok(http) => self.exchange(http, ask()?, false, status).await,
+                Err(failure) => Exchange::Failed(0, failure),
+            };
         }
         match outcome {
-            Exchange::Answered(status, stream) => {
-                if let (Some(slot), Some(stream)) = (slot, stream) {
-                    slot.check_in(stream);
+            Exchange::Answered(status, idle) => {
+                if let (Some(slot), Some(idle)) = (slot, idle) {
+                    slot.check_in(idle);
                 }
                 if spec.expect.accepts(status) {
                     Ok(status)
@@ -263,27 +353,50 @@ impl Prober {
         }
     }
 
-    /// One request and its answer on `stream`: the head, then at most [`BODY_LIMIT`]
+    /// The HTTP/1 state of a connection made for one probe (kept after it when a
+    /// [`StateTicket`] is free).
+    async fn handshake(&self, stream: Stream) -> Result<Http, ProbeFailure> {
+        let fd = stream.raw_fd();
+        let (sender, connection) = self
+            .inner
+            .http1
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|error| classify::http_error(&error))?;
+        Ok(Http {
+            sender,
+            connection,
+            fd,
+            kept: None,
+        })
+    }
+
+    /// One request and its answer on `http`: the head, then at most [`BODY_LIMIT`]
     /// bytes of the body. The body is read even on an unexpected status so that a small
     /// answer leaves the connection reusable; it is reusable only when the body ended
     /// within the cap, the engine did not ask to close, and nothing unasked followed.
     async fn exchange(
         &self,
-        stream: Stream,
+        http: Http,
         request: Request<Empty<Bytes>>,
         reused: bool,
         status_seen: &AtomicU16,
     ) -> Exchange {
-        let (mut sender, mut connection) = match self
-            .inner
-            .http1
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-        {
-            Ok(pair) => pair,
-            Err(error) => return Exchange::Failed(0, classify::http_error(&error)),
-        };
+        let Http {
+            mut sender,
+            mut connection,
+            fd,
+            kept,
+        } = http;
         let mut closed = false;
+        if kept.is_some() {
+            // A kept state's sender is ready once its connection has seen the last answer
+            // end; a connection closed meanwhile says so here.
+            let ready = drive(&mut connection, &mut closed, pin!(sender.ready())).await;
+            if ready.is_err() {
+                return Exchange::Stale;
+            }
+        }
         let response = drive(
             &mut connection,
             &mut closed,
@@ -325,6 +438,24 @@ impl Prober {
         if !(ended && keep_alive) || closed {
             return Exchange::Answered(status, None);
         }
+        if let Some(kept) =
+            kept.or_else(|| StateTicket::take(&self.inner.states_kept, self.inner.max_states_kept))
+        {
+            // Keep the state: one more poll of the idle connection reads what is waiting
+            // (hyper reads ahead): anything unasked, or the engine's close, finishes it.
+            let finished =
+                std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).now_or_never();
+            if finished.is_some() {
+                return Exchange::Answered(status, None);
+            }
+            let http = Http {
+                sender,
+                connection,
+                fd,
+                kept: Some(kept),
+            };
+            return Exchange::Answered(status, Some(Idle::Http(Box::new(http))));
+        }
         // Hand the socket back: with the request side dropped, hyper finishes the
         // connection at once (no shutdown, nothing written) and returns what it holds.
         drop(sender);
@@ -335,7 +466,10 @@ impl Prober {
         }
         let parts = connection.into_parts();
         let reusable = parts.read_buf.is_empty();
-        Exchange::Answered(status, reusable.then(|| parts.io.into_inner()))
+        Exchange::Answered(
+            status,
+            reusable.then(|| Idle::Socket(parts.io.into_inner())),
+        )
     }
 }
 
@@ -344,7 +478,7 @@ impl Prober {
 /// connection has finished (the engine closed it, or it failed): `future` then resolves
 /// from what hyper saw.
 async fn drive<F: Future + Unpin>(
-    connection: &mut http1::Connection<TokioIo<Stream>, Empty<Bytes>>,
+    connection: &mut Http1Connection,
     closed: &mut bool,
     mut future: F,
 ) -> F::Output {
@@ -508,5 +642,90 @@ mod tests {
 
     fn request_for(endpoint: &str, spec: &ProbeSpec, keep: bool) -> Request<Empty<Bytes>> {
         request(&probe_url(endpoint, &spec.path).unwrap(), spec, keep).unwrap()
+    }
+
+    /// An engine that answers every request on a connection `200 ok`, kept alive, and
+    /// half-closes after `answers_per_connection` answers; returns its address, the
+    /// number of connections it accepted and the number it half-closed.
+    async fn keep_alive_engine(
+        answers_per_connection: usize,
+    ) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let half_closed = Arc::new(AtomicUsize::new(0));
+        let (counter, closes) = (accepted.clone(), half_closed.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let closes = closes.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    for _ in 0..answers_per_connection {
+                        while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buffer.clear();
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = socket.shutdown().await;
+                    closes.fetch_add(1, Ordering::SeqCst);
+                    // Hold the half-closed socket until the prober closes its side.
+                    let _ = socket.read(&mut [0u8; 16]).await;
+                });
+            }
+        });
+        (address, accepted, half_closed)
+    }
+
+    /// Both ways of keeping an idle connection (with its HTTP/1 state, and its socket
+    /// alone) reuse it, and replace one the engine half-closed without counting it.
+    #[tokio::test]
+    async fn idle_connections_are_reused_with_or_without_their_http_state() {
+        for states in [HTTP_STATES_KEPT, 0] {
+            let prober = Prober::builder(Duration::from_secs(5), Duration::from_secs(1))
+                .http_states_kept(states)
+                .build()
+                .unwrap();
+            let (engine, accepted, _) = keep_alive_engine(usize::MAX).await;
+            for i in 0..5 {
+                let outcome = prober.probe(&engine, prober.default_spec()).await;
+                assert!(
+                    outcome.is_healthy(),
+                    "{states} states, probe {i}: {outcome:?}"
+                );
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 1, "{states} states kept");
+            assert_eq!(
+                prober.inner.states_kept.load(Ordering::SeqCst),
+                states.min(1),
+                "the kept state's place is held while it is idle"
+            );
+
+            // One answer per connection, then a half-close: each probe finds its idle
+            // connection closed and asks on a fresh one.
+            let (engine, accepted, half_closed) = keep_alive_engine(1).await;
+            for i in 0..3 {
+                let outcome = prober.probe(&engine, prober.default_spec()).await;
+                assert!(
+                    outcome.is_healthy(),
+                    "{states} states, probe {i}: {outcome:?}"
+                );
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while half_closed.load(Ordering::SeqCst) <= i {
+                    assert!(Instant::now() < deadline, "the engine did not half-close");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 3, "{states} states kept");
+        }
     }
 }
