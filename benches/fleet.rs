@@ -25,7 +25,10 @@
 //! `HEALTHPROBE_BENCH_FLEET_ENGINES` [`1000,10000,100000`], `HEALTHPROBE_BENCH_FLEET_CONCURRENCY`
 //! [256], `HEALTHPROBE_BENCH_FLEET_ROUNDS` [3], `HEALTHPROBE_BENCH_FLEET_TICKS` [5: the first,
 //! the second, three steady], `HEALTHPROBE_BENCH_FLEET_INTERVAL` [`1s`; longer ticks run back
-//! to back], `HEALTHPROBE_BENCH_FLEET_WORKERS` [`healthprobe,go`],
+//! to back], `HEALTHPROBE_BENCH_FLEET_WORKERS` [`healthprobe,go`; with
+//! `HEALTHPROBE_BENCH_BIN_B`, `healthprobe,healthprobe-b,go`], `HEALTHPROBE_BENCH_BIN_B`
+//! [unset; another healthprobe binary, run as the worker `healthprobe-b` in the same rounds:
+//! an A/B of two builds, alternating],
 //! `HEALTHPROBE_BENCH_FLEET_NOFILE` [1024: the workers' soft descriptor limit, as a login
 //! shell or a systemd service has it], `HEALTHPROBE_BENCH_PERF` [unset; `1` records a perf
 //! profile of healthprobe's steady ticks, `target/bench/perf-fleet-*.data`; those runs'
@@ -111,6 +114,9 @@ impl Mode {
 #[serde(rename_all = "lowercase")]
 enum WorkerKind {
     Healthprobe,
+    /// A second healthprobe binary (`HEALTHPROBE_BENCH_BIN_B`): A/B comparisons.
+    #[serde(rename = "healthprobe-b")]
+    HealthprobeB,
     Go,
 }
 
@@ -118,6 +124,7 @@ impl WorkerKind {
     fn label(self) -> &'static str {
         match self {
             Self::Healthprobe => "healthprobe",
+            Self::HealthprobeB => "healthprobe B",
             Self::Go => "Go worker",
         }
     }
@@ -293,7 +300,7 @@ fn watch_log(child: &mut Child, kind: WorkerKind) -> mpsc::Receiver<Seen> {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             let tick = match kind {
-                WorkerKind::Healthprobe => parse_healthprobe_line(&line),
+                WorkerKind::Healthprobe | WorkerKind::HealthprobeB => parse_healthprobe_line(&line),
                 WorkerKind::Go => {
                     if is_go_failure_line(&line) {
                         go_failures += 1;
@@ -336,6 +343,7 @@ fn watch_log(child: &mut Child, kind: WorkerKind) -> mpsc::Receiver<Seen> {
 
 struct Settings {
     bin: String,
+    bin_b: Option<String>,
     gopeer: Option<String>,
     nats_url: String,
     nginx_port: u16,
@@ -377,9 +385,13 @@ fn run_worker(
     let mut command = Command::new("sh");
     command.args(["-c", "ulimit -Sn \"$0\" && exec \"$@\"", &settings.nofile]);
     match kind {
-        WorkerKind::Healthprobe => {
+        WorkerKind::Healthprobe | WorkerKind::HealthprobeB => {
+            let bin = match kind {
+                WorkerKind::HealthprobeB => settings.bin_b.as_deref().expect("B binary given"),
+                _ => &settings.bin,
+            };
             command
-                .arg(&settings.bin)
+                .arg(bin)
                 .arg("run")
                 .env("DATABASE_URL", database_url)
                 .env("NATS_URL", &settings.nats_url)
@@ -575,6 +587,9 @@ fn main() -> anyhow::Result<()> {
     let interval = env_or("HEALTHPROBE_BENCH_FLEET_INTERVAL", "1s");
     let settings = Settings {
         bin: env_or("HEALTHPROBE_BENCH_BIN", "target/release/healthprobe"),
+        bin_b: std::env::var("HEALTHPROBE_BENCH_BIN_B")
+            .ok()
+            .filter(|v| !v.is_empty()),
         gopeer: std::env::var("HEALTHPROBE_BENCH_GOPEER")
             .ok()
             .filter(|v| !v.is_empty()),
@@ -603,9 +618,18 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let rounds: usize = env_or("HEALTHPROBE_BENCH_FLEET_ROUNDS", "3").parse()?;
     let mut workers = Vec::new();
-    for name in env_list("HEALTHPROBE_BENCH_FLEET_WORKERS", "healthprobe,go") {
+    let default_workers = if settings.bin_b.is_some() {
+        "healthprobe,healthprobe-b,go"
+    } else {
+        "healthprobe,go"
+    };
+    for name in env_list("HEALTHPROBE_BENCH_FLEET_WORKERS", default_workers) {
         match name.as_str() {
             "healthprobe" => workers.push(WorkerKind::Healthprobe),
+            "healthprobe-b" if settings.bin_b.is_some() => workers.push(WorkerKind::HealthprobeB),
+            "healthprobe-b" => bail!(
+                "HEALTHPROBE_BENCH_FLEET_WORKERS: healthprobe-b needs HEALTHPROBE_BENCH_BIN_B"
+            ),
             "go" if settings.gopeer.is_some() => workers.push(WorkerKind::Go),
             "go" => eprintln!("fleet: no Go worker built; its runs are left out"),
             other => bail!("HEALTHPROBE_BENCH_FLEET_WORKERS: unknown worker {other:?}"),

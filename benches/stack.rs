@@ -3,19 +3,33 @@
 //! and the worker's. Run by `scripts/bench.sh fleet` against the same nginx (inside its
 //! network namespace), after the fleet runs; `HEALTHPROBE_BENCH_STACK=0` leaves it out.
 //!
-//! Three clients, each driven by `concurrency` lanes (tasks that send one request after
+//! Six clients, each driven by `concurrency` lanes (tasks that send one request after
 //! another on the same tokio runtime the worker uses: multi-thread, one thread per core),
-//! all at one address, connections warm:
+//! all at one address, connections warm, and wrk beside them:
 //!
 //! - `Prober`: healthprobe's own [`healthprobe::probe::Prober::probe`], as the worker calls
 //!   it (URL building, its own keep-alive pool, hyper's HTTP/1 connection API under the
 //!   probe's one timeout, the body read within its cap, the outcome);
+//! - `prober-sockets`: the same Prober with no idle connection keeping its HTTP/1 state
+//!   (`http_states_kept(0)`: the handshake per probe that engines beyond
+//!   [`healthprobe::probe::HTTP_STATES_KEPT`] get);
 //! - `reqwest`: a bare `reqwest::Client::get(url).send()` and the body, nothing else;
 //! - `minimal`: a prototype HTTP/1.1 client written for this measurement: one kept-alive
 //!   `TcpStream` per lane, the request bytes written once, the answer parsed with `httparse`
 //!   (the parser hyper uses), the body read by `Content-Length`. It does what a probe needs
 //!   and nothing a production client must (pooling across tasks, redirects, chunked bodies,
-//!   TLS, timeouts), so it is a floor, not a candidate.
+//!   TLS, timeouts), so it is a floor, not a candidate;
+//! - `hyper-task`, `hyper-inline`: **hyper's floor**, hyper's own connection API
+//!   (`hyper::client::conn::http1`) used as cheaply as it can be: one handshake per lane, its
+//!   `SendRequest` reused for every request, the body read to its end; the connection driven
+//!   by a task of its own (`hyper-task`, as hyper's documentation does it) or polled by the
+//!   lane beside each request (`hyper-inline`, as the Prober does it). Same builder settings
+//!   as the Prober (8 KiB read buffer limit, no vectored writes), same request headers;
+//! - `hyper-handshake`: as `hyper-inline`, but the HTTP/1 state is made anew for every request
+//!   over the lane's kept socket and the socket taken back after it (what the Prober does
+//!   per probe so that an idle connection costs only its socket): the handshake's share;
+//! - `wrk` (`-t2 -c{concurrency} -d3s`, when installed): requests/s, and its CPU per request
+//!   from `getrusage(RUSAGE_CHILDREN)` around it.
 //!
 //! CPU is the process's user + system time (`getrusage(RUSAGE_SELF)`) over the measured
 //! requests; the clients alternate between rounds and the figures are medians. Then the
@@ -27,31 +41,78 @@
 //! Variables: `HEALTHPROBE_BENCH_STACK_URL` [`http://127.0.0.1:8080`: the engine endpoint],
 //! `HEALTHPROBE_BENCH_STACK_REQUESTS` [200000 per client per round],
 //! `HEALTHPROBE_BENCH_FLEET_CONCURRENCY` [256], `HEALTHPROBE_BENCH_FLEET_ROUNDS` [3],
-//! `HEALTHPROBE_BENCH_STACK_IDLE` [4000 idle connections].
+//! `HEALTHPROBE_BENCH_STACK_IDLE` [4000 idle connections; 0 leaves the idle cost out],
+//! `HEALTHPROBE_BENCH_STACK_CLIENTS` [every client: `prober,reqwest,minimal,hyper-task,
+//! hyper-inline,hyper-handshake,wrk`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
 use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Uri, header};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Client {
     Prober,
+    ProberSockets,
     Reqwest,
     Minimal,
+    HyperTask,
+    HyperInline,
+    HyperHandshake,
+    Wrk,
 }
 
 impl Client {
-    const ALL: [Client; 3] = [Client::Prober, Client::Reqwest, Client::Minimal];
+    const ALL: [Client; 8] = [
+        Client::Prober,
+        Client::ProberSockets,
+        Client::Reqwest,
+        Client::Minimal,
+        Client::HyperTask,
+        Client::HyperInline,
+        Client::HyperHandshake,
+        Client::Wrk,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Client::Prober => "prober",
+            Client::ProberSockets => "prober-sockets",
+            Client::Reqwest => "reqwest",
+            Client::Minimal => "minimal",
+            Client::HyperTask => "hyper-task",
+            Client::HyperInline => "hyper-inline",
+            Client::HyperHandshake => "hyper-handshake",
+            Client::Wrk => "wrk",
+        }
+    }
 
     fn name(self) -> &'static str {
         match self {
             Client::Prober => "healthprobe's Prober (hyper)",
+            Client::ProberSockets => {
+                "healthprobe's Prober, idle connections keep their socket alone"
+            }
             Client::Reqwest => "bare reqwest::Client",
             Client::Minimal => "minimal HTTP/1.1 prototype",
+            Client::HyperTask => "hyper's floor: http1, persistent, connection in its own task",
+            Client::HyperInline => {
+                "hyper's floor: http1, persistent, connection polled by the lane"
+            }
+            Client::HyperHandshake => "hyper http1, a handshake per request over a kept socket",
+            Client::Wrk => "wrk",
         }
     }
 }
@@ -70,12 +131,22 @@ fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> 
     }
 }
 
-fn cpu_time() -> Duration {
+fn rusage_cpu_time(who: libc::c_int) -> Duration {
     // SAFETY: getrusage writes into the zeroed struct we own.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    unsafe { libc::getrusage(who, &mut usage) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// This process's user + system time, every thread.
+fn cpu_time() -> Duration {
+    rusage_cpu_time(libc::RUSAGE_SELF)
+}
+
+/// The user + system time of the children waited for (wrk).
+fn children_cpu_time() -> Duration {
+    rusage_cpu_time(libc::RUSAGE_CHILDREN)
 }
 
 /// One lane of the minimal client: a kept-alive connection and a reusable buffer.
@@ -132,6 +203,185 @@ impl MinimalLane {
     }
 }
 
+/// The HTTP/1 builder the Prober uses (src/probe/mod.rs): 8 KiB read buffer limit, one write
+/// per request.
+fn hyper_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder.max_buf_size(8 * 1024).writev(false);
+    builder
+}
+
+type HyperConnection = http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>;
+
+/// Polls `future` and, beside it, `connection` (which moves its bytes), as the Prober does.
+async fn driven<F: Future + Unpin>(connection: &mut HyperConnection, mut future: F) -> F::Output {
+    let mut closed = false;
+    std::future::poll_fn(|cx| {
+        if !closed && connection.poll_without_shutdown(cx).is_ready() {
+            closed = true;
+        }
+        Pin::new(&mut future).poll(cx)
+    })
+    .await
+}
+
+/// `GET /healthz` with the Prober's headers.
+fn healthz_request(host: &HeaderValue) -> Request<Empty<Bytes>> {
+    let mut request = Request::new(Empty::new());
+    *request.uri_mut() = Uri::from_static("/healthz");
+    let headers = request.headers_mut();
+    headers.reserve(2);
+    headers.insert(header::HOST, host.clone());
+    headers.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(healthprobe::probe::USER_AGENT),
+    );
+    request
+}
+
+/// One lane of hyper's connection API: a socket, and (except per-request handshakes) the
+/// `SendRequest` of one handshake, reused.
+struct HyperLane {
+    host: HeaderValue,
+    sender: Option<http1::SendRequest<Empty<Bytes>>>,
+    /// `hyper-inline`: the connection the lane polls; `hyper-task`: `None` (a task has it).
+    connection: Option<HyperConnection>,
+    /// `hyper-handshake`: the kept socket between requests.
+    socket: Option<TcpStream>,
+}
+
+impl HyperLane {
+    async fn connect(client: Client, addr: &str) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let host = HeaderValue::from_str(addr)?;
+        if client == Client::HyperHandshake {
+            return Ok(Self {
+                host,
+                sender: None,
+                connection: None,
+                socket: Some(stream),
+            });
+        }
+        let (sender, connection) = hyper_builder()
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await?;
+        let connection = match client {
+            Client::HyperTask => {
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                None
+            }
+            _ => Some(connection),
+        };
+        Ok(Self {
+            host,
+            sender: Some(sender),
+            connection,
+            socket: None,
+        })
+    }
+
+    /// One request and its whole body; returns the status.
+    async fn get(&mut self) -> anyhow::Result<u16> {
+        if let Some(socket) = self.socket.take() {
+            return self.get_with_handshake(socket).await;
+        }
+        let sender = self.sender.as_mut().context("no sender")?;
+        match self.connection.as_mut() {
+            None => {
+                sender.ready().await?;
+                let response = sender.send_request(healthz_request(&self.host)).await?;
+                let status = response.status().as_u16();
+                let mut body = response.into_body();
+                while let Some(frame) = body.frame().await {
+                    frame?;
+                }
+                Ok(status)
+            }
+            Some(connection) => {
+                driven(connection, std::pin::pin!(sender.ready())).await?;
+                let response = driven(
+                    connection,
+                    std::pin::pin!(sender.send_request(healthz_request(&self.host))),
+                )
+                .await?;
+                let status = response.status().as_u16();
+                let mut body = response.into_body();
+                while let Some(frame) = driven(connection, body.frame()).await {
+                    frame?;
+                }
+                Ok(status)
+            }
+        }
+    }
+
+    async fn get_with_handshake(&mut self, socket: TcpStream) -> anyhow::Result<u16> {
+        let (mut sender, mut connection) = hyper_builder()
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(socket))
+            .await?;
+        let response = driven(
+            &mut connection,
+            std::pin::pin!(sender.send_request(healthz_request(&self.host))),
+        )
+        .await?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        while let Some(frame) = driven(&mut connection, body.frame()).await {
+            frame?;
+        }
+        drop(body);
+        drop(sender);
+        std::future::poll_fn(|cx| match connection.poll_without_shutdown(cx) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => Poll::Ready(Ok(())),
+        })
+        .await?;
+        let parts = connection.into_parts();
+        anyhow::ensure!(parts.read_buf.is_empty(), "bytes after the answer");
+        self.socket = Some(parts.io.into_inner());
+        Ok(status)
+    }
+}
+
+/// wrk for 3 s with `concurrency` connections: requests/s and its CPU per request.
+fn run_wrk(url: &str, concurrency: usize) -> anyhow::Result<Measured> {
+    let cpu0 = children_cpu_time();
+    let output = std::process::Command::new("wrk")
+        .args(["-t2", &format!("-c{concurrency}"), "-d3s", url])
+        .output()
+        .context("running wrk")?;
+    let cpu = children_cpu_time() - cpu0;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rate: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Requests/sec:"))
+        .and_then(|rest| rest.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
+    let total: f64 = text
+        .lines()
+        .find_map(|line| {
+            let (count, rest) = line.trim().split_once(' ')?;
+            rest.starts_with("requests in")
+                .then(|| count.parse().ok())?
+        })
+        .with_context(|| format!("no request count in wrk's output: {text}"))?;
+    Ok(Measured {
+        requests_per_sec: rate,
+        cpu_us_per_request: cpu.as_secs_f64() * 1e6 / total,
+    })
+}
+
+fn wrk_installed() -> bool {
+    std::process::Command::new("wrk")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
 async fn run_client(
     client: Client,
     endpoint: &str,
@@ -139,7 +389,14 @@ async fn run_client(
     concurrency: usize,
 ) -> anyhow::Result<Measured> {
     let url = format!("{endpoint}/healthz");
-    let prober = healthprobe::probe::Prober::new(Duration::from_secs(2), Duration::from_secs(1))?;
+    let states_kept = match client {
+        Client::ProberSockets => 0,
+        _ => healthprobe::probe::HTTP_STATES_KEPT,
+    };
+    let prober =
+        healthprobe::probe::Prober::builder(Duration::from_secs(2), Duration::from_secs(1))
+            .http_states_kept(states_kept)
+            .build()?;
     let reqwest = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
@@ -183,13 +440,19 @@ async fn run_client(
                 Client::Minimal => Some(MinimalLane::connect(&authority, request).await?),
                 _ => None,
             };
+            let mut hyper = match client {
+                Client::HyperTask | Client::HyperInline | Client::HyperHandshake => {
+                    Some(HyperLane::connect(client, &authority).await?)
+                }
+                _ => None,
+            };
             for (phase, limit) in [(0, warmup), (1, requests)] {
                 if phase == 1 {
                     barrier.wait().await;
                 }
                 while counters[phase].fetch_add(1, Ordering::Relaxed) < limit {
                     let ok = match client {
-                        Client::Prober => prober
+                        Client::Prober | Client::ProberSockets => prober
                             .probe(&endpoint, prober.default_spec())
                             .await
                             .is_healthy(),
@@ -203,6 +466,10 @@ async fn run_client(
                         Client::Minimal => {
                             minimal.as_mut().expect("minimal lane").get().await? == 200
                         }
+                        Client::HyperTask | Client::HyperInline | Client::HyperHandshake => {
+                            hyper.as_mut().expect("hyper lane").get().await? == 200
+                        }
+                        Client::Wrk => unreachable!("wrk is a process of its own"),
                     };
                     if !ok {
                         failures.fetch_add(1, Ordering::Relaxed);
@@ -315,6 +582,18 @@ async fn idle_cost(
     Ok((after.saturating_sub(before)) as f64 / (connections - 1) as f64)
 }
 
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` has them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -352,25 +631,50 @@ fn main() -> anyhow::Result<()> {
     let requests = env_parse("HEALTHPROBE_BENCH_STACK_REQUESTS", 200_000usize)?;
     let concurrency = env_parse("HEALTHPROBE_BENCH_FLEET_CONCURRENCY", 256usize)?;
     let rounds = env_parse("HEALTHPROBE_BENCH_FLEET_ROUNDS", 3usize)?.max(1);
+    let mut clients = Vec::new();
+    for key in std::env::var("HEALTHPROBE_BENCH_STACK_CLIENTS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+    {
+        let client = Client::ALL
+            .into_iter()
+            .find(|c| c.key() == key)
+            .with_context(|| format!("HEALTHPROBE_BENCH_STACK_CLIENTS: unknown client {key:?}"))?;
+        clients.push(client);
+    }
+    if clients.is_empty() {
+        clients = Client::ALL.to_vec();
+    }
+    if clients.contains(&Client::Wrk) && !wrk_installed() {
+        eprintln!("stack: wrk is not installed: its row is left out");
+        clients.retain(|&c| c != Client::Wrk);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let mut results: Vec<(Client, Vec<f64>, Vec<f64>)> =
-        Client::ALL.iter().map(|&c| (c, vec![], vec![])).collect();
+        clients.iter().map(|&c| (c, vec![], vec![])).collect();
     for round in 0..rounds {
-        let mut order = Client::ALL.to_vec();
+        let mut order = clients.clone();
         let turn = round % order.len();
         order.rotate_left(turn);
         for client in order {
-            let measured = runtime
-                .block_on(run_client(client, &endpoint, requests, concurrency))
-                .with_context(|| format!("{} against {endpoint}", client.name()))?;
+            let measured = if client == Client::Wrk {
+                run_wrk(&format!("{endpoint}/healthz"), concurrency)?
+            } else {
+                runtime
+                    .block_on(run_client(client, &endpoint, requests, concurrency))
+                    .with_context(|| format!("{} against {endpoint}", client.name()))?
+            };
             eprintln!(
-                "stack: round {} {}: {:.0} requests/s, {:.1} µs CPU per request",
+                "stack: round {} {}: {:.0} requests/s, {:.1} µs CPU per request (load {})",
                 round + 1,
                 client.name(),
                 measured.requests_per_sec,
-                measured.cpu_us_per_request
+                measured.cpu_us_per_request,
+                load_average()
             );
             let entry = results
                 .iter_mut()
@@ -381,12 +685,16 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "#### The HTTP stack alone: {requests} requests per client per round, concurrency {concurrency}, one address, connections warm, medians of {rounds} rounds"
+        "#### The HTTP stack alone: {requests} requests per client per round, concurrency {concurrency}, one address, connections warm, medians of {rounds} rounds (load {} at the end)",
+        load_average()
     );
     println!();
     // The idle cost per connection, each client in a fresh child process, per round.
-    let mut idle: Vec<(Client, Vec<f64>)> =
-        vec![(Client::Prober, vec![]), (Client::Minimal, vec![])];
+    let mut idle: Vec<(Client, Vec<f64>)> = [Client::Prober, Client::Minimal]
+        .into_iter()
+        .filter(|c| idle_connections > 0 && clients.contains(c))
+        .map(|c| (c, vec![]))
+        .collect();
     for _ in 0..rounds {
         for (client, figures) in &mut idle {
             let name = if *client == Client::Minimal {
@@ -410,20 +718,28 @@ fn main() -> anyhow::Result<()> {
             figures.push(kib);
         }
     }
+    let wrk_rate = results
+        .iter()
+        .find(|(c, _, _)| *c == Client::Wrk)
+        .map(|(_, rates, _)| {
+            let mut rates = rates.clone();
+            median(&mut rates)
+        });
     println!(
-        "| client | requests/s | CPU µs/request | RSS per idle connection ({idle_connections} engines at distinct addresses) |"
+        "| client | requests/s | × wrk | CPU µs/request | RSS per idle connection ({idle_connections} engines at distinct addresses) |"
     );
-    println!("| --- | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
     for (client, rates, cpus) in &mut results {
         let idle_kib = idle
             .iter_mut()
             .find(|(c, _)| c == client)
             .map(|(_, figures)| format!("{:.1} KiB", median(figures)))
-            .unwrap_or_else(|| "(as the Prober)".into());
+            .unwrap_or_default();
+        let rate = median(rates);
+        let of_wrk = wrk_rate.map_or(String::new(), |wrk| format!("{:.2}", rate / wrk));
         println!(
-            "| {} | {:.0} | {:.1} | {idle_kib} |",
+            "| {} | {rate:.0} | {of_wrk} | {:.1} | {idle_kib} |",
             client.name(),
-            median(rates),
             median(cpus)
         );
     }

@@ -19,7 +19,8 @@
 # from Debian's packages when missing; the Go worker is built by ../shared/peer/go/build.sh
 # (HEALTHPROBE_BENCH_GOPEER_DIR chooses another copy; without one the Go column is left
 # out). HEALTHPROBE_BENCH_BIN measures another healthprobe binary (another branch's build)
-# in the fleet suite; after its runs the fleet suite measures the HTTP stack alone against the
+# in the fleet suite, and HEALTHPROBE_BENCH_BIN_B a second one in the same rounds (an A/B of
+# two builds, alternating: the worker "healthprobe B"); after its runs the fleet suite measures the HTTP stack alone against the
 # same nginx (benches/stack.rs; HEALTHPROBE_BENCH_STACK=0 leaves it out). See
 # benches/fleet.rs, benches/stack.rs and benches/tick.rs for the variables.
 set -euo pipefail
@@ -160,12 +161,13 @@ NGINX
     {
         echo "# healthprobe fleet benchmark, $(machine_line)"
         echo
-        echo "healthprobe binary: ${HEALTHPROBE_BENCH_BIN:-$ROOT/target/release/healthprobe}; Go worker: ${gopeer:-none}"
+        echo "healthprobe binary: ${HEALTHPROBE_BENCH_BIN:-$ROOT/target/release/healthprobe}${HEALTHPROBE_BENCH_BIN_B:+; healthprobe B: $HEALTHPROBE_BENCH_BIN_B}; Go worker: ${gopeer:-none}"
         echo
         in_ns env \
             HEALTHPROBE_BENCH_DATABASE_URL="$HEALTHPROBE_LOCAL_DATABASE_URL" \
             HEALTHPROBE_BENCH_NATS_URL="$HEALTHPROBE_LOCAL_NATS_URL" \
             HEALTHPROBE_BENCH_BIN="${HEALTHPROBE_BENCH_BIN:-$ROOT/target/release/healthprobe}" \
+            HEALTHPROBE_BENCH_BIN_B="${HEALTHPROBE_BENCH_BIN_B:-}" \
             HEALTHPROBE_BENCH_GOPEER="$gopeer" \
             HEALTHPROBE_BENCH_NGINX_PORT="$port" \
             HEALTHPROBE_BENCH_OUT="$ROOT/target/bench/fleet-$STAMP.jsonl" \
