@@ -107,11 +107,14 @@ impl Prober {
     /// bytes of the body. The body is read even on an unexpected status so that a small
     /// answer leaves the connection reusable; it is reusable only when the body ended
     /// within the cap, the engine did not ask to close, and nothing unasked followed.
+    /// A reusable connection keeps its HTTP/1 state when it already had it, or when its
+    /// address is `shared` and a [`StateTicket`] is free.
     pub(super) async fn exchange(
         &self,
         http: Http,
         request: Request<Empty<Bytes>>,
         reused: bool,
+        shared: bool,
         status_seen: &AtomicU16,
     ) -> Exchange {
         let Http {
@@ -170,9 +173,16 @@ impl Prober {
         if !(ended && keep_alive) || closed {
             return Exchange::Answered(status, None);
         }
-        if let Some(kept) =
-            kept.or_else(|| StateTicket::take(&self.inner.states_kept, self.inner.max_states_kept))
-        {
+        // Only a shared address's connections are worth their state: they carry several
+        // probes per tick. An engine at its own address asks once per interval, and
+        // thousands of such states cost memory that kept creeping over a soak
+        // (BENCHMARKS.md) for a handshake saved once every few seconds.
+        let ticket = || {
+            shared
+                .then(|| StateTicket::take(&self.inner.states_kept, self.inner.max_states_kept))
+                .flatten()
+        };
+        if let Some(kept) = kept.or_else(ticket) {
             // Keep the state: one more poll of the idle connection reads what is waiting
             // (hyper reads ahead): anything unasked, or the engine's close, finishes it.
             let finished =

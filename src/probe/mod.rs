@@ -4,10 +4,10 @@
 //!
 //! HTTP/1.1 on hyper's own connection API (`hyper::client::conn::http1`): the prober keeps
 //! its own per-address pool of idle connections ([`pool`], bounded by the descriptor
-//! budget). Up to [`HTTP_STATES_KEPT`] of them keep their HTTP/1 state (hyper's sender,
-//! connection and buffers), so their next probe sends at once; the others keep their socket
-//! alone and get their HTTP state made per probe, so that beyond that bound an idle
-//! connection costs its socket and nothing more. `https` goes through `tokio-rustls`
+//! budget). Up to [`HTTP_STATES_KEPT`] of them, at addresses shared by several games, keep
+//! their HTTP/1 state (hyper's sender, connection and buffers), so their next probe sends
+//! at once; the others keep their socket alone and get their HTTP state made per probe, so
+//! that an engine at its own address costs its socket and nothing more while idle. `https` goes through `tokio-rustls`
 //! ([`tls`]). Here: which connection a probe goes over and what its answer means; the
 //! exchange on one connection (the request, the answer within the body cap, whether the
 //! connection can be kept) is `exchange`.
@@ -58,12 +58,12 @@ pub const USER_AGENT: &str = concat!("healthprobe/", env!("CARGO_PKG_VERSION"));
 
 /// By default at most this many idle connections keep their HTTP/1 state (hyper's sender and
 /// connection with its read and write buffers, about 17 KiB each: 4.4 MiB in all); the
-/// others keep their socket alone. Keeping the state saves the handshake and its buffers
-/// on every probe (1.3 µs of the prober's 14.7 at one address, `benches/stack.rs`); bounding
-/// it keeps 10,000 or 100,000 engines at distinct addresses within their memory bounds.
-/// 256 is the highest default probe concurrency (`limits.rs`): every probe in flight at one
-/// address (one engine process or gateway serving many games) finds a connection with its
-/// state.
+/// others keep their socket alone. Only connections of a shared address (one engine process
+/// or gateway serving many games, [`pool::SlotHold::shared`]) keep it: they carry several
+/// probes per tick, and keeping the state saves the handshake and its buffers on each
+/// (1.3 µs of the prober's 14.7 at one address, `benches/stack.rs`). 256 is the highest
+/// default probe concurrency (`limits.rs`): every probe in flight at one address finds a
+/// connection with its state.
 pub const HTTP_STATES_KEPT: usize = 256;
 
 /// Probes engines. Cheap to clone: the connection pool is shared.
@@ -231,6 +231,7 @@ impl Prober {
         };
         let mut slot = self.inner.keepalive.hold(url);
         let keep = slot.is_some();
+        let shared = slot.as_ref().is_some_and(SlotHold::shared);
         let idle = slot
             .as_mut()
             .and_then(SlotHold::take_idle)
@@ -243,7 +244,7 @@ impl Prober {
                 Idle::Socket(stream) => self.handshake(stream).await,
             };
             outcome = match http {
-                Ok(http) => self.exchange(http, ask()?, true, status).await,
+                Ok(http) => self.exchange(http, ask()?, true, shared, status).await,
                 Err(failure) => Exchange::Failed(0, failure),
             };
         }
@@ -252,7 +253,7 @@ impl Prober {
                 .await
                 .map_err(|failure| (0, failure))?;
             outcome = match self.handshake(stream).await {
-                Ok(http) => self.exchange(http, ask()?, false, status).await,
+                Ok(http) => self.exchange(http, ask()?, false, shared, status).await,
                 Err(failure) => Exchange::Failed(0, failure),
             };
         }
@@ -426,7 +427,8 @@ mod tests {
     }
 
     /// Both ways of keeping an idle connection (with its HTTP/1 state, and its socket
-    /// alone) reuse it, and replace one the engine half-closed without counting it.
+    /// alone) reuse it, and replace one the engine half-closed without counting it. Only a
+    /// shared address (two probes of it at once) keeps the state.
     #[tokio::test]
     async fn idle_connections_are_reused_with_or_without_their_http_state() {
         for states in [HTTP_STATES_KEPT, 0] {
@@ -434,6 +436,7 @@ mod tests {
                 .http_states_kept(states)
                 .build()
                 .unwrap();
+            let kept = || prober.inner.states_kept.load(Ordering::SeqCst);
             let (engine, accepted, _) = keep_alive_engine(usize::MAX).await;
             for i in 0..5 {
                 let outcome = prober.probe(&engine, prober.default_spec()).await;
@@ -444,7 +447,28 @@ mod tests {
             }
             assert_eq!(accepted.load(Ordering::SeqCst), 1, "{states} states kept");
             assert_eq!(
-                prober.inner.states_kept.load(Ordering::SeqCst),
+                kept(),
+                0,
+                "an address probed once at a time keeps its socket alone"
+            );
+
+            // Two probes at once: the address holds two slots, and its connections keep
+            // their state (the second probe's at once, the first's when next used).
+            let (a, b) = tokio::join!(
+                prober.probe(&engine, prober.default_spec()),
+                prober.probe(&engine, prober.default_spec())
+            );
+            assert!(a.is_healthy() && b.is_healthy(), "{a:?} {b:?}");
+            for i in 0..5 {
+                let outcome = prober.probe(&engine, prober.default_spec()).await;
+                assert!(
+                    outcome.is_healthy(),
+                    "{states} states, shared probe {i}: {outcome:?}"
+                );
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 2, "{states} states kept");
+            assert_eq!(
+                kept(),
                 states.min(1),
                 "the kept state's place is held while it is idle"
             );

@@ -10,9 +10,8 @@
 //! a slot, so each address holds at most its slots in idle connections, and the pool at
 //! most `budget`.
 //!
-//! What is kept idle is the socket (and its TLS session) only: the HTTP/1 state and its
-//! buffers are made per probe and freed after it, so an idle connection costs its socket
-//! and nothing more.
+//! What an idle connection keeps beside its socket (and TLS session) is the prober's
+//! choice; the pool tells it whether the address is shared ([`SlotHold::shared`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -54,6 +53,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct SlotHold<'a, T> {
     keep_alive: &'a KeepAlive<T>,
     key: u64,
+    shared: bool,
 }
 
 impl<T> Drop for SlotHold<'_, T> {
@@ -66,6 +66,13 @@ impl<T> Drop for SlotHold<'_, T> {
 }
 
 impl<T> SlotHold<'_, T> {
+    /// Whether the address held more than one slot when this hold was taken: several
+    /// probes of it run at once (games behind one engine process or gateway), so its idle
+    /// connections are reused within a tick rather than once per interval.
+    pub(crate) fn shared(&self) -> bool {
+        self.shared
+    }
+
     /// The most recently used idle connection of this address that has not been idle for
     /// longer than the idle timeout; older ones are closed on the way.
     pub(crate) fn take_idle(&mut self) -> Option<T> {
@@ -179,6 +186,7 @@ impl<T> KeepAlive<T> {
             Some(SlotHold {
                 keep_alive: self,
                 key,
+                shared: address.slots > 1,
             })
         };
         drop(guard);
@@ -212,13 +220,22 @@ mod tests {
             .collect();
         assert!(keep_alive.hold(&other_game).is_some(), "same address");
         assert_eq!(keep_alive.lock().slots, 4, "one per probe in flight");
+        assert_eq!(
+            holds.iter().map(SlotHold::shared).collect::<Vec<_>>(),
+            [false, true, true],
+            "shared once the address holds a second slot"
+        );
         drop(holds);
         // Sequential probes reuse the slots the address already holds.
         for _ in 0..10 {
-            assert!(keep_alive.hold(&url).is_some());
+            assert!(keep_alive.hold(&url).is_some_and(|hold| hold.shared()));
         }
         assert_eq!(keep_alive.lock().slots, 4);
         assert_eq!(keep_alive.lock().addresses.len(), 1);
+        let distinct = healthz_url("http://127.0.0.9:8080").unwrap();
+        for _ in 0..3 {
+            assert!(!keep_alive.hold(&distinct).unwrap().shared(), "one slot");
+        }
     }
 
     #[test]
