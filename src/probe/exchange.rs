@@ -16,7 +16,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use url::Url;
+use url::{Position, Url};
 
 use super::conn::{self, Stream};
 use super::outcome::shorten;
@@ -260,10 +260,8 @@ pub(super) fn request(
     spec: &ProbeSpec,
     keep: bool,
 ) -> Result<Request<Empty<Bytes>>, ProbeFailure> {
-    let target = match url.query() {
-        Some(query) => format!("{}?{query}", url.path()),
-        None => url.path().to_owned(),
-    };
+    // The path and query as the URL holds them: a slice, not a copy.
+    let target = &url[Position::BeforePath..Position::AfterQuery];
     let uri = http::Uri::try_from(target).map_err(|error| ProbeFailure {
         kind: FailureKind::InvalidEndpoint,
         message: format!(
@@ -278,12 +276,8 @@ pub(super) fn request(
     headers.append(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
     headers.append(header::ACCEPT, HeaderValue::from_static("*/*"));
     if !spec.headers.iter().any(|(name, _)| name == header::HOST) {
-        let host = url.host_str().unwrap_or_default();
-        let value = match url.port() {
-            Some(port) => HeaderValue::from_str(&format!("{host}:{port}")),
-            None => HeaderValue::from_str(host),
-        };
-        if let Ok(value) = value {
+        // `host[:port]` as the URL holds it (the port only when not the scheme's default).
+        if let Ok(value) = HeaderValue::from_str(&url[Position::BeforeHost..Position::AfterPort]) {
             headers.append(header::HOST, value);
         }
     }

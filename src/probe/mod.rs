@@ -378,6 +378,14 @@ mod tests {
         let closing = request_for("https://engine.example/", &ProbeSpec::default(), false);
         assert_eq!(closing.headers()[http::header::HOST], "engine.example");
         assert_eq!(closing.headers()[http::header::CONNECTION], "close");
+        for (endpoint, host) in [
+            ("http://[::1]:8080/", "[::1]:8080"),
+            ("http://h:80/base", "h"),
+            ("http://user@h:81/", "h:81"),
+        ] {
+            let request = request_for(endpoint, &ProbeSpec::default(), true);
+            assert_eq!(request.headers()[http::header::HOST], host, "{endpoint}");
+        }
     }
 
     fn request_for(endpoint: &str, spec: &ProbeSpec, keep: bool) -> Request<Empty<Bytes>> {

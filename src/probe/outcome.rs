@@ -108,6 +108,57 @@ pub(crate) fn healthz_url(endpoint: &str) -> Result<Url, ProbeFailure> {
 /// Builds the probe URL: `endpoint` with trailing `/` trimmed, plus `path` (which may carry
 /// a query string; the endpoint's own query is dropped).
 pub(crate) fn probe_url(endpoint: &str, path: &str) -> Result<Url, ProbeFailure> {
+    if let Some(url) = plain_probe_url(endpoint, path) {
+        return Ok(url);
+    }
+    general_probe_url(endpoint, path)
+}
+
+/// [`probe_url`] for the endpoints nearly every fleet has (`http[s]://host[:port][/path]`
+/// in plain ASCII, a plain path): one parse of the joined text instead of a parse and
+/// three rewrites, which were 7 % of a probe's CPU at one address (BENCHMARKS.md). `None`
+/// for anything else (a query, a fragment, user info, dot segments, escapes, spaces),
+/// which [`general_probe_url`] handles; the unit tests hold both to the same answers.
+fn plain_probe_url(endpoint: &str, path: &str) -> Option<Url> {
+    let plain = |text: &str| {
+        text.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%' | b'\\' | b'@'))
+            && !text.contains("/.")
+    };
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))?;
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    if rest.is_empty()
+        || rest.starts_with('/')
+        || !plain(endpoint)
+        || !plain(path)
+        || query.is_some_and(|q| {
+            !q.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"=&-_.~".contains(&b))
+        })
+    {
+        return None;
+    }
+    let mut joined = String::with_capacity(endpoint.len() + path.len() + 2);
+    joined.push_str(endpoint.trim_end_matches('/'));
+    joined.push('/');
+    joined.push_str(path.trim_start_matches('/'));
+    if let Some(query) = query {
+        joined.push('?');
+        joined.push_str(query);
+    }
+    let url = Url::parse(&joined).ok()?;
+    url.host_str()
+        .is_some_and(|host| !host.is_empty())
+        .then_some(url)
+}
+
+/// [`probe_url`] for any endpoint: parse it alone, then set the path and query.
+fn general_probe_url(endpoint: &str, path: &str) -> Result<Url, ProbeFailure> {
     let invalid = |why: String| ProbeFailure {
         kind: FailureKind::InvalidEndpoint,
         message: why,
@@ -152,4 +203,73 @@ pub(crate) fn probe_url(endpoint: &str, path: &str) -> Result<Url, ProbeFailure>
 pub(super) fn shorten(text: &str) -> String {
     const MAX: usize = 200;
     crate::bounded(text, MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-parse path gives exactly what the general one gives, wherever it answers,
+    /// and answers for the endpoints fleets have.
+    #[test]
+    fn plain_endpoints_are_joined_as_the_general_path_joins_them() {
+        let endpoints = [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8080/",
+            "http://h:1/base",
+            "http://h:1/base//",
+            "https://engine.example",
+            "https://engine.example:443/",
+            "http://[::1]:8080/base",
+            "http://Engine.Example:80/A/b",
+            "http://h/a/../b",
+            "http://h/a/.",
+            "http://h/a b",
+            "http://h/%41",
+            "http://user@h/",
+            "http://h/?old=1",
+            "http://h/#frag",
+            " http://h/ ",
+            "HTTP://h/",
+            "http://h:99999",
+            "http://",
+            "http:///x",
+            "http://h/ü",
+            "http://h/{x}",
+            "http://0x7f.1/",
+        ];
+        let paths = [
+            "/healthz",
+            "/",
+            "//ready",
+            "/ready?full=1",
+            "/ready?a=1&b=x-y_z.~",
+            "/ready?q=a b",
+            "/a/../b",
+            "/x y",
+            "/{x}",
+            "/ready?",
+        ];
+        let mut plain = 0;
+        for endpoint in endpoints {
+            for path in paths {
+                let general = general_probe_url(endpoint, path);
+                if let Some(url) = plain_probe_url(endpoint, path) {
+                    plain += 1;
+                    assert_eq!(
+                        Some(url.as_str()),
+                        general.as_ref().ok().map(Url::as_str),
+                        "{endpoint:?} + {path:?}"
+                    );
+                }
+            }
+        }
+        assert!(plain >= 60, "the plain path answered only {plain} times");
+        for endpoint in ["http://127.0.0.1:8080", "https://engine.example/base/"] {
+            assert!(
+                plain_probe_url(endpoint, "/healthz").is_some(),
+                "{endpoint}"
+            );
+        }
+    }
 }

@@ -216,18 +216,21 @@ impl Worker {
         };
         let prober = self.prober.clone();
         let spec = self.spec_of(&record.game_id);
-        let span = probe_span(&record.game_id);
         self.games.dispatched(&record.game_id, schedule.generation);
         self.probing.insert(record.game_id.clone());
         let game_id = record.game_id.clone();
-        let task = self.in_flight.spawn(
-            async move {
-                let outcome = prober.probe(&record.engine_endpoint, &spec).await;
-                drop(permit);
-                (record, outcome)
-            }
-            .instrument(span),
-        );
+        let span = probe_span(&game_id);
+        let probe = async move {
+            let outcome = prober.probe(&record.engine_endpoint, &spec).await;
+            drop(permit);
+            (record, outcome)
+        };
+        // Without a span the probe runs bare: `Instrumented` enters and leaves even an
+        // empty span on every poll.
+        let task = match span {
+            Some(span) => self.in_flight.spawn(probe.instrument(span)),
+            None => self.in_flight.spawn(probe),
+        };
         self.probing_tasks.insert(task.id(), game_id);
         if batch.len() >= SNAPSHOT_BATCH {
             self.recorder.flush(&mut self.games, batch, report).await;
@@ -254,10 +257,7 @@ impl Worker {
 /// The span of one probe, a child of the tick's: made only when spans are exported
 /// ([`crate::telemetry::traces_exported`]), since nothing else reads it and it costs about
 /// 5 % of the CPU per probe (BENCHMARKS.md).
-fn probe_span(game_id: &str) -> tracing::Span {
-    if crate::telemetry::traces_exported() {
-        tracing::info_span!("probe", game_id = %crate::bounded(game_id, 200))
-    } else {
-        tracing::Span::none()
-    }
+fn probe_span(game_id: &str) -> Option<tracing::Span> {
+    crate::telemetry::traces_exported()
+        .then(|| tracing::info_span!("probe", game_id = %crate::bounded(game_id, 200)))
 }
