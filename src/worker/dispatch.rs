@@ -162,6 +162,11 @@ impl Worker {
             if !report.interrupted && schedule.budget_spent() {
                 break;
             }
+            if let Some(done) = self.in_flight.try_join_next_with_id() {
+                let done = self.finished(done);
+                self.apply(done, report, batch).await;
+                continue;
+            }
             let done = match schedule.deadline {
                 Some(deadline) if !report.interrupted => tokio::select! {
                     done = self.in_flight.join_next_with_id() => done,
@@ -196,6 +201,22 @@ impl Worker {
                 return false;
             }
             let due = now >= start_at;
+            // What the select below would take first, without setting up its waiters (a
+            // cancellation waiter, the join set's, a timer and a semaphore queue entry, made
+            // and dropped twice per probe otherwise): stop, a probe that already ended, a
+            // free slot. In a busy tick one of them is nearly always ready.
+            if stop.is_cancelled() {
+                report.interrupted = true;
+                return false;
+            }
+            if let Some(done) = self.in_flight.try_join_next_with_id() {
+                let done = self.finished(done);
+                self.apply(done, report, batch).await;
+                continue;
+            }
+            if due && let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                break permit;
+            }
             let far = deadline.unwrap_or(start_at + Duration::from_secs(3600));
             tokio::select! {
                 biased;
