@@ -434,6 +434,14 @@ mod tests {
         (address, accepted, half_closed)
     }
 
+    /// Probes `engine` `count` times in a row, each answer healthy.
+    async fn probe_healthy(prober: &Prober, engine: &str, count: usize, what: &str) {
+        for i in 0..count {
+            let outcome = prober.probe(engine, prober.default_spec()).await;
+            assert!(outcome.is_healthy(), "{what}, probe {i}: {outcome:?}");
+        }
+    }
+
     /// Both ways of keeping an idle connection (with its HTTP/1 state, and its socket
     /// alone) reuse it, and replace one the engine half-closed without counting it. Only a
     /// shared address (two probes of it at once) keeps the state.
@@ -446,13 +454,7 @@ mod tests {
                 .unwrap();
             let kept = || prober.inner.states_kept.load(Ordering::SeqCst);
             let (engine, accepted, _) = keep_alive_engine(usize::MAX).await;
-            for i in 0..5 {
-                let outcome = prober.probe(&engine, prober.default_spec()).await;
-                assert!(
-                    outcome.is_healthy(),
-                    "{states} states, probe {i}: {outcome:?}"
-                );
-            }
+            probe_healthy(&prober, &engine, 5, &format!("{states} states")).await;
             assert_eq!(accepted.load(Ordering::SeqCst), 1, "{states} states kept");
             assert_eq!(
                 kept(),
@@ -467,13 +469,7 @@ mod tests {
                 prober.probe(&engine, prober.default_spec())
             );
             assert!(a.is_healthy() && b.is_healthy(), "{a:?} {b:?}");
-            for i in 0..5 {
-                let outcome = prober.probe(&engine, prober.default_spec()).await;
-                assert!(
-                    outcome.is_healthy(),
-                    "{states} states, shared probe {i}: {outcome:?}"
-                );
-            }
+            probe_healthy(&prober, &engine, 5, &format!("{states} states, shared")).await;
             assert_eq!(accepted.load(Ordering::SeqCst), 2, "{states} states kept");
             assert_eq!(
                 kept(),
