@@ -66,6 +66,7 @@ use tokio::net::TcpStream;
 enum Client {
     Prober,
     ProberSockets,
+    ProberSpawned,
     Reqwest,
     Minimal,
     HyperTask,
@@ -75,9 +76,10 @@ enum Client {
 }
 
 impl Client {
-    const ALL: [Client; 8] = [
+    const ALL: [Client; 9] = [
         Client::Prober,
         Client::ProberSockets,
+        Client::ProberSpawned,
         Client::Reqwest,
         Client::Minimal,
         Client::HyperTask,
@@ -90,6 +92,7 @@ impl Client {
         match self {
             Client::Prober => "prober",
             Client::ProberSockets => "prober-sockets",
+            Client::ProberSpawned => "prober-spawned",
             Client::Reqwest => "reqwest",
             Client::Minimal => "minimal",
             Client::HyperTask => "hyper-task",
@@ -104,6 +107,9 @@ impl Client {
             Client::Prober => "healthprobe's Prober (hyper)",
             Client::ProberSockets => {
                 "healthprobe's Prober, idle connections keep their socket alone"
+            }
+            Client::ProberSpawned => {
+                "healthprobe's Prober, a task per probe spawned by one dispatcher"
             }
             Client::Reqwest => "bare reqwest::Client",
             Client::Minimal => "minimal HTTP/1.1 prototype",
@@ -413,6 +419,9 @@ async fn run_client(
     .into_bytes()
     .into();
 
+    if client == Client::ProberSpawned {
+        return run_spawned(&prober, endpoint, requests, concurrency).await;
+    }
     // Warm-up: every lane's connection made and used once, outside the measurement.
     let warmup = concurrency * 4;
     let counters = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
@@ -452,7 +461,7 @@ async fn run_client(
                 }
                 while counters[phase].fetch_add(1, Ordering::Relaxed) < limit {
                     let ok = match client {
-                        Client::Prober | Client::ProberSockets => prober
+                        Client::Prober | Client::ProberSockets | Client::ProberSpawned => prober
                             .probe(&endpoint, prober.default_spec())
                             .await
                             .is_healthy(),
@@ -493,6 +502,61 @@ async fn run_client(
     let failed = failures.load(Ordering::Relaxed);
     if failed > 0 {
         bail!("{}: {failed} requests failed", client.name());
+    }
+    Ok(Measured {
+        requests_per_sec: requests as f64 / wall.as_secs_f64(),
+        cpu_us_per_request: cpu.as_secs_f64() * 1e6 / requests as f64,
+    })
+}
+
+/// The Prober as the worker's tick drives it: one dispatcher takes a slot of a semaphore,
+/// spawns a task per probe into a join set and records each as it ends (the worker's
+/// `dispatch` fast path, without Postgres or the per-game table): what a task per probe
+/// costs against the lanes of `run_client`.
+async fn run_spawned(
+    prober: &healthprobe::probe::Prober,
+    endpoint: &str,
+    requests: usize,
+    concurrency: usize,
+) -> anyhow::Result<Measured> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut in_flight: tokio::task::JoinSet<bool> = tokio::task::JoinSet::new();
+    let mut failed = 0usize;
+    let mut measure = None;
+    for (phase, limit) in [(0, concurrency * 4), (1, requests)] {
+        if phase == 1 {
+            measure = Some((cpu_time(), Instant::now()));
+        }
+        let mut started = 0;
+        while started < limit || !in_flight.is_empty() {
+            if let Some(done) = in_flight.try_join_next() {
+                failed += usize::from(!done.context("probe panicked")?);
+                continue;
+            }
+            if started < limit
+                && let Ok(permit) = slots.clone().try_acquire_owned()
+            {
+                let (prober, endpoint) = (prober.clone(), endpoint.to_owned());
+                in_flight.spawn(async move {
+                    let ok = prober
+                        .probe(&endpoint, prober.default_spec())
+                        .await
+                        .is_healthy();
+                    drop(permit);
+                    ok
+                });
+                started += 1;
+                continue;
+            }
+            if let Some(done) = in_flight.join_next().await {
+                failed += usize::from(!done.context("probe panicked")?);
+            }
+        }
+    }
+    let (cpu0, wall0) = measure.expect("the measured phase ran");
+    let (cpu, wall) = (cpu_time() - cpu0, wall0.elapsed());
+    if failed > 0 {
+        bail!("{}: {failed} requests failed", Client::ProberSpawned.name());
     }
     Ok(Measured {
         requests_per_sec: requests as f64 / wall.as_secs_f64(),

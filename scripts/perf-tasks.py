@@ -18,8 +18,8 @@ TICK = [
     ("the running list (sqlx)", ("running_games",)),
     ("the metrics", ("probe_completed", "opentelemetry")),
     ("recording finished probes", ("Worker::apply", "dispatch::<impl healthprobe::worker::Worker>::finished", "Recorder")),
-    ("starting probes (spawn)", ("task::spawn", "JoinSet<T>::spawn")),
-    ("waiting for a slot or a finished probe", ("__tokio_select_util", "join_next", "acquire_owned", "sleep_until")),
+    ("starting probes (a lane, or a spawn before the lanes)", ("Lanes::start", "task::spawn", "JoinSet<T>::spawn")),
+    ("waiting for a slot or a finished probe", ("__tokio_select_util", "join_next", "Lanes::next", "Lanes::try_next", "acquire_owned", "sleep_until")),
     ("the per-game table", ("GameTable",)),
 ]
 PROBE = [
@@ -33,6 +33,7 @@ PROBE = [
     ("reading and parsing the answer", ("__libc_recv", "poll_read")),
     ("hyper's exchange, other", ("exchange",)),
     ("the probe's timer", ("Timeout", "TimerEntry")),
+    ("handing the probe back (lanes)", ("UnboundedSender", "chan::Tx")),
 ]
 
 
@@ -61,7 +62,8 @@ def classify(stack):
 
     if has("Worker::tick"):
         task, parts = "the tick", TICK
-    elif has("dispatch::{async_fn#0}::{async_block"):
+    elif has("spawn_lane", "dispatch::{async_fn#0}::{async_block"):
+        # The probe lanes (worker/lanes.rs); before them, a task per probe.
         task, parts = "the probe tasks", PROBE
     elif has("tokio::runtime"):
         return "the runtime", "parking, epoll, task harness"

@@ -13,13 +13,12 @@ use std::time::{Duration, Instant};
 
 use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 use super::Worker;
 use super::games::{self, Rank};
+use super::lanes::Job;
 use super::record::{PendingWrite, SNAPSHOT_BATCH};
 use super::report::TickReport;
-use crate::probe::ProbeOutcome;
 use crate::store::RuntimeRecord;
 
 /// A game that waits for the games whose last probe succeeded: its rank, the last tick
@@ -158,28 +157,26 @@ impl Worker {
         report: &mut TickReport,
         batch: &mut Vec<PendingWrite>,
     ) {
-        while !self.in_flight.is_empty() {
+        while self.in_flight.busy() > 0 {
             if !report.interrupted && schedule.budget_spent() {
                 break;
             }
-            if let Some(done) = self.in_flight.try_join_next_with_id() {
-                let done = self.finished(done);
+            if let Some(done) = self.in_flight.try_next() {
                 self.apply(done, report, batch).await;
                 continue;
             }
             let done = match schedule.deadline {
                 Some(deadline) if !report.interrupted => tokio::select! {
-                    done = self.in_flight.join_next_with_id() => done,
+                    done = self.in_flight.next() => done,
                     _ = tokio::time::sleep_until(deadline) => None,
                 },
-                _ => self.in_flight.join_next_with_id().await,
+                _ => self.in_flight.next().await,
             };
             if let Some(done) = done {
-                let done = self.finished(done);
                 self.apply(done, report, batch).await;
             }
         }
-        report.in_flight = self.in_flight.len();
+        report.in_flight = self.in_flight.busy();
     }
 
     /// Starts one probe at the schedule's next start once a slot is free, recording
@@ -209,12 +206,15 @@ impl Worker {
                 report.interrupted = true;
                 return false;
             }
-            if let Some(done) = self.in_flight.try_join_next_with_id() {
-                let done = self.finished(done);
+            if let Some(done) = self.in_flight.try_next() {
                 self.apply(done, report, batch).await;
                 continue;
             }
-            if due && let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            let room = self.in_flight.has_room();
+            if due
+                && room
+                && let Ok(permit) = self.slots.clone().try_acquire_owned()
+            {
                 break permit;
             }
             let far = deadline.unwrap_or(start_at + Duration::from_secs(3600));
@@ -224,54 +224,30 @@ impl Worker {
                     report.interrupted = true;
                     return false;
                 }
-                Some(done) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => {
-                    let done = self.finished(done);
+                Some(done) = self.in_flight.next(), if self.in_flight.busy() > 0 => {
                     self.apply(done, report, batch).await;
                 }
                 _ = tokio::time::sleep_until(start_at), if !due => {}
                 _ = tokio::time::sleep_until(far), if due && deadline.is_some() => {}
-                permit = self.slots.clone().acquire_owned(), if due => {
+                permit = self.slots.clone().acquire_owned(), if due && room => {
                     break permit.expect("the semaphore is never closed");
                 }
             }
         };
-        let prober = self.prober.clone();
         let spec = self.spec_of(&record.game_id);
         self.games.dispatched(&record.game_id, schedule.generation);
         self.probing.insert(record.game_id.clone());
-        let game_id = record.game_id.clone();
-        let span = probe_span(&game_id);
-        let probe = async move {
-            let outcome = prober.probe(&record.engine_endpoint, &spec).await;
-            drop(permit);
-            (record, outcome)
-        };
-        // Without a span the probe runs bare: `Instrumented` enters and leaves even an
-        // empty span on every poll.
-        let task = match span {
-            Some(span) => self.in_flight.spawn(probe.instrument(span)),
-            None => self.in_flight.spawn(probe),
-        };
-        self.probing_tasks.insert(task.id(), game_id);
+        let span = probe_span(&record.game_id);
+        self.in_flight.start(Job {
+            record,
+            spec,
+            permit,
+            span,
+        });
         if batch.len() >= SNAPSHOT_BATCH {
             self.recorder.flush(&mut self.games, batch, report).await;
         }
         true
-    }
-
-    /// Clears the bookkeeping of a probe that ended (normally or not).
-    pub(super) fn finished(
-        &mut self,
-        done: Result<(tokio::task::Id, (RuntimeRecord, ProbeOutcome)), tokio::task::JoinError>,
-    ) -> Result<(RuntimeRecord, ProbeOutcome), tokio::task::JoinError> {
-        let id = match &done {
-            Ok((id, _)) => *id,
-            Err(e) => e.id(),
-        };
-        if let Some(game_id) = self.probing_tasks.remove(&id) {
-            self.probing.remove(&game_id);
-        }
-        done.map(|(_, done)| done)
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! [`Worker::tick`] is one pass and returns a [`TickReport`]; [`driver::run`] is the loop
 //! around it, on the periodic driver. The parts: [`games`] (the per-game table, pure), `dispatch` (the tick's
-//! schedule: ranked starts, the budget, probes in flight), [`record`] (the commit rule:
+//! schedule: ranked starts, the budget, probes in flight), `lanes` (the tasks that run the
+//! probes), [`record`] (the commit rule:
 //! memory moves only after Postgres committed, conditionally on the version it read),
 //! [`hold`] (the mass-failure rule, pure) and `mass_failure` (the worker's side of it, and
 //! the degraded replica's sample tick), [`overrides`] (per-game settings, pure) and
@@ -16,6 +17,7 @@ pub mod driver;
 mod game_settings;
 pub mod games;
 pub mod hold;
+mod lanes;
 mod mass_failure;
 pub mod membership;
 pub mod on_demand;
@@ -29,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use tokio::sync::{Notify, Semaphore, watch};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use driver::run;
@@ -44,6 +45,7 @@ use crate::telemetry::Metrics;
 use dispatch::{LaterGame, Start};
 use games::{GameTable, Rank, Synced};
 use hold::{Action, MassFailure, MassFailureSettings};
+use lanes::{Finished, Lanes};
 use membership::{Membership, ReplicaHealth};
 use on_demand::HoldFlags;
 use overrides::{GameSettings, GlobalProbeSettings, Skip};
@@ -75,10 +77,10 @@ pub struct Worker {
     /// `max_concurrency` probe slots, shared by every tick: a probe still running from an
     /// earlier tick keeps its slot.
     slots: Arc<Semaphore>,
-    /// Probes started and not yet recorded, possibly from earlier ticks.
-    in_flight: JoinSet<(RuntimeRecord, ProbeOutcome)>,
-    /// The game of each probe in flight, by task, and the games with a probe in flight.
-    probing_tasks: HashMap<tokio::task::Id, String>,
+    /// The tasks that run the probes, with the probes started and not yet recorded,
+    /// possibly from earlier ticks.
+    in_flight: Lanes,
+    /// The games with a probe in flight.
     probing: HashSet<String>,
     /// How long a tick may hold the schedule (`None`: until every probe it started ended).
     tick_budget: Option<Duration>,
@@ -119,6 +121,7 @@ impl Worker {
     ) -> Self {
         let (_, alone) = watch::channel(Membership::alone("local"));
         let prober_spec = prober.default_spec().clone();
+        let in_flight = Lanes::new(prober.clone(), settings.max_concurrency);
         Self {
             recorder: Recorder::new(store.clone(), metrics.clone(), outbox_wake),
             store,
@@ -130,8 +133,7 @@ impl Worker {
             generation: 0,
             last_owned: 0,
             slots: Arc::new(Semaphore::new(settings.max_concurrency)),
-            in_flight: JoinSet::new(),
-            probing_tasks: HashMap::new(),
+            in_flight,
             probing: HashSet::new(),
             tick_budget: None,
             backlog: false,
@@ -251,8 +253,7 @@ impl Worker {
         let mut disabled = HashSet::new();
 
         // What finished since the last tick, first.
-        while let Some(done) = self.in_flight.try_join_next_with_id() {
-            let done = self.finished(done);
+        while let Some(done) = self.in_flight.try_next() {
             self.apply(done, &mut report, &mut batch).await;
         }
 
@@ -371,8 +372,7 @@ impl Worker {
     pub(crate) async fn finish_in_flight(&mut self) -> TickReport {
         let mut report = TickReport::default();
         let mut batch = Vec::new();
-        while let Some(done) = self.in_flight.join_next_with_id().await {
-            let done = self.finished(done);
+        while let Some(done) = self.in_flight.next().await {
             self.apply(done, &mut report, &mut batch).await;
         }
         self.recorder
@@ -386,19 +386,23 @@ impl Worker {
     /// Applies one finished probe: hysteresis on the synced state, then the commit rule.
     async fn apply(
         &mut self,
-        done: Result<(RuntimeRecord, ProbeOutcome), tokio::task::JoinError>,
+        done: Finished,
         report: &mut TickReport,
         batch: &mut Vec<PendingWrite>,
     ) {
         if let Some(progress) = &self.progress {
             progress.beat();
         }
-        let (record, outcome) = match done {
-            Ok(done) => done,
-            Err(e) => {
+        let Finished {
+            record, outcome, ..
+        } = done;
+        self.probing.remove(&record.game_id);
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(panic) => {
                 // A probe never panics by design; if one does, it is a bug in the worker:
                 // count it as what it is (not a store error) and go on.
-                tracing::error!(error = %e, "probe task panicked: an internal fault in the worker, not the engine's; the game is probed again next tick");
+                tracing::error!(game_id = %crate::bounded(&record.game_id, 200), panic = %panic, "probe panicked: an internal fault in the worker, not the engine's; the game is probed again next tick");
                 report.probe_panics += 1;
                 return;
             }

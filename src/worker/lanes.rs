@@ -1,0 +1,319 @@
+//! The probe lanes: long-lived tasks, at most one per concurrency slot, each running the
+//! probes the tick hands it one after another, so a probe costs no task of its own.
+//!
+//! Why: a task per probe (its spawn, its allocation, the join set's bookkeeping and the
+//! map from task to game) cost 6.5 µs of CPU per probe at one address, a quarter of the
+//! whole worker's: `benches/stack.rs`, the Prober driven by 256 lanes against the same
+//! Prober spawned once per probe by one dispatcher, 17.3 against 23.8 µs per probe and
+//! 62,361 against 52,455 probes/s (medians of 7 alternating rounds, BENCHMARKS.md).
+//!
+//! The tick hands a [`Job`] to an idle lane (one is started when none is idle and there
+//! are fewer than `max`), and takes [`Finished`] probes back in the order they end, from
+//! this tick or an earlier one: a lane busy with a hung engine simply stays busy beside
+//! the next tick, as a task in flight did. A probe that panics is caught in its lane and
+//! comes back as [`Finished::outcome`]'s `Err`, so the lane lives on; the lanes end when
+//! the worker is dropped (their channels close, and the join set aborts them).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::FutureExt as _;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
+
+use crate::probe::spec::ProbeSpec;
+use crate::probe::{ProbeOutcome, Prober};
+use crate::store::RuntimeRecord;
+
+/// One probe for a lane: the game, how to probe it, the concurrency slot it holds until
+/// its probe ends, and its span when spans are exported.
+pub(super) struct Job {
+    pub record: RuntimeRecord,
+    pub spec: Arc<ProbeSpec>,
+    pub permit: OwnedSemaphorePermit,
+    pub span: Option<tracing::Span>,
+}
+
+/// A probe that ended: its game, and its outcome or, when the probe panicked (a bug in the
+/// worker, never the engine's doing), the panic's message.
+pub(super) struct Finished {
+    lane: usize,
+    pub record: RuntimeRecord,
+    pub outcome: Result<ProbeOutcome, String>,
+}
+
+pub(super) struct Lanes {
+    prober: Prober,
+    max: usize,
+    /// Each lane's job channel, by lane number.
+    jobs: Vec<mpsc::Sender<Job>>,
+    /// Lanes with no job, last freed first (its task is the likeliest to be warm).
+    idle: Vec<usize>,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    finished: mpsc::UnboundedReceiver<Finished>,
+    tasks: JoinSet<()>,
+}
+
+impl Lanes {
+    pub(super) fn new(prober: Prober, max: usize) -> Self {
+        let (finished_tx, finished) = mpsc::unbounded_channel();
+        Self {
+            prober,
+            max,
+            jobs: Vec::new(),
+            idle: Vec::new(),
+            finished_tx,
+            finished,
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Probes started and not yet taken back.
+    pub(super) fn busy(&self) -> usize {
+        self.jobs.len() - self.idle.len()
+    }
+
+    /// Whether [`Self::start`] can take a job now.
+    pub(super) fn has_room(&self) -> bool {
+        !self.idle.is_empty() || self.jobs.len() < self.max
+    }
+
+    /// Hands `job` to an idle lane, or to a new one. The caller checked [`Self::has_room`].
+    pub(super) fn start(&mut self, job: Job) {
+        let lane = match self.idle.pop() {
+            Some(lane) => lane,
+            None => {
+                assert!(
+                    self.jobs.len() < self.max,
+                    "a lane is started only with room"
+                );
+                self.spawn_lane()
+            }
+        };
+        if let Err(error) = self.jobs[lane].try_send(job) {
+            // A lane is idle only once its job came back, and its task only ends when the
+            // worker is dropped: a full or closed channel here is a bug, said loudly.
+            unreachable!("probe lane {lane} refused a job: {error}");
+        }
+    }
+
+    fn spawn_lane(&mut self) -> usize {
+        let lane = self.jobs.len();
+        let (jobs_tx, mut jobs) = mpsc::channel::<Job>(1);
+        let (prober, finished) = (self.prober.clone(), self.finished_tx.clone());
+        self.tasks.spawn(async move {
+            while let Some(job) = jobs.recv().await {
+                let Job {
+                    record,
+                    spec,
+                    permit,
+                    span,
+                } = job;
+                let probe = async {
+                    #[cfg(test)]
+                    if record.engine_endpoint == tests::PANICKING_ENDPOINT {
+                        panic!("a panic injected by a test");
+                    }
+                    prober.probe(&record.engine_endpoint, &spec).await
+                };
+                // Without a span the probe runs bare: `Instrumented` enters and leaves even
+                // an empty span on every poll.
+                let outcome = match span {
+                    Some(span) => {
+                        AssertUnwindSafe(probe.instrument(span))
+                            .catch_unwind()
+                            .await
+                    }
+                    None => AssertUnwindSafe(probe).catch_unwind().await,
+                }
+                .map_err(|panic| panic_message(panic.as_ref()));
+                drop(permit);
+                let done = Finished {
+                    lane,
+                    record,
+                    outcome,
+                };
+                if finished.send(done).is_err() {
+                    break;
+                }
+            }
+            tracing::debug!(lane, "probe lane ended: the worker is gone");
+        });
+        self.jobs.push(jobs_tx);
+        lane
+    }
+
+    /// A probe that already ended, if any.
+    pub(super) fn try_next(&mut self) -> Option<Finished> {
+        let done = self.finished.try_recv().ok()?;
+        self.idle.push(done.lane);
+        Some(done)
+    }
+
+    /// The next probe to end; `None` at once when none is running. Cancel-safe.
+    pub(super) async fn next(&mut self) -> Option<Finished> {
+        if self.busy() == 0 {
+            return None;
+        }
+        let done = self
+            .finished
+            .recv()
+            .await
+            .expect("the lanes' sender is held here");
+        self.idle.push(done.lane);
+        Some(done)
+    }
+}
+
+/// A panic's message, bounded (it may quote an engine's answer).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    crate::bounded(message, 500)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::sync::{Notify, Semaphore};
+
+    use super::*;
+
+    /// A job's endpoint that makes its lane's probe panic (tests only).
+    pub(super) const PANICKING_ENDPOINT: &str = "test:panic";
+
+    const WAIT_LIMIT: Duration = Duration::from_secs(10);
+
+    /// An engine that answers each request `200 ok` once `gate` is opened (`notify_waiters`
+    /// after every request has arrived), and counts the requests it has read.
+    async fn gated_engine(gate: Arc<Notify>, requests: Arc<Semaphore>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (gate, requests) = (gate.clone(), requests.clone());
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    loop {
+                        while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buffer.clear();
+                        let opened = gate.notified();
+                        requests.add_permits(1);
+                        opened.await;
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    fn job(endpoint: &str, game: usize, prober: &Prober, slots: &Arc<Semaphore>) -> Job {
+        Job {
+            record: RuntimeRecord {
+                game_id: format!("game-{game}"),
+                container_id: None,
+                engine_endpoint: endpoint.to_owned(),
+            },
+            spec: Arc::new(prober.default_spec().clone()),
+            permit: slots.clone().try_acquire_owned().expect("a free slot"),
+            span: None,
+        }
+    }
+
+    async fn next(lanes: &mut Lanes) -> Finished {
+        tokio::time::timeout(WAIT_LIMIT, lanes.next())
+            .await
+            .unwrap_or_else(|_| panic!("no probe ended within {WAIT_LIMIT:?}"))
+            .expect("a probe is running")
+    }
+
+    /// At most `max` lanes, each used again once its probe came back; a probe that outlives
+    /// the caller's wait stays busy and comes back later, as a probe in flight across ticks.
+    #[tokio::test]
+    async fn at_most_max_lanes_run_and_an_idle_one_is_reused() {
+        let (gate, requests) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+        let engine = gated_engine(gate.clone(), requests.clone()).await;
+        let prober = Prober::new(Duration::from_secs(5), Duration::from_secs(60)).unwrap();
+        let slots = Arc::new(Semaphore::new(3));
+        let mut lanes = Lanes::new(prober.clone(), 3);
+        assert!(lanes.next().await.is_none(), "nothing runs yet");
+        for round in 0..3 {
+            for game in 0..3 {
+                assert!(lanes.has_room(), "round {round}: room for probe {game}");
+                lanes.start(job(&engine, game, &prober, &slots));
+            }
+            assert!(!lanes.has_room(), "round {round}: every lane is busy");
+            assert_eq!(lanes.busy(), 3);
+            // Every request reached the engine, which holds the answers.
+            tokio::time::timeout(WAIT_LIMIT, requests.acquire_many(3))
+                .await
+                .expect("three requests reach the engine")
+                .unwrap()
+                .forget();
+            assert!(lanes.try_next().is_none(), "no answer yet");
+            gate.notify_waiters();
+            let mut games = Vec::new();
+            for _ in 0..3 {
+                let done = next(&mut lanes).await;
+                assert!(
+                    done.outcome.as_ref().unwrap().is_healthy(),
+                    "{:?}",
+                    done.outcome
+                );
+                games.push(done.record.game_id);
+            }
+            games.sort();
+            assert_eq!(games, ["game-0", "game-1", "game-2"], "round {round}");
+            assert_eq!(lanes.busy(), 0);
+            assert_eq!(
+                slots.available_permits(),
+                3,
+                "each probe gave its slot back"
+            );
+            assert_eq!(lanes.jobs.len(), 3, "round {round}: the same three lanes");
+        }
+    }
+
+    /// A probe that panics comes back as its message, and its lane goes on probing.
+    #[tokio::test]
+    async fn a_panicking_probe_comes_back_as_its_message_and_the_lane_lives_on() {
+        let (gate, requests) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+        let engine = gated_engine(gate.clone(), requests.clone()).await;
+        let prober = Prober::new(Duration::from_secs(5), Duration::from_secs(60)).unwrap();
+        let slots = Arc::new(Semaphore::new(1));
+        let mut lanes = Lanes::new(prober.clone(), 1);
+        lanes.start(job(PANICKING_ENDPOINT, 0, &prober, &slots));
+        let done = next(&mut lanes).await;
+        assert_eq!(done.record.game_id, "game-0");
+        let panic = done.outcome.expect_err("the probe panicked");
+        assert!(panic.contains("a panic injected by a test"), "{panic}");
+        assert_eq!(slots.available_permits(), 1, "the slot came back");
+
+        lanes.start(job(&engine, 1, &prober, &slots));
+        tokio::time::timeout(WAIT_LIMIT, requests.acquire())
+            .await
+            .expect("the lane probes again")
+            .unwrap()
+            .forget();
+        gate.notify_waiters();
+        let done = next(&mut lanes).await;
+        assert!(done.outcome.unwrap().is_healthy());
+        assert_eq!(lanes.jobs.len(), 1, "the same lane");
+    }
+}
