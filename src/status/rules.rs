@@ -184,7 +184,7 @@ pub fn evaluate(observed: &Observed) -> StatusReport {
             level: Level::Warn,
             rule: PROBES_RULE,
             detail: format!(
-                "last tick: {} probe tasks panicked (an internal fault in the worker, not the engines'); {} probes were attempted",
+                "last tick: {} probes panicked (an internal fault in the worker, not the engines'); {} probes were attempted",
                 t.probe_panics, t.probes
             ),
         },

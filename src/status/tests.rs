@@ -127,7 +127,7 @@ fn set_aside_rows_a_restarted_relay_and_local_faults_warn() {
     assert_eq!(evaluate(&seen).overall, Level::Warn);
     seen.board.last_tick = Some(tick(0, 6));
     assert_eq!(evaluate(&seen).overall, Level::Ko, "no probe attempted");
-    // A panicked probe task is the worker's own fault: the probes component says so, the
+    // A panicked probe is the worker's own fault: the probes component says so, the
     // commits component (the store's) stays OK.
     let mut panicked = tick(5, 0);
     panicked.probe_panics = 1;
@@ -143,9 +143,7 @@ fn set_aside_rows_a_restarted_relay_and_local_faults_warn() {
     };
     assert_eq!(component("probes").level, Level::Warn);
     assert!(
-        component("probes")
-            .detail
-            .contains("1 probe tasks panicked"),
+        component("probes").detail.contains("1 probes panicked"),
         "{}",
         component("probes").detail
     );

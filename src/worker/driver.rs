@@ -194,7 +194,7 @@ fn log_tick(result: &Result<TickReport, TickError>, interval: Duration) {
                 tracing::error!(
                     probe_panics = report.probe_panics,
                     probes = report.probes,
-                    "probe tasks panicked: an internal fault in the worker (a bug), not the engines' or Postgres'; their games are probed again next tick"
+                    "probes panicked: an internal fault in the worker (a bug), not the engines' or Postgres'; their games are probed again next tick"
                 );
             }
             if !report.is_clean() {

@@ -11,20 +11,29 @@
 //! are fewer than `max`), and takes [`Finished`] probes back in the order they end, from
 //! this tick or an earlier one: a lane busy with a hung engine simply stays busy beside
 //! the next tick, as a task in flight did. A probe that panics is caught in its lane and
-//! comes back as [`Finished::outcome`]'s `Err`, so the lane lives on; the lanes end when
-//! the worker is dropped (their channels close, and the join set aborts them).
+//! comes back as [`Finished::outcome`]'s `Err`, so the lane lives on. A lane ends when it
+//! ran no probe for [`LANE_IDLE_TICKS`] ticks, or when the worker is dropped (the join set
+//! aborts them all).
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::FutureExt as _;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use crate::probe::spec::ProbeSpec;
 use crate::probe::{ProbeOutcome, Prober};
 use crate::store::RuntimeRecord;
+
+/// A lane that ran no probe for this many whole ticks ends: the lanes a storm or a large
+/// `RTMANAGER_PROBE_MAX_CONCURRENCY` called up do not outlive their need. A lane holds
+/// about 4.5 KiB (its probe's state, kept between probes); at steady state every tick uses
+/// the lanes it needs, and the ones freed last are used first, so the surplus ages out.
+const LANE_IDLE_TICKS: u64 = 2;
 
 /// One probe for a lane: the game, how to probe it, the concurrency slot it holds until
 /// its probe ends, and its span when spans are exported.
@@ -43,13 +52,33 @@ pub(super) struct Finished {
     pub outcome: Result<ProbeOutcome, String>,
 }
 
+/// Where the tick leaves a lane its next job, or tells it to end: a place for one job and
+/// a wake-up (a channel would allocate a block of 32 places per lane).
+#[derive(Default)]
+struct Handoff {
+    job: Mutex<Option<Job>>,
+    ready: Notify,
+    retired: AtomicBool,
+}
+
+/// A lane with no job, and the tick that last gave it one.
+struct IdleLane {
+    lane: usize,
+    since: u64,
+}
+
 pub(super) struct Lanes {
     prober: Prober,
     max: usize,
-    /// Each lane's job channel, by lane number.
-    jobs: Vec<mpsc::Sender<Job>>,
-    /// Lanes with no job, last freed first (its task is the likeliest to be warm).
-    idle: Vec<usize>,
+    /// Each lane's handoff, by lane number; `None`: a number free for a new lane.
+    lanes: Vec<Option<Arc<Handoff>>>,
+    free_numbers: Vec<usize>,
+    live: usize,
+    /// Lanes with no job, the last freed at the back (its task is the likeliest to be
+    /// warm, and the front ages out).
+    idle: VecDeque<IdleLane>,
+    /// The tick, as [`Self::retire_idle`] was last told.
+    generation: u64,
     finished_tx: mpsc::UnboundedSender<Finished>,
     finished: mpsc::UnboundedReceiver<Finished>,
     tasks: JoinSet<()>,
@@ -61,8 +90,11 @@ impl Lanes {
         Self {
             prober,
             max,
-            jobs: Vec::new(),
-            idle: Vec::new(),
+            lanes: Vec::new(),
+            free_numbers: Vec::new(),
+            live: 0,
+            idle: VecDeque::new(),
+            generation: 0,
             finished_tx,
             finished,
             tasks: JoinSet::new(),
@@ -71,39 +103,73 @@ impl Lanes {
 
     /// Probes started and not yet taken back.
     pub(super) fn busy(&self) -> usize {
-        self.jobs.len() - self.idle.len()
+        self.live - self.idle.len()
     }
 
     /// Whether [`Self::start`] can take a job now.
     pub(super) fn has_room(&self) -> bool {
-        !self.idle.is_empty() || self.jobs.len() < self.max
+        !self.idle.is_empty() || self.live < self.max
     }
 
     /// Hands `job` to an idle lane, or to a new one. The caller checked [`Self::has_room`].
     pub(super) fn start(&mut self, job: Job) {
-        let lane = match self.idle.pop() {
-            Some(lane) => lane,
+        let lane = match self.idle.pop_back() {
+            Some(idle) => idle.lane,
             None => {
-                assert!(
-                    self.jobs.len() < self.max,
-                    "a lane is started only with room"
-                );
+                assert!(self.live < self.max, "a lane is started only with room");
                 self.spawn_lane()
             }
         };
-        if let Err(error) = self.jobs[lane].try_send(job) {
-            // A lane is idle only once its job came back, and its task only ends when the
-            // worker is dropped: a full or closed channel here is a bug, said loudly.
-            unreachable!("probe lane {lane} refused a job: {error}");
+        let handoff = self.lanes[lane].as_ref().expect("a live lane");
+        let left = handoff.job.lock().expect("never poisoned").replace(job);
+        debug_assert!(left.is_none(), "an idle lane holds no job");
+        // Stored when the lane is not waiting yet: it finds the job when it comes back.
+        handoff.ready.notify_one();
+    }
+
+    /// Ends the lanes that ran no probe for [`LANE_IDLE_TICKS`] whole ticks; `generation`
+    /// is the tick starting now. Only idle lanes end, so no job is ever left behind.
+    pub(super) fn retire_idle(&mut self, generation: u64) {
+        self.generation = generation;
+        while let Some(oldest) = self.idle.front()
+            && oldest.since + LANE_IDLE_TICKS < generation
+        {
+            let lane = oldest.lane;
+            self.idle.pop_front();
+            let handoff = self.lanes[lane].take().expect("a live lane");
+            handoff.retired.store(true, Ordering::Release);
+            handoff.ready.notify_one();
+            self.free_numbers.push(lane);
+            self.live -= 1;
         }
+        // Reap the lanes that ended, so their tasks are not kept.
+        while self.tasks.try_join_next().is_some() {}
     }
 
     fn spawn_lane(&mut self) -> usize {
-        let lane = self.jobs.len();
-        let (jobs_tx, mut jobs) = mpsc::channel::<Job>(1);
+        let handoff = Arc::new(Handoff::default());
+        let lane = match self.free_numbers.pop() {
+            Some(lane) => {
+                self.lanes[lane] = Some(handoff.clone());
+                lane
+            }
+            None => {
+                self.lanes.push(Some(handoff.clone()));
+                self.lanes.len() - 1
+            }
+        };
+        self.live += 1;
         let (prober, finished) = (self.prober.clone(), self.finished_tx.clone());
         self.tasks.spawn(async move {
-            while let Some(job) = jobs.recv().await {
+            loop {
+                handoff.ready.notified().await;
+                let job = handoff.job.lock().expect("never poisoned").take();
+                let Some(job) = job else {
+                    if handoff.retired.load(Ordering::Acquire) {
+                        break;
+                    }
+                    continue;
+                };
                 let Job {
                     record,
                     spec,
@@ -135,19 +201,19 @@ impl Lanes {
                     outcome,
                 };
                 if finished.send(done).is_err() {
-                    break;
+                    tracing::debug!(lane, "probe lane ended: the worker is gone");
+                    return;
                 }
             }
-            tracing::debug!(lane, "probe lane ended: the worker is gone");
+            tracing::debug!(lane, "probe lane ended: idle for {LANE_IDLE_TICKS} ticks");
         });
-        self.jobs.push(jobs_tx);
         lane
     }
 
     /// A probe that already ended, if any.
     pub(super) fn try_next(&mut self) -> Option<Finished> {
         let done = self.finished.try_recv().ok()?;
-        self.idle.push(done.lane);
+        self.freed(done.lane);
         Some(done)
     }
 
@@ -161,8 +227,15 @@ impl Lanes {
             .recv()
             .await
             .expect("the lanes' sender is held here");
-        self.idle.push(done.lane);
+        self.freed(done.lane);
         Some(done)
+    }
+
+    fn freed(&mut self, lane: usize) {
+        self.idle.push_back(IdleLane {
+            lane,
+            since: self.generation,
+        });
     }
 }
 
@@ -286,7 +359,7 @@ mod tests {
                 3,
                 "each probe gave its slot back"
             );
-            assert_eq!(lanes.jobs.len(), 3, "round {round}: the same three lanes");
+            assert_eq!(lanes.live, 3, "round {round}: the same three lanes");
         }
     }
 
@@ -314,6 +387,74 @@ mod tests {
         gate.notify_waiters();
         let done = next(&mut lanes).await;
         assert!(done.outcome.unwrap().is_healthy());
-        assert_eq!(lanes.jobs.len(), 1, "the same lane");
+        assert_eq!(lanes.live, 1, "the same lane");
+    }
+
+    /// Lanes that ran no probe for [`LANE_IDLE_TICKS`] whole ticks end, their tasks with
+    /// them; a lane in use never does, and a later probe starts a new lane.
+    #[tokio::test]
+    async fn lanes_idle_for_two_ticks_end_and_busy_ones_do_not() {
+        let (gate, requests) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+        let engine = gated_engine(gate.clone(), requests.clone()).await;
+        let prober = Prober::new(Duration::from_secs(5), Duration::from_secs(60)).unwrap();
+        let slots = Arc::new(Semaphore::new(4));
+        let mut lanes = Lanes::new(prober.clone(), 4);
+        // Tick 1: four probes, all back.
+        lanes.retire_idle(1);
+        for game in 0..4 {
+            lanes.start(job(&engine, game, &prober, &slots));
+        }
+        tokio::time::timeout(WAIT_LIMIT, requests.acquire_many(4))
+            .await
+            .expect("four requests reach the engine")
+            .unwrap()
+            .forget();
+        gate.notify_waiters();
+        for _ in 0..4 {
+            next(&mut lanes).await;
+        }
+        // Ticks 2 and 3: one probe each, on the lane freed last; at tick 3 that lane is
+        // still busy (its engine holds the answer) while the others have been idle since
+        // tick 1.
+        for generation in 2..=3 {
+            lanes.retire_idle(generation);
+            lanes.start(job(&engine, 10, &prober, &slots));
+            tokio::time::timeout(WAIT_LIMIT, requests.acquire())
+                .await
+                .expect("the request reaches the engine")
+                .unwrap()
+                .forget();
+            if generation == 2 {
+                gate.notify_waiters();
+                next(&mut lanes).await;
+            }
+        }
+        assert_eq!(lanes.live, 4, "idle since tick 1: kept through tick 3");
+        lanes.retire_idle(4);
+        assert_eq!(lanes.live, 1, "the three idle since tick 1 ended at tick 4");
+        assert_eq!(lanes.busy(), 1, "the busy lane is kept");
+        tokio::time::timeout(WAIT_LIMIT, async {
+            while lanes.tasks.len() > 1 {
+                lanes.tasks.join_next().await;
+            }
+        })
+        .await
+        .expect("the ended lanes' tasks finish");
+        // The busy lane's probe comes back, and new probes start new lanes beside it.
+        gate.notify_waiters();
+        assert!(next(&mut lanes).await.outcome.unwrap().is_healthy());
+        for game in 0..4 {
+            lanes.start(job(&engine, game, &prober, &slots));
+        }
+        assert_eq!(lanes.live, 4);
+        tokio::time::timeout(WAIT_LIMIT, requests.acquire_many(4))
+            .await
+            .expect("four requests reach the engine again")
+            .unwrap()
+            .forget();
+        gate.notify_waiters();
+        for _ in 0..4 {
+            assert!(next(&mut lanes).await.outcome.unwrap().is_healthy());
+        }
     }
 }

@@ -252,10 +252,11 @@ impl Worker {
         // Owned games an override disables: `disabled` in the games gauge.
         let mut disabled = HashSet::new();
 
-        // What finished since the last tick, first.
+        // What finished since the last tick, first; then the lanes this tick will not need.
         while let Some(done) = self.in_flight.try_next() {
             self.apply(done, &mut report, &mut batch).await;
         }
+        self.in_flight.retire_idle(generation);
 
         loop {
             let game = match listed.next().await {
