@@ -44,7 +44,7 @@ pub(crate) const FIXED_RESERVE: u64 = 64;
 
 /// Idle keep-alive connections at most, whatever the descriptor limit allows. The prober
 /// keeps only the socket of an idle connection (its HTTP state and buffers are made per
-/// probe), well under 1 KiB of the worker's memory each (`scripts/bench.sh stack`), plus
+/// probe, except for up to 256 at addresses several games share), well under 1 KiB of the worker's memory each (`scripts/bench.sh stack`), plus
 /// the kernel's socket buffers, which are not the worker's RSS. 16,384 keeps every engine
 /// of a 10,000-engine fleet at distinct addresses alive within a few MiB; beyond it a
 /// probe pays a connect (tens of µs of CPU on loopback, one round trip on a LAN) and no
