@@ -286,6 +286,22 @@ impl Prober {
     }
 }
 
+/// Reads one request head from `socket`, for the engines tests write: false when the
+/// client closed first.
+#[cfg(test)]
+pub(crate) async fn read_request_head(socket: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 1024];
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -409,16 +425,10 @@ mod tests {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let closes = closes.clone();
                 tokio::spawn(async move {
-                    let mut buffer = Vec::new();
                     for _ in 0..answers_per_connection {
-                        while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
-                            let mut chunk = [0u8; 1024];
-                            match socket.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                            }
+                        if !read_request_head(&mut socket).await {
+                            return;
                         }
-                        buffer.clear();
                         let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                         if socket.write_all(answer).await.is_err() {
                             return;

@@ -253,10 +253,11 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 mod tests {
     use std::time::Duration;
 
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     use tokio::sync::{Notify, Semaphore};
 
     use super::*;
+    use crate::probe::read_request_head;
 
     /// A job's endpoint that makes its lane's probe panic (tests only).
     pub(super) const PANICKING_ENDPOINT: &str = "test:panic";
@@ -272,16 +273,7 @@ mod tests {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let (gate, requests) = (gate.clone(), requests.clone());
                 tokio::spawn(async move {
-                    let mut buffer = Vec::new();
-                    loop {
-                        while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
-                            let mut chunk = [0u8; 1024];
-                            match socket.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        buffer.clear();
+                    while read_request_head(&mut socket).await {
                         let opened = gate.notified();
                         requests.add_permits(1);
                         opened.await;
@@ -309,6 +301,15 @@ mod tests {
         }
     }
 
+    /// Waits until `count` more requests have reached the gated engine.
+    async fn arrived(requests: &Semaphore, count: u32, what: &str) {
+        tokio::time::timeout(WAIT_LIMIT, requests.acquire_many(count))
+            .await
+            .unwrap_or_else(|_| panic!("{what} within {WAIT_LIMIT:?}"))
+            .expect("the semaphore is never closed")
+            .forget();
+    }
+
     async fn next(lanes: &mut Lanes) -> Finished {
         tokio::time::timeout(WAIT_LIMIT, lanes.next())
             .await
@@ -334,11 +335,7 @@ mod tests {
             assert!(!lanes.has_room(), "round {round}: every lane is busy");
             assert_eq!(lanes.busy(), 3);
             // Every request reached the engine, which holds the answers.
-            tokio::time::timeout(WAIT_LIMIT, requests.acquire_many(3))
-                .await
-                .expect("three requests reach the engine")
-                .unwrap()
-                .forget();
+            arrived(&requests, 3, "three requests reach the engine").await;
             assert!(lanes.try_next().is_none(), "no answer yet");
             gate.notify_waiters();
             let mut games = Vec::new();
@@ -379,11 +376,7 @@ mod tests {
         assert_eq!(slots.available_permits(), 1, "the slot came back");
 
         lanes.start(job(&engine, 1, &prober, &slots));
-        tokio::time::timeout(WAIT_LIMIT, requests.acquire())
-            .await
-            .expect("the lane probes again")
-            .unwrap()
-            .forget();
+        arrived(&requests, 1, "the lane probes again").await;
         gate.notify_waiters();
         let done = next(&mut lanes).await;
         assert!(done.outcome.unwrap().is_healthy());
@@ -404,11 +397,7 @@ mod tests {
         for game in 0..4 {
             lanes.start(job(&engine, game, &prober, &slots));
         }
-        tokio::time::timeout(WAIT_LIMIT, requests.acquire_many(4))
-            .await
-            .expect("four requests reach the engine")
-            .unwrap()
-            .forget();
+        arrived(&requests, 4, "four requests reach the engine").await;
         gate.notify_waiters();
         for _ in 0..4 {
             next(&mut lanes).await;
@@ -419,11 +408,7 @@ mod tests {
         for generation in 2..=3 {
             lanes.retire_idle(generation);
             lanes.start(job(&engine, 10, &prober, &slots));
-            tokio::time::timeout(WAIT_LIMIT, requests.acquire())
-                .await
-                .expect("the request reaches the engine")
-                .unwrap()
-                .forget();
+            arrived(&requests, 1, "the request reaches the engine").await;
             if generation == 2 {
                 gate.notify_waiters();
                 next(&mut lanes).await;
@@ -447,11 +432,7 @@ mod tests {
             lanes.start(job(&engine, game, &prober, &slots));
         }
         assert_eq!(lanes.live, 4);
-        tokio::time::timeout(WAIT_LIMIT, requests.acquire_many(4))
-            .await
-            .expect("four requests reach the engine again")
-            .unwrap()
-            .forget();
+        arrived(&requests, 4, "four requests reach the engine again").await;
         gate.notify_waiters();
         for _ in 0..4 {
             assert!(next(&mut lanes).await.outcome.unwrap().is_healthy());
