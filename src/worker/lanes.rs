@@ -288,59 +288,94 @@ mod tests {
         address
     }
 
-    fn job(endpoint: &str, game: usize, prober: &Prober, slots: &Arc<Semaphore>) -> Job {
-        Job {
-            record: RuntimeRecord {
-                game_id: format!("game-{game}"),
-                container_id: None,
-                engine_endpoint: endpoint.to_owned(),
-            },
-            spec: Arc::new(prober.default_spec().clone()),
-            permit: slots.clone().try_acquire_owned().expect("a free slot"),
-            span: None,
+    /// A gated engine, a Prober, `max` probe slots and `max` lanes over them.
+    struct Fixture {
+        gate: Arc<Notify>,
+        requests: Arc<Semaphore>,
+        engine: String,
+        prober: Prober,
+        slots: Arc<Semaphore>,
+        lanes: Lanes,
+    }
+
+    impl Fixture {
+        async fn new(max: usize) -> Self {
+            let (gate, requests) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+            let engine = gated_engine(gate.clone(), requests.clone()).await;
+            let prober = Prober::new(Duration::from_secs(5), Duration::from_secs(60)).unwrap();
+            Self {
+                gate,
+                requests,
+                engine,
+                slots: Arc::new(Semaphore::new(max)),
+                lanes: Lanes::new(prober.clone(), max),
+                prober,
+            }
         }
-    }
 
-    /// Waits until `count` more requests have reached the gated engine.
-    async fn arrived(requests: &Semaphore, count: u32, what: &str) {
-        tokio::time::timeout(WAIT_LIMIT, requests.acquire_many(count))
-            .await
-            .unwrap_or_else(|_| panic!("{what} within {WAIT_LIMIT:?}"))
-            .expect("the semaphore is never closed")
-            .forget();
-    }
+        /// Starts a probe of game `game` at `endpoint` (the gated engine when `None`).
+        fn start(&mut self, game: usize, endpoint: Option<&str>) {
+            let job = Job {
+                record: RuntimeRecord {
+                    game_id: format!("game-{game}"),
+                    container_id: None,
+                    engine_endpoint: endpoint.unwrap_or(&self.engine).to_owned(),
+                },
+                spec: Arc::new(self.prober.default_spec().clone()),
+                permit: self.slots.clone().try_acquire_owned().expect("a free slot"),
+                span: None,
+            };
+            self.lanes.start(job);
+        }
 
-    async fn next(lanes: &mut Lanes) -> Finished {
-        tokio::time::timeout(WAIT_LIMIT, lanes.next())
-            .await
-            .unwrap_or_else(|_| panic!("no probe ended within {WAIT_LIMIT:?}"))
-            .expect("a probe is running")
+        /// Waits until `count` more requests have reached the gated engine.
+        async fn arrived(&self, count: u32, what: &str) {
+            tokio::time::timeout(WAIT_LIMIT, self.requests.acquire_many(count))
+                .await
+                .unwrap_or_else(|_| panic!("{what} within {WAIT_LIMIT:?}"))
+                .expect("the semaphore is never closed")
+                .forget();
+        }
+
+        /// Lets the engine answer every request it holds.
+        fn open(&self) {
+            self.gate.notify_waiters();
+        }
+
+        async fn next(&mut self) -> Finished {
+            tokio::time::timeout(WAIT_LIMIT, self.lanes.next())
+                .await
+                .unwrap_or_else(|_| panic!("no probe ended within {WAIT_LIMIT:?}"))
+                .expect("a probe is running")
+        }
     }
 
     /// At most `max` lanes, each used again once its probe came back; a probe that outlives
     /// the caller's wait stays busy and comes back later, as a probe in flight across ticks.
     #[tokio::test]
     async fn at_most_max_lanes_run_and_an_idle_one_is_reused() {
-        let (gate, requests) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
-        let engine = gated_engine(gate.clone(), requests.clone()).await;
-        let prober = Prober::new(Duration::from_secs(5), Duration::from_secs(60)).unwrap();
-        let slots = Arc::new(Semaphore::new(3));
-        let mut lanes = Lanes::new(prober.clone(), 3);
-        assert!(lanes.next().await.is_none(), "nothing runs yet");
+        let mut fixture = Fixture::new(3).await;
+        assert!(fixture.lanes.next().await.is_none(), "nothing runs yet");
         for round in 0..3 {
             for game in 0..3 {
-                assert!(lanes.has_room(), "round {round}: room for probe {game}");
-                lanes.start(job(&engine, game, &prober, &slots));
+                assert!(
+                    fixture.lanes.has_room(),
+                    "round {round}: room for probe {game}"
+                );
+                fixture.start(game, None);
             }
-            assert!(!lanes.has_room(), "round {round}: every lane is busy");
-            assert_eq!(lanes.busy(), 3);
+            assert!(
+                !fixture.lanes.has_room(),
+                "round {round}: every lane is busy"
+            );
+            assert_eq!(fixture.lanes.busy(), 3);
             // Every request reached the engine, which holds the answers.
-            arrived(&requests, 3, "three requests reach the engine").await;
-            assert!(lanes.try_next().is_none(), "no answer yet");
-            gate.notify_waiters();
+            fixture.arrived(3, "three requests reach the engine").await;
+            assert!(fixture.lanes.try_next().is_none(), "no answer yet");
+            fixture.open();
             let mut games = Vec::new();
             for _ in 0..3 {
-                let done = next(&mut lanes).await;
+                let done = fixture.next().await;
                 assert!(
                     done.outcome.as_ref().unwrap().is_healthy(),
                     "{:?}",
@@ -350,92 +385,92 @@ mod tests {
             }
             games.sort();
             assert_eq!(games, ["game-0", "game-1", "game-2"], "round {round}");
-            assert_eq!(lanes.busy(), 0);
+            assert_eq!(fixture.lanes.busy(), 0);
             assert_eq!(
-                slots.available_permits(),
+                fixture.slots.available_permits(),
                 3,
                 "each probe gave its slot back"
             );
-            assert_eq!(lanes.live, 3, "round {round}: the same three lanes");
+            assert_eq!(fixture.lanes.live, 3, "round {round}: the same three lanes");
         }
     }
 
     /// A probe that panics comes back as its message, and its lane goes on probing.
     #[tokio::test]
     async fn a_panicking_probe_comes_back_as_its_message_and_the_lane_lives_on() {
-        let (gate, requests) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
-        let engine = gated_engine(gate.clone(), requests.clone()).await;
-        let prober = Prober::new(Duration::from_secs(5), Duration::from_secs(60)).unwrap();
-        let slots = Arc::new(Semaphore::new(1));
-        let mut lanes = Lanes::new(prober.clone(), 1);
-        lanes.start(job(PANICKING_ENDPOINT, 0, &prober, &slots));
-        let done = next(&mut lanes).await;
+        let mut fixture = Fixture::new(1).await;
+        fixture.start(0, Some(PANICKING_ENDPOINT));
+        let done = fixture.next().await;
         assert_eq!(done.record.game_id, "game-0");
         let panic = done.outcome.expect_err("the probe panicked");
         assert!(panic.contains("a panic injected by a test"), "{panic}");
-        assert_eq!(slots.available_permits(), 1, "the slot came back");
+        assert_eq!(fixture.slots.available_permits(), 1, "the slot came back");
 
-        lanes.start(job(&engine, 1, &prober, &slots));
-        arrived(&requests, 1, "the lane probes again").await;
-        gate.notify_waiters();
-        let done = next(&mut lanes).await;
-        assert!(done.outcome.unwrap().is_healthy());
-        assert_eq!(lanes.live, 1, "the same lane");
+        fixture.start(1, None);
+        fixture.arrived(1, "the lane probes again").await;
+        fixture.open();
+        assert!(fixture.next().await.outcome.unwrap().is_healthy());
+        assert_eq!(fixture.lanes.live, 1, "the same lane");
     }
 
     /// Lanes that ran no probe for [`LANE_IDLE_TICKS`] whole ticks end, their tasks with
     /// them; a lane in use never does, and a later probe starts a new lane.
     #[tokio::test]
     async fn lanes_idle_for_two_ticks_end_and_busy_ones_do_not() {
-        let (gate, requests) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
-        let engine = gated_engine(gate.clone(), requests.clone()).await;
-        let prober = Prober::new(Duration::from_secs(5), Duration::from_secs(60)).unwrap();
-        let slots = Arc::new(Semaphore::new(4));
-        let mut lanes = Lanes::new(prober.clone(), 4);
+        let mut fixture = Fixture::new(4).await;
         // Tick 1: four probes, all back.
-        lanes.retire_idle(1);
+        fixture.lanes.retire_idle(1);
         for game in 0..4 {
-            lanes.start(job(&engine, game, &prober, &slots));
+            fixture.start(game, None);
         }
-        arrived(&requests, 4, "four requests reach the engine").await;
-        gate.notify_waiters();
+        fixture.arrived(4, "four requests reach the engine").await;
+        fixture.open();
         for _ in 0..4 {
-            next(&mut lanes).await;
+            fixture.next().await;
         }
         // Ticks 2 and 3: one probe each, on the lane freed last; at tick 3 that lane is
         // still busy (its engine holds the answer) while the others have been idle since
         // tick 1.
         for generation in 2..=3 {
-            lanes.retire_idle(generation);
-            lanes.start(job(&engine, 10, &prober, &slots));
-            arrived(&requests, 1, "the request reaches the engine").await;
+            fixture.lanes.retire_idle(generation);
+            fixture.start(10, None);
+            fixture.arrived(1, "the request reaches the engine").await;
             if generation == 2 {
-                gate.notify_waiters();
-                next(&mut lanes).await;
+                fixture.open();
+                fixture.next().await;
             }
         }
-        assert_eq!(lanes.live, 4, "idle since tick 1: kept through tick 3");
-        lanes.retire_idle(4);
-        assert_eq!(lanes.live, 1, "the three idle since tick 1 ended at tick 4");
-        assert_eq!(lanes.busy(), 1, "the busy lane is kept");
+        assert_eq!(
+            fixture.lanes.live, 4,
+            "idle since tick 1: kept through tick 3"
+        );
+        fixture.lanes.retire_idle(4);
+        assert_eq!(
+            fixture.lanes.live, 1,
+            "the three idle since tick 1 ended at tick 4"
+        );
+        assert_eq!(fixture.lanes.busy(), 1, "the busy lane is kept");
+        let tasks = &mut fixture.lanes.tasks;
         tokio::time::timeout(WAIT_LIMIT, async {
-            while lanes.tasks.len() > 1 {
-                lanes.tasks.join_next().await;
+            while tasks.len() > 1 {
+                tasks.join_next().await;
             }
         })
         .await
         .expect("the ended lanes' tasks finish");
         // The busy lane's probe comes back, and new probes start new lanes beside it.
-        gate.notify_waiters();
-        assert!(next(&mut lanes).await.outcome.unwrap().is_healthy());
+        fixture.open();
+        assert!(fixture.next().await.outcome.unwrap().is_healthy());
         for game in 0..4 {
-            lanes.start(job(&engine, game, &prober, &slots));
+            fixture.start(game, None);
         }
-        assert_eq!(lanes.live, 4);
-        arrived(&requests, 4, "four requests reach the engine again").await;
-        gate.notify_waiters();
+        assert_eq!(fixture.lanes.live, 4);
+        fixture
+            .arrived(4, "four requests reach the engine again")
+            .await;
+        fixture.open();
         for _ in 0..4 {
-            assert!(next(&mut lanes).await.outcome.unwrap().is_healthy());
+            assert!(fixture.next().await.outcome.unwrap().is_healthy());
         }
     }
 }
