@@ -210,6 +210,10 @@ impl Worker {
                 self.apply(done, report, batch).await;
                 continue;
             }
+            // A free permit alone is not enough: a lane gives its permit back as its probe
+            // ends (so the degraded replica's sample, which shares the semaphore, never
+            // waits on a result the tick has not taken yet), and is idle only once the
+            // tick took its result.
             let room = self.in_flight.has_room();
             if due
                 && room

@@ -142,8 +142,13 @@ impl Lanes {
             self.free_numbers.push(lane);
             self.live -= 1;
         }
-        // Reap the lanes that ended, so their tasks are not kept.
-        while self.tasks.try_join_next().is_some() {}
+        // Reap the lanes that ended, so their tasks are not kept. A lane catches its
+        // probe's panics; one that ended any other way is a bug, said loudly.
+        while let Some(ended) = self.tasks.try_join_next() {
+            if let Err(error) = ended {
+                tracing::error!(error = %error, "a probe lane ended abnormally: an internal fault in the worker");
+            }
+        }
     }
 
     fn spawn_lane(&mut self) -> usize {
